@@ -1,0 +1,29 @@
+# `make train` and `make test` each create .venv on first use and install the pinned
+# dependencies (requirements.txt) and this project into it.
+
+PYTHON ?= $(shell for candidate in python3.11 python3.10 python3.9 python3; do \
+	command -v $$candidate >/dev/null 2>&1 && { echo $$candidate; break; }; done)
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: train test clean
+
+train: $(INSTALLED)
+	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
+
+test: $(INSTALLED)
+	$(VENV_PYTHON) -m pytest tests
+
+$(INSTALLED): requirements.txt setup.py
+	@"$(PYTHON)" -c 'import sys; ok = (3, 9) <= sys.version_info[:2] <= (3, 11); \
+		ok or print("error: TensorFlow 2.15 needs Python 3.9-3.11; found " + sys.version.split()[0] \
+		+ " at " + sys.executable + " (set PYTHON=/path/to/python3.11)", file=sys.stderr); \
+		sys.exit(0 if ok else 1)' || { [ -n "$(PYTHON)" ] || echo "error: no python3 found (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	"$(PYTHON)" -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs

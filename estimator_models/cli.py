@@ -1,0 +1,165 @@
+"""Command-line entry points: absl flags in one place, wired to estimator_models.experiment.
+
+Every command reports a user's mistake as one `error: ...` line on stderr and exits 2.
+"""
+
+import json
+import os
+import sys
+
+# Before TensorFlow is imported: keep its C++ start-up chatter off the user's terminal.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags, logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from estimator_models import experiment, hparams, registry  # noqa: E402
+from input_fns import sources  # noqa: E402
+from input_fns.errors import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _define_train_flags():
+    flags.DEFINE_string('model', None, f'Model to train: one of {", ".join(registry.MODELS)}.')
+    flags.DEFINE_string('data', None, 'Training data spec; default: the model\'s embedded dataset.')
+    flags.DEFINE_string('eval_data', None, 'Evaluation data spec; default: the test split of --data.')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared (for tfds: specs).')
+    flags.DEFINE_string('model_dir', None, 'Checkpoints, events and hparams; default runs/MODEL.')
+    flags.DEFINE_integer('train_steps', None, 'Total training steps; default: the model\'s own.')
+    flags.DEFINE_integer('batch_size', None, 'Examples per batch (an hparam).')
+    flags.DEFINE_float('learning_rate', None, 'Peak learning rate (an hparam).')
+    flags.DEFINE_string('hparams', '', 'Hparam overrides: key=value,key=value (lists as [a,b]).')
+    flags.DEFINE_string('export_dir', None, 'Where SavedModels go; default MODEL_DIR/export.')
+    flags.DEFINE_integer('seed', 42, 'Seed for initialisation and shuffling.')
+    flags.DEFINE_integer('checkpoint_every', None,
+                         'Steps between checkpoints, each followed by an evaluation and exports; '
+                         'default: a fifth of --train_steps.')
+    flags.DEFINE_string('distribution', 'none', 'none | mirrored | multi_worker_mirrored.')
+
+
+def _define_evaluate_flags():
+    flags.DEFINE_string('model_dir', None, 'A trained model_dir.')
+    flags.DEFINE_string('data', None, 'Data spec to evaluate on; default: the run\'s eval data.')
+    flags.DEFINE_integer('steps', None, 'Batches to evaluate; default: all of the data.')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared (for tfds: specs).')
+
+
+def _define_export_flags():
+    flags.DEFINE_string('model_dir', None, 'A trained model_dir.')
+    flags.DEFINE_string('export_dir', None,
+                        'Base directory; the SavedModel goes to EXPORT_DIR/<version>. '
+                        'Default: MODEL_DIR/export/latest.')
+
+
+def _quiet_tensorflow():
+    """Only this project's progress lines and real errors reach the terminal."""
+    from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+    deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+    tf.get_logger().setLevel('ERROR')
+    logging.set_verbosity(logging.ERROR)
+
+
+def _require(name):
+    if getattr(FLAGS, name) is None:
+        raise UserError(f'--{name} is required')
+
+
+def train(argv):
+    del argv
+    _require('model')
+    model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.model)
+    export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
+    overrides = hparams.parse_overrides(FLAGS.hparams)
+    for name in ('batch_size', 'learning_rate'):
+        if getattr(FLAGS, name) is not None:
+            overrides[name] = str(getattr(FLAGS, name))
+    run, train_examples, eval_examples = experiment.prepare_training(
+        FLAGS.model, model_dir, FLAGS.data, FLAGS.eval_data, overrides)
+    train_steps = FLAGS.train_steps or run.module.DEFAULT_TRAIN_STEPS
+    if train_steps <= 0:
+        raise UserError(f'--train_steps must be positive, got {train_steps}')
+    checkpoint_every = FLAGS.checkpoint_every or max(1, train_steps // 5)
+    tf.keras.utils.set_random_seed(FLAGS.seed)
+    print(f'training {run.model} for {train_steps} steps on {len(train_examples)} examples, '
+          f'evaluating on {len(eval_examples)}\n'
+          f'  checkpoints and train events: {model_dir}\n'
+          f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
+          f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
+          f'{os.path.join(export_dir, "latest")}\n'
+          f'  watch it: tensorboard --logdir {model_dir}', flush=True)
+    result = experiment.train_and_evaluate(
+        run, train_examples, eval_examples, train_steps, FLAGS.seed, export_dir,
+        checkpoint_every, FLAGS.distribution)
+    if result is None:
+        print(f'{model_dir} is already trained to {train_steps} steps; '
+              'pass a larger --train_steps to continue')
+        return
+    print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
+          f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
+          f'  tensorboard --logdir {model_dir}')
+
+
+def evaluate(argv):
+    del argv
+    _require('model_dir')
+    run = experiment.load_run(FLAGS.model_dir)
+    if FLAGS.data:
+        examples = sources.evaluation_data(FLAGS.data, run.module.KIND, run.module.DEFAULT_DATA)
+    else:
+        _, examples = sources.train_and_eval_data(
+            run.data, run.eval_data, run.module.KIND, run.module.DEFAULT_DATA)
+    print(json.dumps(experiment.evaluate(run, examples, FLAGS.steps), sort_keys=True))
+
+
+def export(argv):
+    del argv
+    _require('model_dir')
+    run = experiment.load_run(FLAGS.model_dir)
+    export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, 'export', 'latest')
+    print(experiment.export(run, export_dir))
+
+
+def _parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)
+
+
+def _guarded(command):
+    """Runs a command, turning the user's mistakes into one line and a non-zero exit."""
+    def main(argv):
+        _quiet_tensorflow()
+        if len(argv) > 1:
+            raise SystemExit(_fail(f'unexpected arguments: {" ".join(argv[1:])}'))
+        try:
+            command(argv)
+        except UserError as error:
+            sys.exit(_fail(str(error)))
+        except tf.errors.OpError as error:
+            sys.exit(_fail(f'TensorFlow: {error.message.splitlines()[0]}'))
+        except KeyboardInterrupt:
+            sys.exit(_fail('interrupted; checkpoints already written are kept', code=130))
+    return main
+
+
+def _fail(message, code=2):
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    return code
+
+
+def main_train():
+    _define_train_flags()
+    app.run(_guarded(train), flags_parser=_parse_flags)
+
+
+def main_evaluate():
+    _define_evaluate_flags()
+    app.run(_guarded(evaluate), flags_parser=_parse_flags)
+
+
+def main_export():
+    _define_export_flags()
+    app.run(_guarded(export), flags_parser=_parse_flags)

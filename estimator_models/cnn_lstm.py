@@ -1,0 +1,27 @@
+"""cnn_lstm: a small CNN's last feature map, read as a sequence by the recurrent stack."""
+
+import tensorflow as tf
+
+from estimator_models import backbones, head, recurrent, sequencing
+from input_fns import IMAGE, IMAGE_KEY
+
+KIND = IMAGE
+DEFAULT_DATA = 'glyph_digits'
+DEFAULT_TRAIN_STEPS = 2000
+DEFAULT_HPARAMS = {
+    'cnn_filters': [32, 64],
+    # How the feature map becomes a sequence: see estimator_models.sequencing.SEQUENCERS.
+    'sequence': 'rows',
+}
+HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS)}
+
+
+def model_fn(features, labels, mode, params):
+    """Estimator model_fn; `params` is the run's hparams dict (estimator_models.hparams)."""
+    training = mode == tf.estimator.ModeKeys.TRAIN
+    images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
+    feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B, h, w, F]
+    sequence = sequencing.SEQUENCERS[params['sequence']](feature_map)       # [B, h, w*F] (rows)
+    final = recurrent.recurrent_stack(sequence, params, training)           # [B, U]
+    logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
+    return head.classification_head(logits, labels, mode, params)

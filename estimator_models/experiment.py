@@ -1,0 +1,169 @@
+"""From a resolved run to Estimator calls: train_and_evaluate, evaluate, export.
+
+bin/ scripts parse flags and call these; everything here takes plain values.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from estimator_models import hparams as hparams_lib
+from estimator_models import progress, registry, serving
+from input_fns import dataset, sources
+from input_fns.errors import UserError
+
+ModeKeys = tf.estimator.ModeKeys
+LATEST_EXPORTS_KEPT = 3
+BEST_EXPORTS_KEPT = 2
+
+
+@dataclasses.dataclass
+class Run:
+    """One model_dir's model, data and hparams, as saved in MODEL_DIR/hparams.json."""
+    model: str
+    model_dir: str
+    hparams: dict
+    data: Optional[str] = None
+    eval_data: Optional[str] = None
+
+    @property
+    def module(self):
+        return registry.get(self.model)
+
+    def record(self):
+        return {'model': self.model, 'data': self.data, 'eval_data': self.eval_data,
+                'hparams': self.hparams}
+
+
+def load_run(model_dir):
+    """The Run saved in model_dir; an error if there is none."""
+    record = hparams_lib.load_run(model_dir)
+    if record is None:
+        raise UserError(f'{model_dir} holds no trained model ({hparams_lib.RUN_FILE} not found)')
+    return Run(record['model'], model_dir, record['hparams'], record.get('data'), record.get('eval_data'))
+
+
+def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None):
+    """Resolves the run (new, or resumed from model_dir) and loads its data.
+
+    Returns (run, train_examples, eval_examples). Writes nothing.
+    """
+    module = registry.get(model)
+    saved = hparams_lib.load_run(model_dir)
+    if saved is not None and saved['model'] != model:
+        raise UserError(f'{model_dir} holds a {saved["model"]} model, not {model}; '
+                        'use a new --model_dir')
+    if saved is not None:
+        data = data or saved.get('data')
+        eval_data = eval_data or saved.get('eval_data')
+    train_examples, eval_examples = sources.train_and_eval_data(
+        data, eval_data, module.KIND, module.DEFAULT_DATA)
+    data_shape = train_examples.frame_shape + (train_examples.num_classes,)
+    resolved = hparams_lib.resolve(module, overrides or {}, data_shape,
+                                   saved['hparams'] if saved else None)
+    for name, examples in (('training', train_examples), ('evaluation', eval_examples)):
+        if examples.labels.max() >= resolved['num_classes']:
+            raise UserError(f'{name} data has label {examples.labels.max()} but the model has '
+                            f'{resolved["num_classes"]} classes')
+    return Run(model, model_dir, resolved, data, eval_data), train_examples, eval_examples
+
+
+def make_estimator(run, config=None, train_steps=0):
+    params = dict(run.hparams, train_steps=train_steps)
+    return tf.compat.v1.estimator.Estimator(
+        model_fn=run.module.model_fn, model_dir=run.model_dir, config=config, params=params)
+
+
+def run_config(model_dir, seed, checkpoint_every, distribution='none'):
+    strategies = {
+        'none': lambda: None,
+        'mirrored': tf.distribute.MirroredStrategy,
+        'multi_worker_mirrored': tf.distribute.experimental.MultiWorkerMirroredStrategy,
+    }
+    if distribution not in strategies:
+        raise UserError(f'unknown --distribution {distribution!r}; choose one of {", ".join(strategies)}')
+    return tf.estimator.RunConfig(
+        model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=checkpoint_every,
+        save_summary_steps=min(100, checkpoint_every), log_step_count_steps=min(100, checkpoint_every),
+        keep_checkpoint_max=3, train_distribute=strategies[distribution]())
+
+
+def higher_accuracy(best_eval_result, current_eval_result):
+    """BestExporter's compare_fn: keep the export with the best eval accuracy."""
+    return current_eval_result['accuracy'] > best_eval_result['accuracy']
+
+
+class ExportUnder(tf.estimator.Exporter):
+    """Runs an exporter into EXPORT_DIR/<its name> instead of MODEL_DIR/export/<its name>."""
+
+    def __init__(self, exporter, export_dir):
+        self._exporter = exporter
+        self._export_dir = export_dir
+
+    @property
+    def name(self):
+        return self._exporter.name
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        return self._exporter.export(estimator, os.path.join(self._export_dir, self.name),
+                                     checkpoint_path, eval_result, is_the_final_export)
+
+
+def exporters(run, export_dir):
+    receiver_fn = serving.raw_pixels_receiver_fn(run.module.KIND, run.hparams)
+    return [
+        progress.EvalReporter(),
+        ExportUnder(tf.estimator.BestExporter(
+            'best', receiver_fn, compare_fn=higher_accuracy, exports_to_keep=BEST_EXPORTS_KEPT),
+            export_dir),
+        ExportUnder(tf.estimator.LatestExporter(
+            'latest', receiver_fn, exports_to_keep=LATEST_EXPORTS_KEPT), export_dir),
+    ]
+
+
+def train_and_evaluate(run, train_examples, eval_examples, train_steps, seed, export_dir,
+                       checkpoint_every, distribution='none'):
+    """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
+    checkpoint. Returns the last eval result (None if there was nothing left to train)."""
+    hparams_lib.save_run(run.model_dir, run.record())
+    config = run_config(run.model_dir, seed, checkpoint_every, distribution)
+    estimator = make_estimator(run, config, train_steps)
+    batch_size = run.hparams['batch_size']
+    train_spec = tf.estimator.TrainSpec(
+        dataset.make_input_fn(train_examples, ModeKeys.TRAIN, run.hparams, batch_size, seed),
+        max_steps=train_steps)
+    eval_spec = tf.estimator.EvalSpec(
+        dataset.make_input_fn(eval_examples, ModeKeys.EVAL, run.hparams, batch_size),
+        steps=None, exporters=exporters(run, export_dir), start_delay_secs=0, throttle_secs=0)
+    eval_result, _ = tf.compat.v1.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    return eval_result
+
+
+def evaluate(run, examples, steps=None):
+    """Evaluates the latest checkpoint; returns a JSON-ready dict of metrics."""
+    estimator = make_estimator(run)
+    if estimator.latest_checkpoint() is None:
+        raise UserError(f'no checkpoint in {run.model_dir}')
+    result = estimator.evaluate(
+        dataset.make_input_fn(examples, ModeKeys.EVAL, run.hparams, run.hparams['batch_size']),
+        steps=steps, name='evaluate')
+    return {key: value.item() if hasattr(value, 'item') else value for key, value in result.items()}
+
+
+def export(run, export_dir):
+    """Exports the latest checkpoint under export_dir/<version>; returns that path."""
+    estimator = make_estimator(run)
+    if estimator.latest_checkpoint() is None:
+        raise UserError(f'no checkpoint in {run.model_dir}')
+    path = estimator.export_saved_model(
+        export_dir, serving.raw_pixels_receiver_fn(run.module.KIND, run.hparams))
+    return path.decode() if isinstance(path, bytes) else path
+
+
+def predict(run, examples):
+    """Estimator.predict over LabelledArrays: a list of {classes, probabilities, logits}."""
+    estimator = make_estimator(run)
+    input_fn = dataset.make_input_fn(examples, ModeKeys.PREDICT, run.hparams, run.hparams['batch_size'])
+    return list(estimator.predict(input_fn, yield_single_examples=True))

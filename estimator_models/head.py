@@ -1,0 +1,106 @@
+"""The classification head shared by every model.
+
+It owns everything after the logits: predictions, the loss, eval metrics, the train
+op with its learning-rate schedule and gradient clipping, train summaries and the
+export outputs, so the three models differ only in how they compute logits.
+"""
+
+import tensorflow as tf
+
+from estimator_models import progress
+
+ModeKeys = tf.estimator.ModeKeys
+SERVING_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+TOP_K = 5
+
+
+def classification_head(logits, labels, mode, params):
+    """Builds the EstimatorSpec for a K-way classifier.
+
+    Args:
+      logits: float32 [B, K].
+      labels: int32 [B] class indices (None in PREDICT mode).
+      mode: a tf.estimator.ModeKeys.
+      params: the run's hparams dict (see estimator_models.hparams); TRAIN mode also
+        reads `train_steps` from it for the learning-rate schedule and progress.
+
+    Returns:
+      tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B],
+      `probabilities` float32 [B, K] and `logits` float32 [B, K].
+    """
+    predictions = {
+        'classes': tf.argmax(logits, axis=-1),
+        'probabilities': tf.nn.softmax(logits, name='probabilities'),
+        'logits': logits,
+    }
+    if mode == ModeKeys.PREDICT:
+        return tf.estimator.EstimatorSpec(
+            mode, predictions=predictions,
+            export_outputs={SERVING_KEY: tf.estimator.export.PredictOutput(predictions)})
+
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    if mode == ModeKeys.EVAL:
+        return tf.estimator.EstimatorSpec(
+            mode, loss=loss, predictions=predictions,
+            eval_metric_ops=_eval_metrics(logits, labels, predictions['classes']))
+
+    train_op, learning_rate, gradient_norm = _train_op(loss, params)
+    batch_accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(predictions['classes'], tf.cast(labels, tf.int64)), tf.float32))
+    tf.compat.v1.summary.scalar('accuracy', batch_accuracy)
+    tf.compat.v1.summary.scalar('learning_rate', learning_rate)
+    tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
+    return tf.estimator.EstimatorSpec(
+        mode, loss=loss, train_op=train_op,
+        training_hooks=[progress.TrainProgressHook(loss, params['train_steps'])])
+
+
+def _eval_metrics(logits, labels, classes):
+    metrics = {
+        'accuracy': tf.compat.v1.metrics.accuracy(labels, classes),
+        'num_examples': _example_count(labels),
+    }
+    if logits.shape[-1] > TOP_K:
+        in_top_k = tf.math.in_top_k(tf.cast(labels, tf.int32), logits, TOP_K)
+        metrics[f'top_{TOP_K}_accuracy'] = tf.compat.v1.metrics.mean(tf.cast(in_top_k, tf.float32))
+    return metrics
+
+
+def _example_count(labels):
+    """A metric counting the examples evaluated: (value, update_op)."""
+    count = tf.compat.v1.Variable(
+        0, dtype=tf.int64, trainable=False, name='num_examples',
+        collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES, tf.compat.v1.GraphKeys.METRIC_VARIABLES])
+    update = count.assign_add(tf.size(labels, out_type=tf.int64))
+    return count.read_value(), update
+
+
+def learning_rate_schedule(global_step, params):
+    """Linear warm-up over `warmup_steps`, then `lr_schedule` ('cosine' decays to 5% at
+    `train_steps`; 'constant' holds) from `learning_rate`."""
+    base = params['learning_rate']
+    step = tf.cast(global_step, tf.float32)
+    warmup = float(max(1, params['warmup_steps']))
+    if params['lr_schedule'] == 'cosine':
+        decay_steps = max(1, params['train_steps'] - params['warmup_steps'])
+        progress_fraction = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+        base = base * (0.05 + 0.95 * 0.5 * (1.0 + tf.cos(3.141592653589793 * progress_fraction)))
+    return base * tf.minimum(1.0, (step + 1.0) / warmup)
+
+
+def _train_op(loss, params):
+    """Adam on the gradients clipped to global norm `clip_norm`.
+
+    Returns (train_op, learning_rate, global gradient norm before clipping).
+    """
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    learning_rate = learning_rate_schedule(global_step, params)
+    optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
+    gradients, variables = zip(*optimizer.compute_gradients(loss))
+    clipped, gradient_norm = tf.clip_by_global_norm(gradients, params['clip_norm'])
+    # Keras layers do not put their updates (e.g. batch-norm statistics) in
+    # UPDATE_OPS by themselves; models that have any add them there.
+    update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    with tf.control_dependencies(update_ops):
+        train_op = optimizer.apply_gradients(zip(clipped, variables), global_step=global_step)
+    return train_op, learning_rate, gradient_norm

@@ -1,0 +1,147 @@
+"""Hyperparameters: defaults, `--hparams=k=v,k=v` overrides, and the copy kept in model_dir.
+
+A run's hparams are one flat dict of ints, floats, bools, strings and int lists. The
+first training run writes them, with the model name and data specs, to
+MODEL_DIR/hparams.json; later runs (evaluate, export, a resumed train) read them back,
+so they need no repeated flags. On resume only TRAINING_KEYS may change: anything else
+would not fit the checkpoint.
+"""
+
+import json
+import os
+import re
+
+from input_fns import preprocess
+from input_fns.errors import UserError
+
+RUN_FILE = 'hparams.json'
+
+COMMON_DEFAULTS = {
+    # Input size; 0 means "take it from the training data".
+    'height': 0,
+    'width': 0,
+    'channels': 0,
+    'num_classes': 0,
+    'resize': 'resize',
+    # Recurrent stack (estimator_models.recurrent).
+    'cell': 'lstm',
+    'rnn_units': 128,
+    'rnn_layers': 1,
+    'bidirectional': False,
+    'dropout': 0.0,
+    # Training (estimator_models.head).
+    'batch_size': 128,
+    'learning_rate': 1e-3,
+    'lr_schedule': 'cosine',
+    'warmup_steps': 100,
+    'clip_norm': 5.0,
+}
+
+COMMON_CHOICES = {
+    'resize': preprocess.RESIZE_POLICIES,
+    'cell': ('lstm', 'gru'),
+    'lr_schedule': ('cosine', 'constant'),
+}
+
+TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout')
+DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
+
+_ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
+
+
+def parse_overrides(text):
+    """'a=1,b=[32,64],c=x' -> {'a': '1', 'b': '[32,64]', 'c': 'x'} (values still strings)."""
+    overrides, position = {}, 0
+    text = (text or '').strip()
+    while position < len(text):
+        match = _ASSIGNMENT.match(text, position)
+        if not match or match.end() == position:
+            raise UserError(f'cannot parse --hparams at {text[position:]!r}; expected key=value,key=value')
+        overrides[match.group(1)] = match.group(2).strip()
+        position = match.end()
+    return overrides
+
+
+def _coerce(key, text, default):
+    """Parses `text` as the type of `default`."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError
+            return text.lower() in ('true', '1')
+        if isinstance(default, (list, tuple)):
+            return [int(part) for part in text.strip('[]').split(',') if part.strip()]
+        return type(default)(text)
+    except ValueError:
+        raise UserError(f'hparam {key}={text!r} is not a valid {type(default).__name__}') from None
+
+
+def defaults_for(model_module):
+    return {**COMMON_DEFAULTS, **model_module.DEFAULT_HPARAMS}
+
+
+def resolve(model_module, overrides, data_shape=None, saved=None):
+    """The hparams of a run.
+
+    Args:
+      model_module: a module from estimator_models.registry.MODELS.
+      overrides: {key: value string} from --hparams and the training flags.
+      data_shape: (height, width, channels, num_classes) of the training data, used
+        for the shape keys the user left at 0.
+      saved: hparams read back from model_dir, or None on a first run.
+    """
+    defaults = defaults_for(model_module)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise UserError(f'unknown hparam {unknown[0]!r}; known: {", ".join(sorted(defaults))}')
+    parsed = {key: _coerce(key, value, defaults[key]) for key, value in overrides.items()}
+    if saved is not None:
+        return _resumed(saved, parsed)
+    resolved = {**defaults, **parsed}
+    for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
+        if not resolved[key]:
+            resolved[key] = int(value)
+    _check(resolved, {**COMMON_CHOICES, **model_module.HPARAM_CHOICES})
+    return resolved
+
+
+def _resumed(saved, parsed):
+    for key, value in parsed.items():
+        if key not in TRAINING_KEYS and saved.get(key) != value:
+            raise UserError(f'hparam {key}={value} differs from {key}={saved.get(key)} saved in '
+                            f'model_dir; use a new --model_dir to change it')
+    return {**saved, **parsed}
+
+
+def _check(hparams, choices):
+    for key, allowed in choices.items():
+        if hparams[key] not in allowed:
+            raise UserError(f'hparam {key}={hparams[key]!r} must be one of {", ".join(allowed)}')
+    for key in DATA_SHAPE_KEYS + ('rnn_units', 'rnn_layers', 'batch_size'):
+        if hparams[key] <= 0:
+            raise UserError(f'hparam {key} must be positive, got {hparams[key]}')
+    if hparams['channels'] not in (1, 3):
+        raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
+    if not 0.0 <= hparams['dropout'] < 1.0:
+        raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
+
+
+def load_run(model_dir):
+    """The run record saved in model_dir ({'model', 'data', 'eval_data', 'hparams'}), or None."""
+    path = os.path.join(model_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (OSError, ValueError) as error:
+        raise UserError(f'cannot read {path}: {error}') from None
+
+
+def save_run(model_dir, run):
+    """Writes the run record atomically (a crash never leaves half a file)."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, RUN_FILE)
+    with open(path + '.tmp', 'w') as stream:
+        json.dump(run, stream, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)

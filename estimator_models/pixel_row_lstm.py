@@ -1,0 +1,24 @@
+"""pixel_row_lstm: each pixel row of an image is one time step of the recurrent stack."""
+
+import tensorflow as tf
+
+from estimator_models import head, recurrent, sequencing
+from input_fns import IMAGE, IMAGE_KEY
+
+KIND = IMAGE
+DEFAULT_DATA = 'glyph_digits'
+DEFAULT_TRAIN_STEPS = 3000
+DEFAULT_HPARAMS = {
+    'scan': 'rows',  # 'columns' reads the image left to right instead
+}
+HPARAM_CHOICES = {'scan': ('rows', 'columns')}
+
+
+def model_fn(features, labels, mode, params):
+    """Estimator model_fn; `params` is the run's hparams dict (estimator_models.hparams)."""
+    training = mode == tf.estimator.ModeKeys.TRAIN
+    images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
+    sequence = sequencing.SEQUENCERS[params['scan']](images)                # [B, H, W*C] (rows)
+    final = recurrent.recurrent_stack(sequence, params, training)           # [B, U]
+    logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
+    return head.classification_head(logits, labels, mode, params)

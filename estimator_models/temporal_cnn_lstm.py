@@ -1,0 +1,39 @@
+"""temporal_cnn_lstm: one CNN, shared by all frames, then the recurrent stack over the frames."""
+
+import tensorflow as tf
+
+from estimator_models import backbones, head, recurrent, sequencing
+from input_fns import CLIP, FRAMES_KEY, LENGTH_KEY
+
+KIND = CLIP
+DEFAULT_DATA = 'moving_glyphs'
+DEFAULT_TRAIN_STEPS = 1500
+DEFAULT_HPARAMS = {
+    'batch_size': 32,
+    'cnn_filters': [32, 64, 64],
+    'frame_features': 128,
+    # Read at most this many frames of each clip (0: all). max_frames=1 is the
+    # single-frame baseline: the same model, blind to motion.
+    'max_frames': 0,
+}
+HPARAM_CHOICES = {}
+
+
+def model_fn(features, labels, mode, params):
+    """Estimator model_fn; `params` is the run's hparams dict (estimator_models.hparams)."""
+    training = mode == tf.estimator.ModeKeys.TRAIN
+    frames = features[FRAMES_KEY] / 255.0                                   # [B, T, H, W, C]
+    lengths = features[LENGTH_KEY]                                          # [B]
+    if params['max_frames']:
+        frames = frames[:, :params['max_frames']]                           # [B, T', H, W, C]
+        lengths = tf.minimum(lengths, params['max_frames'])
+    images = sequencing.frames_as_images(frames)                            # [B*T, H, W, C]
+    feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B*T, h, w, F]
+    # Flattened rather than pooled: the motion is in where things are.
+    per_frame = tf.keras.layers.Dense(
+        params['frame_features'], activation='relu', name='frame_features')(
+            tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [B*T, D]
+    sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
+    final = recurrent.recurrent_stack(sequence, params, training, lengths)  # [B, U]
+    logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
+    return head.classification_head(logits, labels, mode, params)

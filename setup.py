@@ -1,0 +1,37 @@
+"""Recurrent models over images and video as TensorFlow 1-style Estimators."""
+
+import setuptools
+
+# Exact pins: tf.estimator exists only up to TensorFlow 2.15, and pip would otherwise
+# move any of these past it. Why each pin is what it is: BUILD_NOTES.md.
+# requirements.txt freezes the whole resolved set (with the transitive packages).
+INSTALL_REQUIRES = [
+    'tensorflow==2.15.1',
+    'tensorflow-estimator==2.15.0',
+    'keras==2.15.0',
+    'tensorboard==2.15.2',
+    'numpy==1.26.4',
+    'protobuf==3.20.3',
+    'tensorflow-datasets==4.9.4',
+    'tensorflow-metadata==1.14.0',
+    'tensorflow-serving-api==2.15.1',
+    'absl-py==1.4.0',
+]
+
+setuptools.setup(
+    name='estimator-lstm-pipeline',
+    version='0.1.0',
+    description=__doc__,
+    packages=['estimator_models', 'input_fns'],
+    python_requires='>=3.9,<3.12',
+    install_requires=INSTALL_REQUIRES,
+    extras_require={'test': ['pytest==9.2.0']},
+    scripts=['bin/train', 'bin/evaluate', 'bin/export'],
+    entry_points={
+        'console_scripts': [
+            'lstm-train=estimator_models.cli:main_train',
+            'lstm-evaluate=estimator_models.cli:main_evaluate',
+            'lstm-export=estimator_models.cli:main_export',
+        ],
+    },
+)
