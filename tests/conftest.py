@@ -45,10 +45,10 @@ def clips_npz(tmp_path_factory):
     return path
 
 
-def run_bin(command, *args, check=True):
+def run_bin(command, *args, check=True, cwd=None):
     """Runs bin/<command> with `args` in a fresh process; returns the CompletedProcess."""
     result = subprocess.run([sys.executable, os.path.join(REPO, 'bin', command), *args],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f'bin/{command} failed ({result.returncode}):\n{result.stderr[-3000:]}')
     return result
