@@ -13,7 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from estimator_models import experiment, hparams, registry  # noqa: E402
+from estimator_models import experiment, hparams, predicting, registry  # noqa: E402
 from input_fns import sources  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
 
@@ -50,6 +50,12 @@ def _define_export_flags():
     flags.DEFINE_string('export_dir', None,
                         'Base directory; the SavedModel goes to EXPORT_DIR/<version>. '
                         'Default: MODEL_DIR/export/latest.')
+
+
+def _define_predict_flags():
+    flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
+    flags.DEFINE_multi_string('input', None, 'Input file: image, .npz, or (clips) a directory of frames.')
+    flags.DEFINE_string('signature', 'serving_default', 'Signature to run.')
 
 
 def _quiet_tensorflow():
@@ -120,6 +126,17 @@ def export(argv):
     print(experiment.export(run, export_dir))
 
 
+def predict(argv):
+    del argv
+    _require('saved_model')
+    _require('input')
+    _, signature = predicting.load_signature(FLAGS.saved_model, FLAGS.signature)
+    kind, frame_shape = predicting.signature_kind_and_shape(signature)
+    inputs = predicting.read_inputs(FLAGS.input, kind, frame_shape)
+    outputs = signature(**{predicting.input_name(kind): tf.constant(inputs)})
+    print(json.dumps(predicting.rest_predictions(outputs)))
+
+
 def _parse_flags(argv):
     try:
         return FLAGS(argv)
@@ -163,3 +180,8 @@ def main_evaluate():
 def main_export():
     _define_export_flags()
     app.run(_guarded(export), flags_parser=_parse_flags)
+
+
+def main_predict():
+    _define_predict_flags()
+    app.run(_guarded(predict), flags_parser=_parse_flags)

@@ -27,7 +27,7 @@ _BOX_FRACTION = 20 / 28
 # Strokes are rasterised at this multiple of the output resolution, then
 # box-downsampled: that is the anti-aliasing MNIST itself got.
 _SUPERSAMPLING = 2
-# Spline sampling step along a stroke, in glyph heights (about 1.4 px of a
+# Spline sampling step along a stroke, in glyph heights (about 1.8 px of a
 # 20 px tall digit): fine enough that curves look smooth at 28x28.
 _SPLINE_STEP = 0.09
 # Glyphs are rasterised in chunks so that the pixels x segments distance

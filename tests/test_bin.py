@@ -151,3 +151,26 @@ def test_a_conflicting_flag_leaves_the_model_dir_as_it_was(digits_run):
     assert result.returncode == 2
     assert 'rnn_units=64 differs from rnn_units=16' in result.stderr
     assert {path: os.path.getmtime(path) for path in glob.glob(os.path.join(model_dir, '*'))} == before
+
+
+def test_predict_answers_in_the_tf_serving_rest_format(digits_run, tmp_path):
+    model_dir, _ = digits_run
+    run = experiment.load_run(model_dir)
+    _, held_out = sources.train_and_eval_data(run.data, run.eval_data, run.module.KIND, None)
+    examples = held_out.take(np.arange(3))
+    png = str(tmp_path / 'digit.png')
+    tf.io.write_file(png, tf.io.encode_png(examples.inputs[0]))
+    npz = str(tmp_path / 'more.npz')
+    np.savez(npz, x=examples.inputs[1:, ..., 0], y=examples.labels[1:])
+    result = run_bin('predict', f'--saved_model={model_dir}/export/latest', f'--input={png}',
+                     f'--input={npz}')
+    predictions = json.loads(result.stdout)['predictions']
+    expected = experiment.predict(run, examples)
+    assert len(predictions) == 3
+    for got, want in zip(predictions, expected):
+        assert got['classes'] == want['classes']
+        np.testing.assert_allclose(got['probabilities'], want['probabilities'], atol=1e-5)
+    bad = tmp_path / 'broken.png'
+    bad.write_bytes(b'not an image')
+    failed = run_bin('predict', f'--saved_model={model_dir}/export/latest', f'--input={bad}', check=False)
+    assert failed.returncode == 2 and failed.stderr.strip() == f'error: cannot decode {bad} as an image'
