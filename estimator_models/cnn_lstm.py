@@ -7,7 +7,7 @@ from input_fns import IMAGE, IMAGE_KEY
 
 KIND = IMAGE
 DEFAULT_DATA = 'glyph_digits'
-DEFAULT_TRAIN_STEPS = 2000
+DEFAULT_TRAIN_STEPS = 3000
 DEFAULT_HPARAMS = {
     'cnn_filters': [32, 64],
     # How the feature map becomes a sequence: see estimator_models.sequencing.SEQUENCERS.

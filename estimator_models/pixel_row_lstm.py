@@ -7,7 +7,7 @@ from input_fns import IMAGE, IMAGE_KEY
 
 KIND = IMAGE
 DEFAULT_DATA = 'glyph_digits'
-DEFAULT_TRAIN_STEPS = 3000
+DEFAULT_TRAIN_STEPS = 5000
 DEFAULT_HPARAMS = {
     'scan': 'rows',  # 'columns' reads the image left to right instead
 }

@@ -7,7 +7,7 @@ from input_fns import CLIP, FRAMES_KEY, LENGTH_KEY
 
 KIND = CLIP
 DEFAULT_DATA = 'moving_glyphs'
-DEFAULT_TRAIN_STEPS = 1500
+DEFAULT_TRAIN_STEPS = 1000
 DEFAULT_HPARAMS = {
     'batch_size': 32,
     'cnn_filters': [32, 64, 64],
@@ -15,6 +15,10 @@ DEFAULT_HPARAMS = {
     # Read at most this many frames of each clip (0: all). max_frames=1 is the
     # single-frame baseline: the same model, blind to motion.
     'max_frames': 0,
+    # Give the CNN each frame's difference from the previous one as extra channels:
+    # motion then shows as a local pattern a convolution finds anywhere in the frame,
+    # instead of a change of position the recurrent stack must work out by itself.
+    'frame_differences': True,
 }
 HPARAM_CHOICES = {}
 
@@ -27,6 +31,8 @@ def model_fn(features, labels, mode, params):
     if params['max_frames']:
         frames = frames[:, :params['max_frames']]                           # [B, T', H, W, C]
         lengths = tf.minimum(lengths, params['max_frames'])
+    if params['frame_differences']:
+        frames = with_frame_differences(frames)                             # [B, T, H, W, 2C]
     images = sequencing.frames_as_images(frames)                            # [B*T, H, W, C]
     feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B*T, h, w, F]
     # Flattened rather than pooled: the motion is in where things are.
@@ -37,3 +43,11 @@ def model_fn(features, labels, mode, params):
     final = recurrent.recurrent_stack(sequence, params, training, lengths)  # [B, U]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     return head.classification_head(logits, labels, mode, params)
+
+
+def with_frame_differences(frames):
+    """[B, T, H, W, C] -> [B, T, H, W, 2C]: each frame, then itself minus the frame before
+    (zero for the first frame). Step t sees only frames t-1 and t, so padding after a
+    clip's end still cannot reach its true steps."""
+    previous = tf.concat([frames[:, :1], frames[:, :-1]], axis=1)
+    return tf.concat([frames, frames - previous], axis=-1)

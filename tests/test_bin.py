@@ -174,3 +174,12 @@ def test_predict_answers_in_the_tf_serving_rest_format(digits_run, tmp_path):
     bad.write_bytes(b'not an image')
     failed = run_bin('predict', f'--saved_model={model_dir}/export/latest', f'--input={bad}', check=False)
     assert failed.returncode == 2 and failed.stderr.strip() == f'error: cannot decode {bad} as an image'
+
+
+def test_the_same_seed_trains_the_same_model(digits_run, tmp_path, digits_npz):
+    model_dir, _ = digits_run
+    again = str(tmp_path / 'again')
+    _train('pixel_row_lstm', digits_npz, again)
+    first = json.loads(run_bin('evaluate', f'--model_dir={model_dir}').stdout)
+    second = json.loads(run_bin('evaluate', f'--model_dir={again}').stdout)
+    assert second['loss'] == pytest.approx(first['loss'], rel=1e-6)
