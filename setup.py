@@ -26,13 +26,14 @@ setuptools.setup(
     python_requires='>=3.9,<3.12',
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': ['pytest==9.2.0']},
-    scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict'],
+    scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict', 'bin/benchmark'],
     entry_points={
         'console_scripts': [
             'lstm-train=estimator_models.cli:main_train',
             'lstm-evaluate=estimator_models.cli:main_evaluate',
             'lstm-export=estimator_models.cli:main_export',
             'lstm-predict=estimator_models.cli:main_predict',
+            'lstm-benchmark=estimator_models.cli:main_benchmark',
         ],
     },
 )

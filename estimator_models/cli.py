@@ -13,7 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from estimator_models import experiment, hparams, predicting, registry  # noqa: E402
+from estimator_models import benchmarks, experiment, hparams, predicting, registry  # noqa: E402
 from input_fns import sources  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
 
@@ -55,7 +55,17 @@ def _define_export_flags():
 def _define_predict_flags():
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
     flags.DEFINE_multi_string('input', None, 'Input file: image, .npz, or (clips) a directory of frames.')
+    flags.DEFINE_string('request', None, 'A TensorFlow Serving REST request body (JSON file): '
+                        '{"instances": [...]}, {"inputs": ...} or {"examples": [...]}.')
     flags.DEFINE_string('signature', 'serving_default', 'Signature to run.')
+
+
+def _define_benchmark_flags():
+    flags.DEFINE_bool('serving', False, 'Measure serving latency of --saved_model.')
+    flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
+    flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes to measure.')
+    flags.DEFINE_integer('calls', 200, 'Timed calls per signature and batch size.')
+    flags.DEFINE_string('json_out', None, 'Also write the rows as JSON to this file.')
 
 
 def _quiet_tensorflow():
@@ -129,12 +139,44 @@ def export(argv):
 def predict(argv):
     del argv
     _require('saved_model')
-    _require('input')
-    _, signature = predicting.load_signature(FLAGS.saved_model, FLAGS.signature)
-    kind, frame_shape = predicting.signature_kind_and_shape(signature)
-    inputs = predicting.read_inputs(FLAGS.input, kind, frame_shape)
-    outputs = signature(**{predicting.input_name(kind): tf.constant(inputs)})
-    print(json.dumps(predicting.rest_predictions(outputs)))
+    if bool(FLAGS.input) == bool(FLAGS.request):
+        raise UserError('give either --input files or a --request body')
+    loaded = predicting.load(FLAGS.saved_model)
+    if FLAGS.request:
+        body = _read_json(FLAGS.request)
+    else:
+        body = predicting.file_request(loaded, FLAGS.signature, FLAGS.input)
+    print(json.dumps(predicting.run_request(loaded, FLAGS.signature, body)))
+
+
+def _read_json(path):
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except OSError as error:
+        raise UserError(f'cannot read {path}: {error.strerror}') from None
+    except ValueError as error:
+        raise UserError(f'{path} is not valid JSON: {error}') from None
+
+
+def benchmark(argv):
+    del argv
+    if not FLAGS.serving:
+        raise UserError('choose a benchmark: --serving')
+    _require('saved_model')
+    try:
+        batch_sizes = [int(size) for size in FLAGS.batch_sizes]
+    except ValueError:
+        raise UserError(f'--batch_sizes must be integers, got {",".join(FLAGS.batch_sizes)}') from None
+    if FLAGS.calls < 1 or min(batch_sizes) < 1:
+        raise UserError('--calls and --batch_sizes must be positive')
+    rows = benchmarks.serving_latency(FLAGS.saved_model, batch_sizes, FLAGS.calls)
+    print(f'serving latency of {predicting.resolve_version(FLAGS.saved_model)} '
+          f'(in-process, {os.cpu_count()} CPU cores)')
+    print(benchmarks.markdown_table(rows))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, 'w') as stream:
+            json.dump(rows, stream, indent=2)
 
 
 def _parse_flags(argv):
@@ -167,21 +209,26 @@ def _fail(message, code=2):
     return code
 
 
+def _main(define_flags, command):
+    define_flags()
+    app.run(_guarded(command), flags_parser=_parse_flags)
+
+
 def main_train():
-    _define_train_flags()
-    app.run(_guarded(train), flags_parser=_parse_flags)
+    _main(_define_train_flags, train)
 
 
 def main_evaluate():
-    _define_evaluate_flags()
-    app.run(_guarded(evaluate), flags_parser=_parse_flags)
+    _main(_define_evaluate_flags, evaluate)
 
 
 def main_export():
-    _define_export_flags()
-    app.run(_guarded(export), flags_parser=_parse_flags)
+    _main(_define_export_flags, export)
 
 
 def main_predict():
-    _define_predict_flags()
-    app.run(_guarded(predict), flags_parser=_parse_flags)
+    _main(_define_predict_flags, predict)
+
+
+def main_benchmark():
+    _main(_define_benchmark_flags, benchmark)

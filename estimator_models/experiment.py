@@ -4,13 +4,12 @@ bin/ scripts parse flags and call these; everything here takes plain values.
 """
 
 import dataclasses
-import os
-from typing import Optional
+from typing import List, Optional
 
 import tensorflow as tf
 
 from estimator_models import hparams as hparams_lib
-from estimator_models import progress, registry, serving
+from estimator_models import exporting, progress, registry
 from input_fns import dataset, sources
 from input_fns.errors import UserError
 
@@ -27,6 +26,11 @@ class Run:
     hparams: dict
     data: Optional[str] = None
     eval_data: Optional[str] = None
+    class_names: Optional[List[str]] = None
+
+    def __post_init__(self):
+        if not self.class_names:
+            self.class_names = [str(index) for index in range(self.hparams['num_classes'])]
 
     @property
     def module(self):
@@ -34,7 +38,7 @@ class Run:
 
     def record(self):
         return {'model': self.model, 'data': self.data, 'eval_data': self.eval_data,
-                'hparams': self.hparams}
+                'class_names': self.class_names, 'hparams': self.hparams}
 
 
 def load_run(model_dir):
@@ -42,7 +46,8 @@ def load_run(model_dir):
     record = hparams_lib.load_run(model_dir)
     if record is None:
         raise UserError(f'{model_dir} holds no trained model ({hparams_lib.RUN_FILE} not found)')
-    return Run(record['model'], model_dir, record['hparams'], record.get('data'), record.get('eval_data'))
+    return Run(record['model'], model_dir, record['hparams'], record.get('data'),
+               record.get('eval_data'), record.get('class_names'))
 
 
 def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None):
@@ -67,7 +72,9 @@ def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None
         if examples.labels.max() >= resolved['num_classes']:
             raise UserError(f'{name} data has label {examples.labels.max()} but the model has '
                             f'{resolved["num_classes"]} classes')
-    return Run(model, model_dir, resolved, data, eval_data), train_examples, eval_examples
+    class_names = saved.get('class_names') if saved else train_examples.class_names
+    run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []))
+    return run, train_examples, eval_examples
 
 
 def make_estimator(run, config=None, train_steps=0):
@@ -90,36 +97,11 @@ def run_config(model_dir, seed, checkpoint_every, distribution='none'):
         keep_checkpoint_max=3, train_distribute=strategies[distribution]())
 
 
-def higher_accuracy(best_eval_result, current_eval_result):
-    """BestExporter's compare_fn: keep the export with the best eval accuracy."""
-    return current_eval_result['accuracy'] > best_eval_result['accuracy']
-
-
-class ExportUnder(tf.estimator.Exporter):
-    """Runs an exporter into EXPORT_DIR/<its name> instead of MODEL_DIR/export/<its name>."""
-
-    def __init__(self, exporter, export_dir):
-        self._exporter = exporter
-        self._export_dir = export_dir
-
-    @property
-    def name(self):
-        return self._exporter.name
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        return self._exporter.export(estimator, os.path.join(self._export_dir, self.name),
-                                     checkpoint_path, eval_result, is_the_final_export)
-
-
 def exporters(run, export_dir):
-    receiver_fn = serving.raw_pixels_receiver_fn(run.module.KIND, run.hparams)
     return [
         progress.EvalReporter(),
-        ExportUnder(tf.estimator.BestExporter(
-            'best', receiver_fn, compare_fn=higher_accuracy, exports_to_keep=BEST_EXPORTS_KEPT),
-            export_dir),
-        ExportUnder(tf.estimator.LatestExporter(
-            'latest', receiver_fn, exports_to_keep=LATEST_EXPORTS_KEPT), export_dir),
+        exporting.ServingExporter('best', run, export_dir, BEST_EXPORTS_KEPT, only_if_better=True),
+        exporting.ServingExporter('latest', run, export_dir, LATEST_EXPORTS_KEPT),
     ]
 
 
@@ -154,12 +136,10 @@ def evaluate(run, examples, steps=None):
 
 def export(run, export_dir):
     """Exports the latest checkpoint under export_dir/<version>; returns that path."""
-    estimator = make_estimator(run)
-    if estimator.latest_checkpoint() is None:
+    checkpoint = tf.train.latest_checkpoint(run.model_dir)
+    if checkpoint is None:
         raise UserError(f'no checkpoint in {run.model_dir}')
-    path = estimator.export_saved_model(
-        export_dir, serving.raw_pixels_receiver_fn(run.module.KIND, run.hparams))
-    return path.decode() if isinstance(path, bytes) else path
+    return exporting.export_saved_model(run, checkpoint, export_dir)
 
 
 def predict(run, examples):

@@ -1,5 +1,6 @@
 """Client side of an export: load a SavedModel, read input files, answer like TF Serving."""
 
+import base64
 import os
 
 import numpy as np
@@ -24,12 +25,9 @@ def resolve_version(path):
     return os.path.join(path, max(versions, key=int))
 
 
-def load_signature(path, name='serving_default'):
-    """(the loaded object, its signature `name`); keep the object alive while calling."""
-    loaded = tf.saved_model.load(resolve_version(path))
-    if name not in loaded.signatures:
-        raise UserError(f'the SavedModel has no signature {name!r}; it has {", ".join(loaded.signatures)}')
-    return loaded, loaded.signatures[name]
+def load(path):
+    """The SavedModel at `path` (a version directory or a base of versions)."""
+    return tf.saved_model.load(resolve_version(path))
 
 
 def read_inputs(paths, kind, frame_shape):
@@ -80,23 +78,182 @@ def _decode(path):
         raise UserError(f'cannot decode {path} as an image') from None
 
 
-def input_name(kind):
-    return FRAMES_KEY if kind == CLIP else IMAGE_KEY
-
-
-def signature_kind_and_shape(signature):
-    """(IMAGE or CLIP, (H, W, C)) from the raw-pixel signature's input."""
-    specs = signature.structured_input_signature[1]
+def signature_kind_and_shape(loaded):
+    """(IMAGE or CLIP, (H, W, C)) from the raw-pixel serving_default signature."""
+    specs = loaded.signatures['serving_default'].structured_input_signature[1]
     if FRAMES_KEY in specs:
         return CLIP, tuple(specs[FRAMES_KEY].shape[2:])
     if IMAGE_KEY in specs:
         return IMAGE, tuple(specs[IMAGE_KEY].shape[1:])
-    raise UserError(f'the signature takes {", ".join(specs)}, not raw pixels')
+    raise UserError(f'serving_default takes {", ".join(specs)}, not raw pixels')
 
 
-def rest_predictions(outputs):
-    """TF Serving's row-format response body: {"predictions": [{output: value}, ...]}."""
+def file_request(loaded, signature_name, paths):
+    """A REST request body for `signature_name` from input files."""
+    kind, frame_shape = signature_kind_and_shape(loaded)
+    if signature_name == 'classification':
+        return {'examples': [{'image/encoded': [_b64(frame) for frame in _encoded(path, kind)]}
+                             for path in paths]}
+    inputs = input_specs(_signature(loaded, signature_name))
+    if set(inputs) & {'image_bytes', 'frames_bytes'}:
+        clips = [[_b64(frame) for frame in _encoded(path, kind)] for path in paths]
+        if kind == IMAGE:
+            return {'instances': [clip[0] for clip in clips]}
+        longest = max(len(clip) for clip in clips)
+        return {'instances': [clip + [{'b64': ''}] * (longest - len(clip)) for clip in clips]}
+    pixels = read_inputs(paths, kind, frame_shape)
+    if 'lengths' in inputs:
+        return {'inputs': {FRAMES_KEY: pixels.tolist(), 'lengths': [pixels.shape[1]] * len(pixels)}}
+    return {'instances': pixels.tolist()}
+
+
+def _encoded(path, kind):
+    """The encoded image bytes of one input file: [image], or a clip's frames in order."""
+    if kind == CLIP and os.path.isdir(path):
+        names = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
+        return [open(os.path.join(path, name), 'rb').read() for name in names]
+    if not os.path.isfile(path) or not path.lower().endswith(IMAGE_SUFFIXES):
+        raise UserError(f'{path}: this signature takes image files' +
+                        (' or directories of frames' if kind == CLIP else ''))
+    return [open(path, 'rb').read()]
+
+
+def _b64(data):
+    return {'b64': base64.b64encode(data).decode('ascii')}
+
+
+def _signature(loaded, name):
+    if name not in loaded.signatures:
+        raise UserError(f'Serving signature name: "{name}" not found in signature def')
+    return loaded.signatures[name]
+
+
+def input_name(kind):
+    return FRAMES_KEY if kind == CLIP else IMAGE_KEY
+
+
+def input_specs(signature):
+    return signature.structured_input_signature[1]
+
+
+def run_request(loaded, signature_name, body):
+    """Answers one TF Serving REST request body as the server would: the response body.
+
+    A `signature_name` in the body wins over the `signature_name` argument, as on the server.
+    """
+    if not isinstance(body, dict):
+        raise UserError('request body must be a JSON object')
+    signature_name = body.get('signature_name', signature_name)
+    signature = _signature(loaded, signature_name)
+    if 'examples' in body:
+        if signature_name != 'classification':
+            raise UserError(f'"examples" requests go to the classification signature, not {signature_name}')
+        return {'results': _classify(signature, body['examples'])}
+    specs = input_specs(signature)
+    if 'instances' in body:
+        columns = _rows_to_columns(body['instances'], specs)
+        outputs = _call(signature, specs, columns)
+        return {'predictions': _columns_to_rows(outputs)}
+    if 'inputs' in body:
+        inputs = body['inputs']
+        columns = inputs if isinstance(inputs, dict) else {_only_input(specs): inputs}
+        outputs = _call(signature, specs, columns)
+        return {'outputs': {name: value.tolist() for name, value in outputs.items()}}
+    raise UserError('request body needs "instances", "inputs" or "examples"')
+
+
+def _only_input(specs):
+    if len(specs) != 1:
+        raise UserError(f'the signature takes several inputs ({", ".join(sorted(specs))}); name them')
+    return next(iter(specs))
+
+
+def _rows_to_columns(instances, specs):
+    if not isinstance(instances, list) or not instances:
+        raise UserError('"instances" must be a non-empty list')
+    if all(isinstance(row, dict) and 'b64' not in row for row in instances):
+        names = set(instances[0])
+        if any(set(row) != names for row in instances):
+            raise UserError('every instance must name the same inputs')
+        return {name: [row[name] for row in instances] for name in names}
+    return {_only_input(specs): instances}
+
+
+def _call(signature, specs, columns):
+    unknown = sorted(set(columns) - set(specs))
+    if unknown:
+        raise UserError(f'input tensor alias not found in signature: {unknown[0]}. Inputs expected '
+                        f'to be in the set {{{",".join(sorted(specs))}}}.')
+    if set(columns) != set(specs):
+        raise UserError(f'input size does not match signature: {len(columns)}!={len(specs)}; '
+                        f'missing {",".join(sorted(set(specs) - set(columns)))}')
+    tensors = {name: _tensor(name, _decode_b64(value), specs[name]) for name, value in columns.items()}
+    try:
+        return {name: value.numpy() for name, value in signature(**tensors).items()}
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise UserError(_cause(message)) from None
+
+
+def _cause(message):
+    """The line of a TensorFlow error that says what went wrong, without the graph trace."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(('Graph execution error', 'Detected at node', 'File ', '[[', '<stack')):
+            return line.rstrip(':')
+    return message.strip().splitlines()[0]
+
+
+def _tensor(name, value, spec):
+    try:
+        array = np.array(value, dtype=object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype)
+    except (TypeError, ValueError):
+        raise UserError(f'input {name}: cannot convert to {spec.dtype.name}') from None
+    if not spec.shape.is_compatible_with(array.shape):
+        raise UserError(f'input {name}: shape {list(array.shape)} does not fit {spec.shape}')
+    return tf.constant(array, dtype=spec.dtype)
+
+
+def _decode_b64(value):
+    """Replaces every {"b64": ...} by its bytes, as TF Serving does for string inputs."""
+    if isinstance(value, dict) and set(value) == {'b64'}:
+        try:
+            return base64.b64decode(value['b64'], validate=True)
+        except (ValueError, TypeError):
+            raise UserError('invalid base64 in a "b64" value') from None
+    if isinstance(value, list):
+        return [_decode_b64(item) for item in value]
+    return value
+
+
+def _columns_to_rows(outputs):
     names = sorted(outputs)
-    columns = {name: outputs[name].numpy().tolist() for name in names}
-    return {'predictions': [{name: columns[name][row] for name in names}
-                            for row in range(len(columns[names[0]]))]}
+    return [{name: outputs[name][row].tolist() for name in names}
+            for row in range(len(outputs[names[0]]))]
+
+
+def _classify(signature, examples):
+    if not isinstance(examples, list) or not examples:
+        raise UserError('"examples" must be a non-empty list')
+    serialized = [_example(example).SerializeToString() for example in examples]
+    outputs = _call(signature, input_specs(signature), {'inputs': serialized})
+    return [[[label.decode(), float(score)] for label, score in zip(labels, scores)]
+            for labels, scores in zip(outputs['classes'], outputs['scores'])]
+
+
+def _example(features):
+    """A tf.Example from REST's JSON form: {"name": value or [values]}, bytes as {"b64": ...}."""
+    if not isinstance(features, dict):
+        raise UserError('each example must be a JSON object of features')
+    feature = {}
+    for name, value in features.items():
+        values = _decode_b64(value if isinstance(value, list) else [value])
+        if all(isinstance(item, bytes) for item in values):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        elif all(isinstance(item, int) for item in values):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        elif all(isinstance(item, (int, float)) for item in values):
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        else:
+            raise UserError(f'feature {name}: values must all be bytes ({{"b64": ...}}), ints or floats')
+    return tf.train.Example(features=tf.train.Features(feature=feature))

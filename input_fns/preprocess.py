@@ -64,3 +64,14 @@ def _central_crop_to_aspect(images, height, width):
     top = (have_height - crop_height) // 2
     left = (have_width - crop_width) // 2
     return images[:, top:top + crop_height, left:left + crop_width, :]
+
+
+def decode_and_fit(encoded, height, width, channels, policy):
+    """One encoded image (PNG, JPEG, GIF, BMP; any size) -> float32 [height, width, channels].
+
+    The decoder converts the channels (gray <-> RGB) itself, as every reader of encoded
+    images in this project does, so a served image and a read one agree.
+    """
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return fit_images(image[tf.newaxis], height, width, channels, policy)[0]

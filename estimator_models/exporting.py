@@ -1,0 +1,172 @@
+"""SavedModels for TensorFlow Serving: the export itself, warm-up requests, and the
+best / latest exporters that train_and_evaluate runs after each evaluation.
+
+The Estimator's own export names extra signatures `receiver:output`; this one writes
+exactly the signatures estimator_models.serving declares, from the same model_fn
+in PREDICT mode, so a served prediction is an Estimator prediction.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from estimator_models import serving
+from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY
+
+WARMUP_FILE = 'tf_serving_warmup_requests'
+EVAL_RESULT_FILE = 'eval_result.json'
+
+
+def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
+    """Writes the checkpoint's SavedModel to export_base/<version> and returns that path.
+
+    It is written under a temporary name and renamed when complete, so a server
+    watching export_base never loads half an export. `eval_result`, when given, is kept
+    in assets.extra/eval_result.json.
+    """
+    os.makedirs(export_base, exist_ok=True)
+    version = _next_version(export_base)
+    final_path = os.path.join(export_base, str(version))
+    temporary_path = os.path.join(export_base, f'temp-{version}')
+    try:
+        _write_saved_model(run, checkpoint_path, temporary_path)
+        extra = os.path.join(temporary_path, 'assets.extra')
+        if eval_result is not None:
+            with open(os.path.join(extra, EVAL_RESULT_FILE), 'w') as stream:
+                json.dump({key: _plain(value) for key, value in eval_result.items()}, stream,
+                          sort_keys=True)
+        os.rename(temporary_path, final_path)
+    except BaseException:
+        shutil.rmtree(temporary_path, ignore_errors=True)
+        raise
+    return final_path
+
+
+def _write_saved_model(run, checkpoint_path, path):
+    # A graph of its own: exporters run inside train_and_evaluate, whose graph is finalized.
+    with tf.Graph().as_default():
+        features, signature_inputs = serving.receivers(run.module.KIND, run.hparams)
+        spec = run.module.model_fn(features, None, tf.estimator.ModeKeys.PREDICT, run.hparams)
+        signatures = serving.signature_defs(signature_inputs, spec.predictions, run.class_names)
+        blank_image = tf.io.encode_png(
+            tf.zeros([run.hparams[key] for key in ('height', 'width', 'channels')], tf.uint8))
+        saver = tf.compat.v1.train.Saver(sharded=True)
+        with tf.compat.v1.Session() as session:
+            saver.restore(session, checkpoint_path)
+            builder = tf.compat.v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(
+                session, [tf.saved_model.SERVING], signature_def_map=signatures,
+                saver=saver, strip_default_attrs=True)
+            builder.save()
+            blank_png = session.run(blank_image)
+    os.makedirs(os.path.join(path, 'assets.extra'))
+    write_warmup_requests(os.path.join(path, 'assets.extra', WARMUP_FILE), run, blank_png)
+
+
+def versions(export_base):
+    """The integer version directories under export_base, oldest first."""
+    if not os.path.isdir(export_base):
+        return []
+    return sorted(int(name) for name in os.listdir(export_base) if name.isdigit())
+
+
+def _next_version(export_base):
+    """Seconds since the epoch, like the Estimator's versions, but always increasing."""
+    return max([int(time.time())] + [version + 1 for version in versions(export_base)])
+
+
+def _plain(value):
+    return value.item() if hasattr(value, 'item') else value
+
+
+def warmup_inputs(run, encoded):
+    """One small request per signature, of blank images (`encoded`: one as PNG bytes):
+    {signature key: {input name: numpy value}}, or a list of tf.Example for classify."""
+    height, width, channels = (run.hparams[key] for key in ('height', 'width', 'channels'))
+    pixels = np.zeros([1, height, width, channels], np.float32)
+    if run.module.KIND == CLIP:
+        frames = pixels[:, np.newaxis].repeat(2, axis=1)
+        return {
+            'serving_default': {FRAMES_KEY: frames},
+            serving.LENGTHS_SIGNATURE: {FRAMES_KEY: frames, serving.LENGTHS_KEY: np.array([2], np.int32)},
+            'predict_bytes': {serving.FRAMES_BYTES_KEY: np.array([[encoded, encoded]], object)},
+            serving.CLASSIFY_SIGNATURE: [example_from_encoded([encoded, encoded])],
+        }
+    return {
+        'serving_default': {IMAGE_KEY: pixels},
+        'predict_bytes': {serving.IMAGE_BYTES_KEY: np.array([encoded], object)},
+        serving.CLASSIFY_SIGNATURE: [example_from_encoded([encoded])],
+    }
+
+
+def example_from_encoded(encoded_images):
+    """A tf.Example in the project's schema: `image/encoded` holds one image, or a clip's frames."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        serving.ENCODED_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded_images))}))
+
+
+def write_warmup_requests(path, run, encoded):
+    """assets.extra/tf_serving_warmup_requests: a PredictionLog for each signature."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for key, inputs in warmup_inputs(run, encoded).items():
+            spec = model_pb2.ModelSpec(signature_name=key)
+            if key == serving.CLASSIFY_SIGNATURE:
+                request = classification_pb2.ClassificationRequest(
+                    model_spec=spec, input=input_pb2.Input(
+                        example_list=input_pb2.ExampleList(examples=inputs)))
+                log = prediction_log_pb2.PredictionLog(
+                    classify_log=prediction_log_pb2.ClassifyLog(request=request))
+            else:
+                request = predict_pb2.PredictRequest(model_spec=spec)
+                for name, value in inputs.items():
+                    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+                log = prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def _saved_eval_result(export_path):
+    path = os.path.join(export_path, 'assets.extra', EVAL_RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        return json.load(stream)
+
+
+class ServingExporter(tf.estimator.Exporter):
+    """Exports after an evaluation into EXPORT_DIR/<name>/<version>, keeping the newest
+    `keep` versions. With `only_if_better`, it exports only when the eval accuracy beats
+    every export already there (read back from their assets.extra, so it survives restarts).
+    """
+
+    def __init__(self, name, run, export_dir, keep, only_if_better=False):
+        self._name = name
+        self._run = run
+        self._base = os.path.join(export_dir, name)
+        self._keep = keep
+        self._only_if_better = only_if_better
+
+    @property
+    def name(self):
+        return self._name
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        if self._only_if_better and not self._beats_existing(eval_result):
+            return None
+        path = export_saved_model(self._run, checkpoint_path, self._base, eval_result)
+        for version in versions(self._base)[:-self._keep]:
+            shutil.rmtree(os.path.join(self._base, str(version)), ignore_errors=True)
+        return path
+
+    def _beats_existing(self, eval_result):
+        for version in versions(self._base):
+            previous = _saved_eval_result(os.path.join(self._base, str(version)))
+            if previous is not None and previous['accuracy'] >= eval_result['accuracy']:
+                return False
+        return True

@@ -1,0 +1,227 @@
+"""SavedModels for TensorFlow Serving: their signatures, their agreement with
+Estimator.predict through every input route, their warm-up requests, and bin/predict
+speaking the REST format."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from conftest import run_bin, train_on_a_few_examples
+from estimator_models import exporting, predicting, serving
+from input_fns import sources
+from input_fns.arrays import LabelledArrays
+
+TINY = {
+    'pixel_row_lstm': {'rnn_units': '16', 'batch_size': '16'},
+    'cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'batch_size': '16'},
+    'temporal_cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'frame_features': '16',
+                          'batch_size': '16'},
+}
+EXPECTED_SIGNATURES = {
+    'image': {
+        'serving_default': ('tensorflow/serving/predict', {'image': ('DT_FLOAT', [-1, 28, 28, 1])}),
+        'predict_bytes': ('tensorflow/serving/predict', {'image_bytes': ('DT_STRING', [-1])}),
+        'classification': ('tensorflow/serving/classify', {'inputs': ('DT_STRING', [-1])}),
+    },
+    'clip': {
+        'serving_default': ('tensorflow/serving/predict', {'frames': ('DT_FLOAT', [-1, -1, 32, 32, 1])}),
+        'predict_with_lengths': ('tensorflow/serving/predict', {
+            'frames': ('DT_FLOAT', [-1, -1, 32, 32, 1]), 'lengths': ('DT_INT32', [-1])}),
+        'predict_bytes': ('tensorflow/serving/predict', {'frames_bytes': ('DT_STRING', [-1, -1])}),
+        'classification': ('tensorflow/serving/classify', {'inputs': ('DT_STRING', [-1])}),
+    },
+}
+PYTHON_DTYPES = {'DT_FLOAT': 'float32', 'DT_INT32': 'int32', 'DT_STRING': 'string'}
+DESCRIBE_SIGNATURES = '''
+import json, sys
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+print(json.dumps({key: {name: [spec.dtype.name, spec.shape.as_list()]
+                        for name, spec in function.structured_input_signature[1].items()}
+                  for key, function in loaded.signatures.items()}))
+'''
+
+
+def _exported(model, data, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp(model))
+    run, _, held_out = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
+    path = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                        os.path.join(model_dir, 'export'))
+    _, held_out = sources.train_and_eval_data(data, None, run.module.KIND, None)
+    return run, path, held_out
+
+
+@pytest.fixture(scope='module')
+def digits_export(tmp_path_factory, digits_npz):
+    return _exported('pixel_row_lstm', digits_npz, tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def clips_export(tmp_path_factory, clips_npz):
+    return _exported('temporal_cnn_lstm', clips_npz, tmp_path_factory)
+
+
+def _probabilities(run, examples):
+    from estimator_models import experiment
+    return np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
+
+
+def _png(pixels):
+    return tf.io.encode_png(tf.constant(pixels, tf.uint8)).numpy()
+
+
+@pytest.mark.parametrize('model', list(TINY))
+def test_signatures_as_a_fresh_process_sees_them(model, tmp_path_factory, digits_npz, clips_npz):
+    run, path, _ = _exported(model, clips_npz if model == 'temporal_cnn_lstm' else digits_npz,
+                             tmp_path_factory)
+    expected = EXPECTED_SIGNATURES[run.module.KIND]
+    cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'saved_model_cli'), 'show',
+                          '--all', '--dir', path], capture_output=True, text=True, check=True).stdout
+    for key, (method, inputs) in expected.items():
+        section = cli.split(f"signature_def['{key}']:")[1].split('signature_def[')[0]
+        assert f'Method name is: {method}' in section
+        for name, (dtype, shape) in inputs.items():
+            assert f"inputs['{name}'] tensor_info:\n        dtype: {dtype}\n        shape: ({', '.join(map(str, shape))})" in section
+    loaded = json.loads(subprocess.run([sys.executable, '-c', DESCRIBE_SIGNATURES, path],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert set(loaded) == set(expected)
+    for key, (_, inputs) in expected.items():
+        assert loaded[key] == {name: [PYTHON_DTYPES[dtype], [None if d == -1 else d for d in shape]]
+                               for name, (dtype, shape) in inputs.items()}
+
+
+def test_every_image_route_gives_the_estimator_probabilities(digits_export):
+    run, path, held_out = digits_export
+    examples = held_out.take(np.arange(6))
+    expected = _probabilities(run, examples)
+    signatures = tf.saved_model.load(path).signatures
+    pixels = examples.inputs.astype(np.float32)
+    pngs = [_png(image) for image in examples.inputs]
+    jpegs = [tf.io.encode_jpeg(tf.constant(image), quality=95).numpy() for image in examples.inputs]
+    routes = {
+        'serving_default': signatures['serving_default'](image=tf.constant(pixels))['probabilities'],
+        'png bytes': signatures['predict_bytes'](image_bytes=tf.constant(pngs))['probabilities'],
+        'tf.Example': signatures['classification'](inputs=tf.constant(
+            [exporting.example_from_encoded([png]).SerializeToString() for png in pngs]))['scores'],
+    }
+    for route, probabilities in routes.items():
+        np.testing.assert_allclose(probabilities.numpy(), expected, atol=1e-5, err_msg=route)
+    jpeg = signatures['predict_bytes'](image_bytes=tf.constant(jpegs))['probabilities'].numpy()
+    np.testing.assert_allclose(jpeg, expected, atol=1e-2)
+    classes = signatures['classification'](inputs=tf.constant(
+        [exporting.example_from_encoded([pngs[0]]).SerializeToString()]))['classes'].numpy()
+    assert [name.decode() for name in classes[0]] == run.class_names
+
+
+def test_encoded_images_of_another_size_are_fitted_like_the_input_pipeline(digits_export):
+    run, path, held_out = digits_export
+    large = np.kron(held_out.inputs[:3, ..., 0], np.ones((2, 3), np.uint8))[..., np.newaxis]  # 56x84
+    expected = _probabilities(run, LabelledArrays(large, held_out.labels[:3]))
+    served = tf.saved_model.load(path).signatures['predict_bytes'](
+        image_bytes=tf.constant([_png(image) for image in large]))['probabilities'].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_every_clip_route_gives_the_estimator_probabilities(clips_export):
+    run, path, held_out = clips_export
+    examples = held_out.take(np.argsort(held_out.lengths)[[0, 5, -1]])  # different lengths
+    assert len(set(examples.lengths)) > 1
+    expected = _probabilities(run, examples)
+    signatures = tf.saved_model.load(path).signatures
+    longest = examples.lengths.max()
+    frames = examples.inputs[:, :longest].astype(np.float32)
+    encoded = [[_png(frame) for frame in clip[:length]] for clip, length in zip(examples.inputs, examples.lengths)]
+    padded_bytes = [clip + [b''] * (longest - len(clip)) for clip in encoded]
+    routes = {
+        'predict_with_lengths': signatures['predict_with_lengths'](
+            frames=tf.constant(frames), lengths=tf.constant(examples.lengths))['probabilities'],
+        'frames_bytes': signatures['predict_bytes'](frames_bytes=tf.constant(padded_bytes))['probabilities'],
+        'tf.Example': signatures['classification'](inputs=tf.constant(
+            [exporting.example_from_encoded(clip).SerializeToString() for clip in encoded]))['scores'],
+    }
+    for route, probabilities in routes.items():
+        np.testing.assert_allclose(probabilities.numpy(), expected, atol=1e-5, err_msg=route)
+    full = held_out.take(np.flatnonzero(held_out.lengths == held_out.inputs.shape[1])[:2])
+    served = signatures['serving_default'](frames=tf.constant(full.inputs.astype(np.float32)))
+    np.testing.assert_allclose(served['probabilities'].numpy(), _probabilities(run, full), atol=1e-5)
+
+
+@pytest.mark.parametrize('export_fixture', ['digits_export', 'clips_export'])
+def test_warmup_requests_cover_every_signature_and_replay(request, export_fixture):
+    _, path, _ = request.getfixturevalue(export_fixture)
+    signatures = tf.saved_model.load(path).signatures
+    warmup = os.path.join(path, 'assets.extra', 'tf_serving_warmup_requests')
+    logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(warmup)]
+    replayed = []
+    for log in logs:
+        if log.HasField('classify_log'):
+            request_proto = log.classify_log.request
+            serialized = [example.SerializeToString() for example in request_proto.input.example_list.examples]
+            outputs = signatures[request_proto.model_spec.signature_name](inputs=tf.constant(serialized))
+        else:
+            request_proto = log.predict_log.request
+            outputs = signatures[request_proto.model_spec.signature_name](
+                **{name: tf.constant(tf.make_ndarray(tensor)) for name, tensor in request_proto.inputs.items()})
+        assert all(np.isfinite(value.numpy()).all() for value in outputs.values() if value.dtype != tf.string)
+        replayed.append(request_proto.model_spec.signature_name)
+    assert sorted(replayed) == sorted(signatures)
+
+
+def _request(tmp_path, body):
+    path = tmp_path / 'request.json'
+    path.write_text(json.dumps(body))
+    return str(path)
+
+
+def test_bin_predict_answers_tf_serving_rest_requests(digits_export, tmp_path):
+    run, path, held_out = digits_export
+    expected = _probabilities(run, held_out.take(np.arange(2)))
+    b64 = [{'b64': base64.b64encode(_png(image)).decode()} for image in held_out.inputs[:2]]
+    bodies = {
+        'serving_default': {'instances': held_out.inputs[:2].astype(float).tolist()},
+        'predict_bytes': {'instances': [{'image_bytes': value} for value in b64]},
+    }
+    for signature, body in bodies.items():
+        result = run_bin('predict', f'--saved_model={os.path.dirname(path)}',
+                         f'--request={_request(tmp_path, body)}', f'--signature={signature}')
+        rows = json.loads(result.stdout)['predictions']
+        np.testing.assert_allclose([row['probabilities'] for row in rows], expected, atol=1e-5)
+    columns = run_bin('predict', f'--saved_model={path}', f'--request={_request(tmp_path, {"inputs": {"image_bytes": b64}})}',
+                      '--signature=predict_bytes')
+    np.testing.assert_allclose(json.loads(columns.stdout)['outputs']['probabilities'], expected, atol=1e-5)
+    classify = run_bin('predict', f'--saved_model={path}', '--signature=classification',
+                       f'--request={_request(tmp_path, {"examples": [{"image/encoded": value} for value in b64]})}')
+    results = json.loads(classify.stdout)['results']
+    assert [[label for label, _ in row] for row in results] == [run.class_names] * 2
+    np.testing.assert_allclose([[score for _, score in row] for row in results], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('body, signature, message', [
+    ({'instances': [[1.0, 2.0]]}, 'serving_default', 'input image: shape [1, 2] does not fit'),
+    ({'instances': [{'picture': 1}]}, 'serving_default', 'input tensor alias not found in signature: picture'),
+    ({'instances': [{'b64': base64.b64encode(b'not a png').decode()}]}, 'predict_bytes', 'image'),
+    ({'instances': [['a', 'b']]}, 'serving_default', 'cannot convert to float32'),
+    ({'instances': [[0.0]]}, 'nope', 'Serving signature name: "nope" not found'),
+    ({'rows': []}, 'serving_default', 'request body needs'),
+])
+def test_bin_predict_rejects_malformed_requests_in_one_line(digits_export, tmp_path, body, signature, message):
+    _, path, _ = digits_export
+    result = run_bin('predict', f'--saved_model={path}', f'--request={_request(tmp_path, body)}',
+                     f'--signature={signature}', check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+    assert message in lines[0]
+
+
+def test_a_base_directory_serves_its_highest_version(digits_export):
+    _, path, _ = digits_export
+    assert predicting.resolve_version(os.path.dirname(path)) == path
+    assert serving.CLASSIFY_SIGNATURE in predicting.load(os.path.dirname(path)).signatures
