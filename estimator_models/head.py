@@ -1,8 +1,8 @@
 """The classification head shared by every model.
 
 It owns everything after the logits: predictions, the loss, eval metrics, the train
-op with its learning-rate schedule and gradient clipping, train summaries and the
-export outputs, so the three models differ only in how they compute logits.
+op with its learning-rate schedule and gradient clipping, and train summaries, so the
+three models differ only in how they compute logits.
 """
 
 import tensorflow as tf
@@ -10,7 +10,6 @@ import tensorflow as tf
 from estimator_models import progress
 
 ModeKeys = tf.estimator.ModeKeys
-SERVING_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 TOP_K = 5
 
 
@@ -34,9 +33,8 @@ def classification_head(logits, labels, mode, params):
         'logits': logits,
     }
     if mode == ModeKeys.PREDICT:
-        return tf.estimator.EstimatorSpec(
-            mode, predictions=predictions,
-            export_outputs={SERVING_KEY: tf.estimator.export.PredictOutput(predictions)})
+        # The SavedModel signatures over these predictions: estimator_models.serving.
+        return tf.estimator.EstimatorSpec(mode, predictions=predictions)
 
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
     if mode == ModeKeys.EVAL:

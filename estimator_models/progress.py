@@ -15,7 +15,11 @@ def _duration(seconds):
 
 
 class TrainProgressHook(tf.compat.v1.train.SessionRunHook):
-    """Prints `step N/M  loss L  S steps/s  ETA T` every `every_secs` seconds."""
+    """Prints `step N/M  loss L  S steps/s  ETA T` every `every_secs` seconds.
+
+    The rate is averaged since the first step, so the pauses for evaluation and
+    checkpoints count in the ETA without making one line swing wildly.
+    """
 
     def __init__(self, loss, train_steps, every_secs=10.0):
         self._loss = loss
@@ -24,8 +28,7 @@ class TrainProgressHook(tf.compat.v1.train.SessionRunHook):
 
     def begin(self):
         self._global_step = tf.compat.v1.train.get_global_step()
-        self._last_time = None
-        self._last_step = None
+        self._start_time = self._start_step = self._last_time = None
 
     def before_run(self, run_context):
         return tf.compat.v1.train.SessionRunArgs([self._global_step, self._loss])
@@ -34,16 +37,17 @@ class TrainProgressHook(tf.compat.v1.train.SessionRunHook):
         step, loss = run_values.results
         now = time.time()
         if self._last_time is None:
-            self._last_time, self._last_step = now, step
+            self._start_time = self._last_time = now
+            self._start_step = step
             print(f'step {step + 1}/{self._train_steps}  loss {loss:.4f}', flush=True)
             return
         if now - self._last_time < self._every_secs and step + 1 < self._train_steps:
             return
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
         eta = (self._train_steps - step - 1) / rate if rate > 0 else float('inf')
         print(f'step {step + 1}/{self._train_steps}  loss {loss:.4f}  {rate:.1f} steps/s  '
               f'ETA {_duration(eta) if eta != float("inf") else "?"}', flush=True)
-        self._last_time, self._last_step = now, step
+        self._last_time = now
 
 
 class EvalReporter(tf.estimator.Exporter):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import run_bin, train_on_a_few_examples
-from estimator_models import exporting, predicting, serving
+from estimator_models import experiment, exporting, predicting, serving
 from input_fns import sources
 from input_fns.arrays import LabelledArrays
 
@@ -51,7 +51,7 @@ print(json.dumps({key: {name: [spec.dtype.name, spec.shape.as_list()]
 
 def _exported(model, data, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp(model))
-    run, _, held_out = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
+    run, _, _ = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
     path = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                         os.path.join(model_dir, 'export'))
     _, held_out = sources.train_and_eval_data(data, None, run.module.KIND, None)
@@ -69,7 +69,6 @@ def clips_export(tmp_path_factory, clips_npz):
 
 
 def _probabilities(run, examples):
-    from estimator_models import experiment
     return np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
 
 
