@@ -5,6 +5,7 @@ Every command reports a user's mistake as one `error: ...` line on stderr and ex
 
 import json
 import os
+import shlex
 import sys
 
 # Before TensorFlow is imported: keep its C++ start-up chatter off the user's terminal.
@@ -101,7 +102,7 @@ def train(argv):
           f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
           f'{os.path.join(export_dir, "latest")}\n'
-          f'  watch it: tensorboard --logdir {model_dir}', flush=True)
+          f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}', flush=True)
     result = experiment.train_and_evaluate(
         run, train_examples, eval_examples, train_steps, FLAGS.seed, export_dir,
         checkpoint_every, FLAGS.distribution, profile_steps)
@@ -111,7 +112,7 @@ def train(argv):
         return
     print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
           f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
-          f'  tensorboard --logdir {model_dir}')
+          f'  tensorboard --logdir {shlex.quote(model_dir)}')
 
 
 def evaluate(argv):
