@@ -174,6 +174,8 @@ class ExamplesPerSecondHook(tf.compat.v1.train.StepCounterHook):
         super().__init__(every_n_steps=every_n_steps, output_dir=output_dir)
         self._examples_per_step = examples_per_step
 
+    # StepCounterHook's timing, with its one reporting method replaced: it calls this at
+    # each interval's end with the steps and seconds it measured.
     def _log_and_record(self, elapsed_steps, elapsed_time, global_step):
         rate = elapsed_steps * self._examples_per_step / elapsed_time
         self._summary_writer.add_summary(tf.compat.v1.Summary(value=[

@@ -18,6 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from conftest import run_bin
 from estimator_models import experiment, monitoring
@@ -128,7 +129,6 @@ def test_eval_summaries_agree_with_bin_evaluate_and_the_predictions(model_dir):
 
 
 def test_profile_trace_covers_exactly_the_requested_steps(model_dir):
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
     traces = glob.glob(os.path.join(model_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
     assert len(traces) == 1
     with open(traces[0], 'rb') as stream:
@@ -151,7 +151,11 @@ def test_profile_trace_covers_exactly_the_requested_steps(model_dir):
 def test_bad_profile_steps_are_refused(text, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
         monitoring.parse_profile_steps(text, STEPS)
+
+
+def test_profile_steps_may_be_one_step_or_the_whole_run():
     assert monitoring.parse_profile_steps('3,3', STEPS) == (3, 3)
+    assert monitoring.parse_profile_steps('1,30', STEPS) == (1, 30)
 
 
 def test_bin_train_reports_bad_profile_steps_in_one_line(digits_npz, tmp_path):
