@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     'tensorflow-estimator==2.15.0',
     'keras==2.15.0',
     'tensorboard==2.15.2',
+    'tensorboard-plugin-profile==2.15.0',
     'numpy==1.26.4',
     'protobuf==3.20.3',
     'tensorflow-datasets==4.9.4',

@@ -5,6 +5,7 @@ Every command reports a user's mistake as one `error: ...` line on stderr and ex
 
 import json
 import os
+import shlex
 import sys
 
 # Before TensorFlow is imported: keep its C++ start-up chatter off the user's terminal.
@@ -13,7 +14,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from estimator_models import benchmarks, experiment, hparams, predicting, registry  # noqa: E402
+from estimator_models import benchmarks, experiment, hparams, monitoring, predicting, registry  # noqa: E402
 from input_fns import sources  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
 
@@ -36,6 +37,12 @@ def _define_train_flags():
                          'Steps between checkpoints, each followed by an evaluation and exports; '
                          'default: a fifth of --train_steps.')
     flags.DEFINE_string('distribution', 'none', 'none | mirrored | multi_worker_mirrored.')
+    flags.DEFINE_integer('summary_images_every', None,
+                         'Steps between input images in TensorBoard, 0 for none (an hparam).')
+    flags.DEFINE_boolean('histograms', None, 'Weight and activation histograms in TensorBoard (an hparam).')
+    flags.DEFINE_string('profile_steps', None,
+                        'A,B: trace global steps A to B with the TensorFlow profiler into '
+                        'MODEL_DIR/plugins/profile (TensorBoard\'s profile tab).')
 
 
 def _define_evaluate_flags():
@@ -87,7 +94,7 @@ def train(argv):
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
     overrides = hparams.parse_overrides(FLAGS.hparams)
-    for name in ('batch_size', 'learning_rate'):
+    for name in ('batch_size', 'learning_rate', 'summary_images_every', 'histograms'):
         if getattr(FLAGS, name) is not None:
             overrides[name] = str(getattr(FLAGS, name))
     run, train_examples, eval_examples = experiment.prepare_training(
@@ -96,6 +103,8 @@ def train(argv):
     if train_steps <= 0:
         raise UserError(f'--train_steps must be positive, got {train_steps}')
     checkpoint_every = FLAGS.checkpoint_every or max(1, train_steps // 5)
+    profile_steps = (monitoring.parse_profile_steps(FLAGS.profile_steps, train_steps)
+                     if FLAGS.profile_steps else None)
     tf.keras.utils.set_random_seed(FLAGS.seed)
     print(f'training {run.model} for {train_steps} steps on {len(train_examples)} examples, '
           f'evaluating on {len(eval_examples)}\n'
@@ -103,17 +112,17 @@ def train(argv):
           f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
           f'{os.path.join(export_dir, "latest")}\n'
-          f'  watch it: tensorboard --logdir {model_dir}', flush=True)
+          f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}', flush=True)
     result = experiment.train_and_evaluate(
         run, train_examples, eval_examples, train_steps, FLAGS.seed, export_dir,
-        checkpoint_every, FLAGS.distribution)
+        checkpoint_every, FLAGS.distribution, profile_steps)
     if result is None:
         print(f'{model_dir} is already trained to {train_steps} steps; '
               'pass a larger --train_steps to continue')
         return
     print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
           f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
-          f'  tensorboard --logdir {model_dir}')
+          f'  tensorboard --logdir {shlex.quote(model_dir)}')
 
 
 def evaluate(argv):

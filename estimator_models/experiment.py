@@ -9,7 +9,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from estimator_models import hparams as hparams_lib
-from estimator_models import exporting, progress, registry
+from estimator_models import exporting, monitoring, progress, registry
 from input_fns import dataset, sources
 from input_fns.errors import UserError
 
@@ -106,16 +106,17 @@ def exporters(run, export_dir):
 
 
 def train_and_evaluate(run, train_examples, eval_examples, train_steps, seed, export_dir,
-                       checkpoint_every, distribution='none'):
+                       checkpoint_every, distribution='none', profile_steps=None):
     """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
-    checkpoint. Returns the last eval result (None if there was nothing left to train)."""
+    checkpoint, tracing the global steps `profile_steps` (first, last) if given.
+    Returns the last eval result (None if there was nothing left to train)."""
     hparams_lib.save_run(run.model_dir, run.record())
     config = run_config(run.model_dir, seed, checkpoint_every, distribution)
     estimator = make_estimator(run, config, train_steps)
     batch_size = run.hparams['batch_size']
     train_spec = tf.estimator.TrainSpec(
         dataset.make_input_fn(train_examples, ModeKeys.TRAIN, run.hparams, batch_size, seed),
-        max_steps=train_steps)
+        max_steps=train_steps, hooks=monitoring.training_hooks(config, run.hparams, profile_steps))
     eval_spec = tf.estimator.EvalSpec(
         dataset.make_input_fn(eval_examples, ModeKeys.EVAL, run.hparams, batch_size),
         steps=None, exporters=exporters(run, export_dir), start_delay_secs=0, throttle_secs=0)
@@ -131,7 +132,8 @@ def evaluate(run, examples, steps=None):
     result = estimator.evaluate(
         dataset.make_input_fn(examples, ModeKeys.EVAL, run.hparams, run.hparams['batch_size']),
         steps=steps, name='evaluate')
-    return {key: value.item() if hasattr(value, 'item') else value for key, value in result.items()}
+    return {key: value.item() if hasattr(value, 'item') else value
+            for key, value in monitoring.numbers_only(result).items()}
 
 
 def export(run, export_dir):

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from estimator_models import serving
+from estimator_models import monitoring, serving
 from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY
 
 WARMUP_FILE = 'tf_serving_warmup_requests'
@@ -39,7 +39,8 @@ def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
         extra = os.path.join(temporary_path, 'assets.extra')
         if eval_result is not None:
             with open(os.path.join(extra, EVAL_RESULT_FILE), 'w') as stream:
-                json.dump({key: _plain(value) for key, value in eval_result.items()}, stream,
+                numbers = monitoring.numbers_only(eval_result)
+                json.dump({key: _plain(value) for key, value in numbers.items()}, stream,
                           sort_keys=True)
         os.rename(temporary_path, final_path)
     except BaseException:

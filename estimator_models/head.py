@@ -7,7 +7,7 @@ three models differ only in how they compute logits.
 
 import tensorflow as tf
 
-from estimator_models import progress
+from estimator_models import monitoring, progress
 
 ModeKeys = tf.estimator.ModeKeys
 TOP_K = 5
@@ -40,7 +40,7 @@ def classification_head(logits, labels, mode, params):
     if mode == ModeKeys.EVAL:
         return tf.estimator.EstimatorSpec(
             mode, loss=loss, predictions=predictions,
-            eval_metric_ops=_eval_metrics(logits, labels, predictions['classes']))
+            eval_metric_ops=_eval_metrics(logits, labels, predictions))
 
     train_op, learning_rate, gradient_norm = _train_op(loss, params)
     batch_accuracy = tf.reduce_mean(tf.cast(
@@ -53,7 +53,8 @@ def classification_head(logits, labels, mode, params):
         training_hooks=[progress.TrainProgressHook(loss, params['train_steps'])])
 
 
-def _eval_metrics(logits, labels, classes):
+def _eval_metrics(logits, labels, predictions):
+    classes = predictions['classes']
     metrics = {
         'accuracy': tf.compat.v1.metrics.accuracy(labels, classes),
         'num_examples': _example_count(labels),
@@ -61,6 +62,7 @@ def _eval_metrics(logits, labels, classes):
     if logits.shape[-1] > TOP_K:
         in_top_k = tf.math.in_top_k(tf.cast(labels, tf.int32), logits, TOP_K)
         metrics[f'top_{TOP_K}_accuracy'] = tf.compat.v1.metrics.mean(tf.cast(in_top_k, tf.float32))
+    metrics.update(monitoring.eval_metrics(labels, predictions['probabilities'], classes))
     return metrics
 
 

@@ -35,6 +35,10 @@ COMMON_DEFAULTS = {
     'lr_schedule': 'cosine',
     'warmup_steps': 100,
     'clip_norm': 5.0,
+    # TensorBoard (estimator_models.monitoring): input images every N steps (0: never),
+    # weight and activation histograms.
+    'summary_images_every': 500,
+    'histograms': False,
 }
 
 COMMON_CHOICES = {
@@ -43,7 +47,8 @@ COMMON_CHOICES = {
     'lr_schedule': ('cosine', 'constant'),
 }
 
-TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout')
+TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
+                 'summary_images_every', 'histograms')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
@@ -122,6 +127,8 @@ def _check(hparams, choices):
             raise UserError(f'hparam {key} must be positive, got {hparams[key]}')
     if hparams['channels'] not in (1, 3):
         raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
+    if hparams['summary_images_every'] < 0:
+        raise UserError(f'hparam summary_images_every must be 0 or more, got {hparams["summary_images_every"]}')
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
 

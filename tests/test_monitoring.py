@@ -1,0 +1,253 @@
+"""What TensorBoard shows: one short bin/train run, then its event files, its profiler
+trace and a real TensorBoard server reading them, checked against bin/evaluate and
+Estimator.predict on the same checkpoint."""
+
+import collections
+import contextlib
+import glob
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+from conftest import run_bin
+from estimator_models import experiment, monitoring
+from input_fns import sources
+from input_fns.errors import UserError
+
+STEPS = 30
+CHECKPOINT_EVERY = 15
+IMAGES_EVERY = 10
+PROFILE_STEPS = (5, 8)
+BATCH_SIZE = 32
+NUM_CLASSES = 10
+TRAIN_SCALARS = ('loss', 'accuracy', 'learning_rate', 'gradient_norm', 'examples_per_sec',
+                 'global_step/sec')
+EVAL_SCALARS = ('loss', 'accuracy', 'top_5_accuracy', 'mean_per_class_accuracy')
+
+Event = collections.namedtuple('Event', 'step value')
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory, digits_npz):
+    path = str(tmp_path_factory.mktemp('runs') / 'monitored')
+    run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}', f'--model_dir={path}',
+            f'--train_steps={STEPS}', f'--checkpoint_every={CHECKPOINT_EVERY}',
+            f'--hparams=rnn_units=16,batch_size={BATCH_SIZE}', f'--summary_images_every={IMAGES_EVERY}',
+            '--histograms', f'--profile_steps={PROFILE_STEPS[0]},{PROFILE_STEPS[1]}')
+    return path
+
+
+def _events(directory):
+    """{tag: [Event(step, summary value proto)]} from the event files directly in directory."""
+    tags = collections.defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags[value.tag].append(Event(event.step, value))
+    return tags
+
+
+def _assert_finite_scalars_at_increasing_steps(events, tags):
+    for tag in tags:
+        assert events[tag], f'no {tag}'
+        steps = [event.step for event in events[tag]]
+        assert steps == sorted(set(steps)), f'{tag} steps {steps}'
+        assert all(math.isfinite(event.value.simple_value) for event in events[tag]), tag
+
+
+def test_train_run_has_scalars_images_and_histograms(model_dir):
+    events = _events(model_dir)
+    _assert_finite_scalars_at_increasing_steps(events, TRAIN_SCALARS)
+    # Both rates cover the same intervals; every step reads one full batch.
+    for rate, steps_per_sec in zip(events['examples_per_sec'], events['global_step/sec']):
+        assert rate.step == steps_per_sec.step
+        assert rate.value.simple_value == pytest.approx(
+            BATCH_SIZE * steps_per_sec.value.simple_value, rel=0.05)
+    images = events['input_images/image/0']
+    assert [event.step for event in images] == [1, 11, 21]  # the first step, then every 10
+    assert (images[0].value.image.height, images[0].value.image.width) == (28, 28)
+    for tag in ('weights/rnn_0/lstm_cell/kernel', 'weights/logits/kernel', 'activations/sequence',
+                'activations/final_state', 'activations/logits'):
+        assert events[tag] and events[tag][0].value.histo.num > 0, tag
+
+
+def test_eval_run_has_metrics_confusion_matrix_and_pr_curves(model_dir):
+    events = _events(os.path.join(model_dir, 'eval'))
+    _assert_finite_scalars_at_increasing_steps(events, EVAL_SCALARS)
+    assert [event.step for event in events['accuracy']] == [CHECKPOINT_EVERY, STEPS]
+    matrix = events['confusion_matrix/0'][-1].value.image
+    side = NUM_CLASSES * monitoring.CONFUSION_CELL_PIXELS
+    assert (matrix.height, matrix.width) == (side, side)
+    for k in range(NUM_CLASSES):
+        curves = events[f'pr_curves/{k}']
+        assert [event.step for event in curves] == [CHECKPOINT_EVERY, STEPS]
+        assert curves[0].value.metadata.plugin_data.plugin_name == 'pr_curves'
+        data = tf.make_ndarray(curves[-1].value.tensor)
+        assert data.shape == (6, monitoring.PR_CURVE_THRESHOLDS)
+
+
+def test_eval_summaries_agree_with_bin_evaluate_and_the_predictions(model_dir):
+    evaluated = json.loads(run_bin('evaluate', f'--model_dir={model_dir}').stdout)
+    events = _events(os.path.join(model_dir, 'eval'))
+    final = {tag: events[tag][-1] for tag in EVAL_SCALARS + ('confusion_matrix/0',)}
+    assert all(event.step == STEPS for event in final.values())
+    for tag in EVAL_SCALARS:
+        assert evaluated[tag] == pytest.approx(final[tag].value.simple_value, abs=1e-6), tag
+    assert 'confusion_matrix' not in evaluated and 'pr_curves' not in evaluated
+
+    run = experiment.load_run(model_dir)
+    _, held_out = sources.train_and_eval_data(run.data, run.eval_data, run.module.KIND, None)
+    predicted = np.array([row['classes'] for row in experiment.predict(run, held_out)])
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES))
+    np.add.at(confusion, (held_out.labels, predicted), 1)
+    support = confusion.sum(axis=1)
+    fractions = confusion / np.maximum(support, 1)[:, None]
+    assert evaluated['mean_per_class_accuracy'] == pytest.approx(
+        np.mean(np.diag(fractions)[support > 0]), abs=1e-6)
+
+    image = tf.io.decode_png(final['confusion_matrix/0'].value.image.encoded_image_string).numpy()
+    centres = image[monitoring.CONFUSION_CELL_PIXELS // 2::monitoring.CONFUSION_CELL_PIXELS,
+                    monitoring.CONFUSION_CELL_PIXELS // 2::monitoring.CONFUSION_CELL_PIXELS, 0]
+    empty_red, full_red = monitoring.EMPTY_COLOR[0], monitoring.FULL_COLOR[0]
+    shown = (empty_red - centres / 255.0) / (empty_red - full_red)
+    np.testing.assert_allclose(shown, fractions, atol=0.01)
+
+    for k in range(NUM_CLASSES):
+        true_pos, _, _, false_neg = tf.make_ndarray(events[f'pr_curves/{k}'][-1].value.tensor)[:4]
+        np.testing.assert_array_equal(true_pos + false_neg, support[k])  # every example of class k
+
+
+def test_profile_trace_covers_exactly_the_requested_steps(model_dir):
+    traces = glob.glob(os.path.join(model_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
+    assert len(traces) == 1
+    with open(traces[0], 'rb') as stream:
+        space = xplane_pb2.XSpace.FromString(stream.read())
+    # One Adam update of the logits bias per training step traced.
+    updates = sum(1 for plane in space.planes for line in plane.lines for event in line.events
+                  if plane.event_metadata[event.metadata_id].name.startswith(
+                      'Adam/update_logits/bias/ResourceApplyAdam:'))
+    assert updates == PROFILE_STEPS[1] - PROFILE_STEPS[0] + 1
+
+
+@pytest.mark.parametrize('text, message', [
+    ('5', 'must be two steps A,B'),
+    ('5,x', 'must be two steps A,B'),
+    ('1,2,3', 'must be two steps A,B'),
+    ('8,3', 'must satisfy 1 <= A <= B <= --train_steps (30)'),
+    ('0,3', 'must satisfy 1 <= A <= B'),
+    ('5,31', 'must satisfy 1 <= A <= B'),
+])
+def test_bad_profile_steps_are_refused(text, message):
+    with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        monitoring.parse_profile_steps(text, STEPS)
+
+
+def test_profile_steps_may_be_one_step_or_the_whole_run():
+    assert monitoring.parse_profile_steps('3,3', STEPS) == (3, 3)
+    assert monitoring.parse_profile_steps('1,30', STEPS) == (1, 30)
+
+
+def test_bin_train_reports_bad_profile_steps_in_one_line(digits_npz, tmp_path):
+    result = run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}',
+                     f'--model_dir={tmp_path / "run"}', '--train_steps=30', '--profile_steps=9,3',
+                     check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'error: --profile_steps=9,3 must satisfy 1 <= A <= B <= --train_steps (30)']
+    assert not os.path.exists(tmp_path / 'run')
+
+
+def test_clip_strips_show_each_clips_frames_left_to_right():
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(size=(6, 3, 4, 5, 1)).astype(np.float32)  # [B, T, H, W, C]
+    with tf.Graph().as_default():
+        placeholder = tf.compat.v1.placeholder(tf.float32, [None, None, 4, 5, 1])
+        monitoring.clip_frames(placeholder, tf.estimator.ModeKeys.TRAIN, {'summary_images_every': 1})
+        summary_op = tf.compat.v1.summary.merge_all(key=monitoring.INPUT_IMAGES)
+        with tf.compat.v1.Session() as session:
+            summary = tf.compat.v1.Summary.FromString(
+                session.run(summary_op, {placeholder: frames}))
+    assert len(summary.value) == monitoring.IMAGES_SHOWN
+    for clip, value in zip(frames, summary.value):
+        strip = tf.io.decode_png(value.image.encoded_image_string).numpy()  # [H, T*W, 1]
+        expected = np.concatenate(list(clip), axis=1)                          # [H, T*W, 1]
+        np.testing.assert_allclose(strip / 255.0, expected, atol=1 / 255.0)
+
+
+def _free_port():
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def tensorboard_url(model_dir):
+    """A real TensorBoard server on localhost reading model_dir; stopped after the test."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'tensorboard.main', '--logdir', model_dir, '--host', '127.0.0.1',
+         '--port', str(port), '--reload_interval', '1'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f'http://127.0.0.1:{port}'
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _get(url, path, **query):
+    with urllib.request.urlopen(f'{url}{path}?{urllib.parse.urlencode(query)}', timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _poll(fetch, ready, timeout=90):
+    """fetch() until ready(answer), as the TensorBoard page does while the server loads."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            answer = fetch()
+            if ready(answer):
+                return answer
+        except OSError:  # not listening yet
+            answer = None
+        if time.time() > deadline:
+            raise AssertionError(f'TensorBoard did not serve the data in {timeout}s; last answer: {answer}')
+        time.sleep(1)
+
+
+def test_tensorboard_serves_both_runs_their_scalars_and_images(tensorboard_url):
+    runs = _poll(lambda: _get(tensorboard_url, '/data/runs'), lambda runs: {'.', 'eval'} <= set(runs))
+    assert set(runs) >= {'.', 'eval'}
+    scalar_tags = _poll(lambda: _get(tensorboard_url, '/data/plugin/scalars/tags'),
+                        lambda tags: set(TRAIN_SCALARS) <= set(tags.get('.', {}))
+                        and set(EVAL_SCALARS) <= set(tags.get('eval', {})))
+    assert 'examples_per_sec' in scalar_tags['.']
+    for run, tag, steps in (('.', 'loss', None), ('.', 'accuracy', None),
+                            ('eval', 'loss', [CHECKPOINT_EVERY, STEPS]),
+                            ('eval', 'accuracy', [CHECKPOINT_EVERY, STEPS])):
+        series = _get(tensorboard_url, '/data/plugin/scalars/scalars', run=run, tag=tag)
+        assert series, (run, tag)
+        assert all(math.isfinite(value) for _, _, value in series)
+        if steps:
+            assert [step for _, step, _ in series] == steps
+    image_tags = _poll(lambda: _get(tensorboard_url, '/data/plugin/images/tags'),
+                       lambda tags: 'input_images/image/0' in tags.get('.', {})
+                       and 'confusion_matrix/0' in tags.get('eval', {}))
+    assert 'confusion_matrix/0' in image_tags['eval']
+    pr_tags = _get(tensorboard_url, '/data/plugin/pr_curves/tags')
+    assert {f'pr_curves/{k}' for k in range(NUM_CLASSES)} <= set(pr_tags['eval'])
