@@ -1,4 +1,11 @@
-"""Latency of an exported SavedModel, loaded in-process, for each of its signatures."""
+"""Latency of an exported SavedModel, loaded in-process, for each of its signatures.
+
+Two runtimes are timed:
+  session   a tf.compat.v1.Session feeding and fetching the SignatureDef's tensors by
+            name: what TensorFlow Serving's SavedModelBundle does for every request.
+  function  the signature functions of tf.saved_model.load, as bin/predict and Python
+            callers use them.
+"""
 
 import time
 
@@ -9,57 +16,93 @@ from estimator_models import exporting, predicting, serving
 from input_fns import CLIP
 
 BENCHMARK_FRAMES = 9  # a typical clip of the embedded data (6 to 12 frames)
+RUNTIMES = ('session', 'function')
 
 
 def signature_inputs(loaded, batch_size, seed=0):
-    """{signature key: {input name: tensor}} holding `batch_size` random images or clips."""
+    """{signature key: {input name: numpy array}} holding `batch_size` random images or clips."""
     kind, (height, width, channels) = predicting.signature_kind_and_shape(loaded)
     rng = np.random.default_rng(seed)
     frames = BENCHMARK_FRAMES if kind == CLIP else 1
     pixels = rng.integers(0, 256, (batch_size, frames, height, width, channels), dtype=np.uint8)
     encoded = [[tf.io.encode_png(frame).numpy() for frame in clip] for clip in pixels]
-    examples = tf.constant([exporting.example_from_encoded(clip).SerializeToString() for clip in encoded])
-    floats = tf.constant(pixels.astype(np.float32))
+    examples = np.array([exporting.example_from_encoded(clip).SerializeToString() for clip in encoded],
+                        dtype=object)
+    floats = pixels.astype(np.float32)
     if kind == CLIP:
         return {
             'serving_default': {'frames': floats},
             serving.LENGTHS_SIGNATURE: {'frames': floats,
-                                        'lengths': tf.fill([batch_size], frames)},
-            'predict_bytes': {serving.FRAMES_BYTES_KEY: tf.constant(encoded)},
+                                        'lengths': np.full([batch_size], frames, np.int32)},
+            'predict_bytes': {serving.FRAMES_BYTES_KEY: np.array(encoded, dtype=object)},
             serving.CLASSIFY_SIGNATURE: {serving.EXAMPLES_KEY: examples},
         }
     return {
         'serving_default': {'image': floats[:, 0]},
-        'predict_bytes': {serving.IMAGE_BYTES_KEY: tf.constant([clip[0] for clip in encoded])},
+        'predict_bytes': {serving.IMAGE_BYTES_KEY: np.array([clip[0] for clip in encoded], dtype=object)},
         serving.CLASSIFY_SIGNATURE: {serving.EXAMPLES_KEY: examples},
     }
 
 
+def session_callers(saved_model_dir):
+    """{signature key: call(inputs)}: Session.run on the SignatureDef's tensor names."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.loader.load(
+            session, [tf.saved_model.SERVING], saved_model_dir)
+    callers = {}
+    for key, signature in meta_graph.signature_def.items():
+        names = sorted(signature.inputs)
+        run = session.make_callable([info.name for info in signature.outputs.values()],
+                                    feed_list=[signature.inputs[name].name for name in names])
+        callers[key] = lambda inputs, run=run, names=names: run(*[inputs[name] for name in names])
+    return callers
+
+
+def function_callers(loaded):
+    """{signature key: call(inputs)}: the loaded signature functions, outputs as numpy."""
+    def caller(function):
+        def call(inputs):
+            return [output.numpy() for output in function(**inputs).values()]
+        return call
+    return {key: caller(function) for key, function in loaded.signatures.items()}
+
+
 def serving_latency(saved_model, batch_sizes=(1, 32), calls=200, warmup_calls=10):
-    """Rows of {signature, batch_size, p50_ms, p99_ms, mean_ms, calls}."""
-    loaded = predicting.load(saved_model)
+    """Rows of {runtime, signature, batch_size, p50_ms, p99_ms, mean_ms, calls}."""
+    saved_model_dir = predicting.resolve_version(saved_model)
+    loaded = tf.saved_model.load(saved_model_dir)
+    callers = {'session': session_callers(saved_model_dir), 'function': function_callers(loaded)}
     rows = []
-    for batch_size in batch_sizes:
-        for key, inputs in signature_inputs(loaded, batch_size).items():
-            function = loaded.signatures[key]
-            for _ in range(warmup_calls):
-                function(**inputs)
-            seconds = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                outputs = function(**inputs)
-                next(iter(outputs.values())).numpy()
-                seconds.append(time.perf_counter() - start)
-            milliseconds = np.array(seconds) * 1000
-            rows.append({'signature': key, 'batch_size': batch_size, 'calls': calls,
-                         'p50_ms': float(np.percentile(milliseconds, 50)),
-                         'p99_ms': float(np.percentile(milliseconds, 99)),
-                         'mean_ms': float(milliseconds.mean())})
+    for runtime in RUNTIMES:
+        for batch_size in batch_sizes:
+            for key, inputs in signature_inputs(loaded, batch_size).items():
+                if runtime == 'function':
+                    inputs = {name: tf.constant(value) for name, value in inputs.items()}
+                milliseconds = _time_calls(callers[runtime][key], inputs, calls, warmup_calls)
+                rows.append({'runtime': runtime, 'signature': key, 'batch_size': batch_size,
+                             'calls': calls,
+                             'p50_ms': float(np.percentile(milliseconds, 50)),
+                             'p99_ms': float(np.percentile(milliseconds, 99)),
+                             'mean_ms': float(milliseconds.mean())})
     return rows
 
 
+def _time_calls(call, inputs, calls, warmup_calls):
+    for _ in range(warmup_calls):
+        call(inputs)
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call(inputs)
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds) * 1000
+
+
 def markdown_table(rows):
-    lines = ['| signature | batch | p50 ms | p99 ms | mean ms | calls |', '|---|---|---|---|---|---|']
-    lines += [f'| {row["signature"]} | {row["batch_size"]} | {row["p50_ms"]:.2f} | {row["p99_ms"]:.2f} '
-              f'| {row["mean_ms"]:.2f} | {row["calls"]} |' for row in rows]
+    lines = ['| runtime | signature | batch | p50 ms | p99 ms | mean ms | calls |',
+             '|---|---|---|---|---|---|---|']
+    lines += [f'| {row["runtime"]} | {row["signature"]} | {row["batch_size"]} | {row["p50_ms"]:.2f} '
+              f'| {row["p99_ms"]:.2f} | {row["mean_ms"]:.2f} | {row["calls"]} |' for row in rows]
     return '\n'.join(lines)

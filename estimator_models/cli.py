@@ -61,7 +61,7 @@ def _define_export_flags():
 
 def _define_predict_flags():
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
-    flags.DEFINE_multi_string('input', None, 'Input file: image, .npz, or (clips) a directory of frames.')
+    flags.DEFINE_multi_string('input', None, 'Input file: image, .npz, TFRecord (*.tfrecord*), or (clips) a directory of frames.')
     flags.DEFINE_string('request', None, 'A TensorFlow Serving REST request body (JSON file): '
                         '{"instances": [...]}, {"inputs": ...} or {"examples": [...]}.')
     flags.DEFINE_string('signature', 'serving_default', 'Signature to run.')

@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 
+from estimator_models import serving
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, arrays, preprocess
 from input_fns.errors import UserError
 
@@ -31,26 +33,29 @@ def load(path):
 
 
 def read_inputs(paths, kind, frame_shape):
-    """Pixels of every input file, fitted to `frame_shape` (H, W, C): float32 [N, ...].
+    """Pixels of every input file, fitted to `frame_shape` (H, W, C).
 
-    Files: `.npz` (its `x` or `x_test` array), images (PNG, JPEG, BMP, GIF), and, for
-    clips, directories of frame images (in name order) — every clip must have the same
-    number of frames.
+    Files: `.npz` (its `x` or `x_test` array), images (PNG, JPEG, BMP, GIF), TFRecord
+    files (`*.tfrecord*`, the project's schema), and, for clips, directories of frame
+    images (in name order).
+
+    Returns (float32 [N, H, W, C] or [N, T, H, W, C], int [N] frames of each clip):
+    shorter clips are padded with black frames to the longest.
     """
-    batches = [_read_one(path, kind) for path in paths]
     height, width, channels = frame_shape
-    fitted = []
-    for batch in batches:
-        batch = tf.constant(batch)
-        fit = preprocess.fit_frames if kind == CLIP else preprocess.fit_images
-        fitted.append(fit(batch, height, width, channels, 'resize').numpy())
-    try:
-        return np.concatenate(fitted)
-    except ValueError:
-        raise UserError('all clips in one request must have the same number of frames') from None
+    fit = preprocess.fit_frames if kind == CLIP else preprocess.fit_images
+    fitted = [fit(tf.constant(batch), height, width, channels, 'resize').numpy()
+              for path in paths for batch in _read_one(path, kind)]
+    lengths = np.concatenate([[batch.shape[1] if kind == CLIP else 1] * len(batch) for batch in fitted])
+    if kind == CLIP:
+        longest = lengths.max()
+        fitted = [np.pad(batch, [(0, 0), (0, longest - batch.shape[1])] + [(0, 0)] * 3) for batch in fitted]
+    return np.concatenate(fitted), lengths
 
 
 def _read_one(path, kind):
+    """One input file's pixels as a list of float32 batches [n, H, W, C] or [n, T, H, W, C]
+    (sizes may differ between batches; they are fitted one batch at a time)."""
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             raise UserError(f'no such file: {path}')
@@ -58,22 +63,20 @@ def _read_one(path, kind):
             key = 'x' if 'x' in contents.files else 'x_test'
             if key not in contents.files:
                 raise UserError(f'{path}: no array x or x_test')
-            return arrays.with_channel_axis(contents[key], kind).astype(np.float32)
+            return [arrays.with_channel_axis(contents[key], kind).astype(np.float32)]
+    return [_decoded_example(frames, kind, path)[np.newaxis] for frames in _encoded(path, kind)]
+
+
+def _decoded_example(frames, kind, path):
+    """float32 [H, W, C] of an image, or [T, H, W, C] of a clip, from its encoded frames."""
     if kind == CLIP:
-        if not os.path.isdir(path):
-            raise UserError(f'a clip is a directory of frame images or a .npz, not {path}')
-        frames = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
-        if not frames:
-            raise UserError(f'no frame images in {path}')
-        return np.stack([_decode(os.path.join(path, name)) for name in frames])[np.newaxis]
-    return _decode(path)[np.newaxis]
+        return np.stack([_decode(frame, path) for frame in frames])
+    return _decode(frames[0], path)
 
 
-def _decode(path):
-    if not os.path.isfile(path):
-        raise UserError(f'no such file: {path}')
+def _decode(encoded, path):
     try:
-        return tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy().astype(np.float32)
+        return tf.io.decode_image(encoded, expand_animations=False).numpy().astype(np.float32)
     except tf.errors.InvalidArgumentError:
         raise UserError(f'cannot decode {path} as an image') from None
 
@@ -92,30 +95,83 @@ def file_request(loaded, signature_name, paths):
     """A REST request body for `signature_name` from input files."""
     kind, frame_shape = signature_kind_and_shape(loaded)
     if signature_name == 'classification':
-        return {'examples': [{'image/encoded': [_b64(frame) for frame in _encoded(path, kind)]}
-                             for path in paths]}
+        clips = [clip for path in paths for clip in _encoded(path, kind)]
+        return {'examples': [{serving.ENCODED_KEY: [_b64(frame) for frame in clip]} for clip in clips]}
     inputs = input_specs(_signature(loaded, signature_name))
     if set(inputs) & {'image_bytes', 'frames_bytes'}:
-        clips = [[_b64(frame) for frame in _encoded(path, kind)] for path in paths]
+        clips = [[_b64(frame) for frame in clip] for path in paths for clip in _encoded(path, kind)]
         if kind == IMAGE:
             return {'instances': [clip[0] for clip in clips]}
         longest = max(len(clip) for clip in clips)
         return {'instances': [clip + [{'b64': ''}] * (longest - len(clip)) for clip in clips]}
-    pixels = read_inputs(paths, kind, frame_shape)
+    pixels, lengths = read_inputs(paths, kind, frame_shape)
     if 'lengths' in inputs:
-        return {'inputs': {FRAMES_KEY: pixels.tolist(), 'lengths': [pixels.shape[1]] * len(pixels)}}
+        return {'inputs': {FRAMES_KEY: pixels.tolist(), 'lengths': lengths.tolist()}}
+    if len(set(lengths.tolist())) > 1:
+        raise UserError(f'signature {signature_name} takes clips of one length; these have '
+                        f'{lengths.min()} to {lengths.max()} frames (use --signature=predict_with_lengths)')
     return {'instances': pixels.tolist()}
 
 
 def _encoded(path, kind):
-    """The encoded image bytes of one input file: [image], or a clip's frames in order."""
+    """The encoded frames of each example in one input file: [[image bytes], ...] for
+    images, [[frame bytes, ...], ...] for clips (one per clip, frames in order)."""
+    if _is_tfrecord(path):
+        return _tfrecord_encoded(path, kind)
     if kind == CLIP and os.path.isdir(path):
         names = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
-        return [open(os.path.join(path, name), 'rb').read() for name in names]
-    if not os.path.isfile(path) or not path.lower().endswith(IMAGE_SUFFIXES):
-        raise UserError(f'{path}: this signature takes image files' +
+        if not names:
+            raise UserError(f'no frame images in {path}')
+        return [[_read_bytes(os.path.join(path, name)) for name in names]]
+    if kind == CLIP and not path.endswith('.npz'):
+        raise UserError(f'a clip is a directory of frame images, a TFRecord file or a .npz, not {path}')
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        raise UserError(f'{path}: this signature takes image files, TFRecord files' +
                         (' or directories of frames' if kind == CLIP else ''))
-    return [open(path, 'rb').read()]
+    return [[_read_bytes(path)]]
+
+
+def _read_bytes(path):
+    if not os.path.isfile(path):
+        raise UserError(f'no such file: {path}')
+    with open(path, 'rb') as stream:
+        return stream.read()
+
+
+def _is_tfrecord(path):
+    return '.tfrecord' in os.path.basename(path)
+
+
+def _tfrecord_encoded(path, kind):
+    """Each record's encoded frames: `image/encoded` of a tf.Example (images), or the
+    `image/encoded` feature list of a tf.SequenceExample (clips)."""
+    if not os.path.isfile(path):
+        raise UserError(f'no such file: {path}')
+    try:
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    except tf.errors.DataLossError:
+        raise UserError(f'{path} is not a TFRecord file') from None
+    if not records:
+        raise UserError(f'{path} holds no records')
+    return [_record_frames(record, kind, path) for record in records]
+
+
+def _record_frames(record, kind, path):
+    try:
+        if kind == CLIP:
+            clip = tf.train.SequenceExample.FromString(record)
+            steps = clip.feature_lists.feature_list[serving.ENCODED_KEY].feature
+            frames = [step.bytes_list.value[0] for step in steps if step.bytes_list.value]
+        else:
+            feature = tf.train.Example.FromString(record).features.feature[serving.ENCODED_KEY]
+            frames = list(feature.bytes_list.value[:1])
+    except message.DecodeError:
+        expected = 'SequenceExample' if kind == CLIP else 'Example'
+        raise UserError(f'{path}: a record is not a tf.{expected}') from None
+    if not frames:
+        raise UserError(f'{path}: a record has no {serving.ENCODED_KEY}' +
+                        (' feature list' if kind == CLIP else ''))
+    return frames
 
 
 def _b64(data):

@@ -12,9 +12,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from estimator_models import experiment  # noqa: E402
-from input_fns import dataset, embedded, glyphs, moving_glyphs  # noqa: E402
+from estimator_models import experiment, exporting  # noqa: E402
+from input_fns import dataset, embedded, glyphs, moving_glyphs, sources  # noqa: E402
 
+TINY = {
+    'pixel_row_lstm': {'rnn_units': '16', 'batch_size': '16'},
+    'cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'batch_size': '16'},
+    'temporal_cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'frame_features': '16',
+                          'batch_size': '16'},
+}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ModeKeys = tf.estimator.ModeKeys
 
@@ -71,3 +77,25 @@ def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_exampl
     before = estimator.evaluate(eval_input)['loss']
     estimator.train(train_input, max_steps=steps)
     return run, before, estimator.evaluate(eval_input)['loss']
+
+
+def briefly_trained_export(model, data, tmp_path_factory):
+    """Trains `model` 3 steps on `data` and exports it: (run, SavedModel path, held-out examples)."""
+    model_dir = str(tmp_path_factory.mktemp(model))
+    run, _, _ = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
+    path = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                        os.path.join(model_dir, 'export'))
+    _, held_out = sources.train_and_eval_data(data, None, run.module.KIND, None)
+    return run, path, held_out
+
+
+@pytest.fixture(scope='session')
+def digits_export(tmp_path_factory, digits_npz):
+    """(run, SavedModel path, held-out examples) of a pixel_row_lstm trained 3 steps."""
+    return briefly_trained_export('pixel_row_lstm', digits_npz, tmp_path_factory)
+
+
+@pytest.fixture(scope='session')
+def clips_export(tmp_path_factory, clips_npz):
+    """(run, SavedModel path, held-out examples) of a temporal_cnn_lstm trained 3 steps."""
+    return briefly_trained_export('temporal_cnn_lstm', clips_npz, tmp_path_factory)

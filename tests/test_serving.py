@@ -13,17 +13,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from conftest import run_bin, train_on_a_few_examples
+from conftest import TINY, briefly_trained_export, run_bin
 from estimator_models import experiment, exporting, predicting, serving
-from input_fns import sources
 from input_fns.arrays import LabelledArrays
+from input_fns.errors import UserError
 
-TINY = {
-    'pixel_row_lstm': {'rnn_units': '16', 'batch_size': '16'},
-    'cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'batch_size': '16'},
-    'temporal_cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'frame_features': '16',
-                          'batch_size': '16'},
-}
 EXPECTED_SIGNATURES = {
     'image': {
         'serving_default': ('tensorflow/serving/predict', {'image': ('DT_FLOAT', [-1, 28, 28, 1])}),
@@ -49,25 +43,6 @@ print(json.dumps({key: {name: [spec.dtype.name, spec.shape.as_list()]
 '''
 
 
-def _exported(model, data, tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp(model))
-    run, _, _ = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
-    path = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
-                                        os.path.join(model_dir, 'export'))
-    _, held_out = sources.train_and_eval_data(data, None, run.module.KIND, None)
-    return run, path, held_out
-
-
-@pytest.fixture(scope='module')
-def digits_export(tmp_path_factory, digits_npz):
-    return _exported('pixel_row_lstm', digits_npz, tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def clips_export(tmp_path_factory, clips_npz):
-    return _exported('temporal_cnn_lstm', clips_npz, tmp_path_factory)
-
-
 def _probabilities(run, examples):
     return np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
 
@@ -77,9 +52,10 @@ def _png(pixels):
 
 
 @pytest.mark.parametrize('model', list(TINY))
-def test_signatures_as_a_fresh_process_sees_them(model, tmp_path_factory, digits_npz, clips_npz):
-    run, path, _ = _exported(model, clips_npz if model == 'temporal_cnn_lstm' else digits_npz,
-                             tmp_path_factory)
+def test_signatures_as_a_fresh_process_sees_them(model, request, tmp_path_factory, digits_npz):
+    shared = {'pixel_row_lstm': 'digits_export', 'temporal_cnn_lstm': 'clips_export'}
+    run, path, _ = (request.getfixturevalue(shared[model]) if model in shared
+                    else briefly_trained_export(model, digits_npz, tmp_path_factory))
     expected = EXPECTED_SIGNATURES[run.module.KIND]
     cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'saved_model_cli'), 'show',
                           '--all', '--dir', path], capture_output=True, text=True, check=True).stdout
@@ -224,3 +200,58 @@ def test_a_base_directory_serves_its_highest_version(digits_export):
     _, path, _ = digits_export
     assert predicting.resolve_version(os.path.dirname(path)) == path
     assert serving.CLASSIFY_SIGNATURE in predicting.load(os.path.dirname(path)).signatures
+
+
+def _write_tfrecord(path, records):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+    return str(path)
+
+
+def test_tfrecord_input_files_of_images_answer_like_the_estimator(digits_export, tmp_path):
+    run, path, held_out = digits_export
+    examples = held_out.take(np.arange(3))
+    records = _write_tfrecord(tmp_path / 'digits.tfrecord', [tf.train.Example(features=tf.train.Features(feature={
+        'image/encoded': tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(image)])),
+        'image/class/label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
+        for image, label in zip(examples.inputs, examples.labels)])
+    loaded = predicting.load(path)
+    expected = _probabilities(run, examples)
+    for signature in ('serving_default', 'predict_bytes'):
+        body = predicting.file_request(loaded, signature, [records])
+        rows = predicting.run_request(loaded, signature, body)['predictions']
+        np.testing.assert_allclose([row['probabilities'] for row in rows], expected, atol=1e-5)
+
+
+def test_tfrecord_input_files_of_clips_keep_each_clips_length(clips_export, tmp_path):
+    run, path, held_out = clips_export
+    examples = held_out.take(np.argsort(held_out.lengths)[[0, -1]])  # the shortest and longest
+    records = _write_tfrecord(tmp_path / 'clips.tfrecord-00000-of-00001', [tf.train.SequenceExample(
+        context=tf.train.Features(feature={
+            'clip/label/index': tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}),
+        feature_lists=tf.train.FeatureLists(feature_list={'image/encoded': tf.train.FeatureList(feature=[
+            tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(frame)])) for frame in clip[:length]])}))
+        for clip, length, label in zip(examples.inputs, examples.lengths, examples.labels)])
+    loaded = predicting.load(path)
+    expected = _probabilities(run, examples)
+    for signature in ('predict_with_lengths', 'predict_bytes'):
+        body = predicting.file_request(loaded, signature, [records])
+        response = predicting.run_request(loaded, signature, body)
+        rows = response['outputs']['probabilities'] if 'outputs' in response else [
+            row['probabilities'] for row in response['predictions']]
+        np.testing.assert_allclose(rows, expected, atol=1e-5, err_msg=signature)
+    classified = predicting.run_request(loaded, 'classification',
+                                        predicting.file_request(loaded, 'classification', [records]))
+    np.testing.assert_allclose([[score for _, score in row] for row in classified['results']], expected, atol=1e-5)
+    with pytest.raises(UserError, match='takes clips of one length; these have'):
+        predicting.file_request(loaded, 'serving_default', [records])
+
+
+def test_bin_predict_refuses_a_file_that_is_not_tfrecord(digits_export, tmp_path):
+    _, path, _ = digits_export
+    bad = tmp_path / 'broken.tfrecord'
+    bad.write_bytes(b'definitely not a TFRecord file')
+    result = run_bin('predict', f'--saved_model={path}', f'--input={bad}', check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f'error: {bad} is not a TFRecord file']
