@@ -74,10 +74,11 @@ def serving_latency(saved_model, batch_sizes=(1, 32), calls=200, warmup_calls=10
     saved_model_dir = predicting.resolve_version(saved_model)
     loaded = tf.saved_model.load(saved_model_dir)
     callers = {'session': session_callers(saved_model_dir), 'function': function_callers(loaded)}
+    inputs_by_batch_size = {batch_size: signature_inputs(loaded, batch_size) for batch_size in batch_sizes}
     rows = []
     for runtime in RUNTIMES:
         for batch_size in batch_sizes:
-            for key, inputs in signature_inputs(loaded, batch_size).items():
+            for key, inputs in inputs_by_batch_size[batch_size].items():
                 if runtime == 'function':
                     inputs = {name: tf.constant(value) for name, value in inputs.items()}
                 milliseconds = _time_calls(callers[runtime][key], inputs, calls, warmup_calls)

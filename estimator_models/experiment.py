@@ -132,8 +132,7 @@ def evaluate(run, examples, steps=None):
     result = estimator.evaluate(
         dataset.make_input_fn(examples, ModeKeys.EVAL, run.hparams, run.hparams['batch_size']),
         steps=steps, name='evaluate')
-    return {key: value.item() if hasattr(value, 'item') else value
-            for key, value in monitoring.numbers_only(result).items()}
+    return monitoring.numbers_only(result)
 
 
 def export(run, export_dir):

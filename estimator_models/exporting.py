@@ -39,9 +39,7 @@ def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
         extra = os.path.join(temporary_path, 'assets.extra')
         if eval_result is not None:
             with open(os.path.join(extra, EVAL_RESULT_FILE), 'w') as stream:
-                numbers = monitoring.numbers_only(eval_result)
-                json.dump({key: _plain(value) for key, value in numbers.items()}, stream,
-                          sort_keys=True)
+                json.dump(monitoring.numbers_only(eval_result), stream, sort_keys=True)
         os.rename(temporary_path, final_path)
     except BaseException:
         shutil.rmtree(temporary_path, ignore_errors=True)
@@ -80,10 +78,6 @@ def versions(export_base):
 def _next_version(export_base):
     """Seconds since the epoch, like the Estimator's versions, but always increasing."""
     return max([int(time.time())] + [version + 1 for version in versions(export_base)])
-
-
-def _plain(value):
-    return value.item() if hasattr(value, 'item') else value
 
 
 def warmup_inputs(run, encoded):

@@ -137,8 +137,10 @@ def _pr_curves(labels, probabilities):
 
 
 def numbers_only(eval_result):
-    """An eval result without its summary-proto entries (bytes for TensorBoard, not people)."""
-    return {key: value for key, value in eval_result.items() if not isinstance(value, bytes)}
+    """An eval result as Python numbers, without its summary-proto entries (bytes for
+    TensorBoard, not people)."""
+    return {key: value.item() if hasattr(value, 'item') else value
+            for key, value in eval_result.items() if not isinstance(value, bytes)}
 
 
 def training_hooks(config, params, profile_steps=None):
