@@ -7,7 +7,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: train test clean
+.PHONY: train test memory-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -24,6 +24,19 @@ $(INSTALLED): requirements.txt setup.py
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+# Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.
+MEMORY_RUN := runs/memory_benchmark
+memory-benchmark: $(INSTALLED)
+	mkdir -p $(MEMORY_RUN)
+	[ -e $(MEMORY_RUN)/clips.metadata.json ] || \
+		$(VENV_PYTHON) bin/benchmark --write_noise_clips=$(MEMORY_RUN)/clips --gigabytes=2
+	du -sh $(MEMORY_RUN)
+	rm -rf $(MEMORY_RUN)/run
+	/usr/bin/time -v -o $(MEMORY_RUN)/time.txt $(VENV_PYTHON) bin/train --model=temporal_cnn_lstm \
+		--data='$(MEMORY_RUN)/clips.tfrecord*' --model_dir=$(MEMORY_RUN)/run --train_steps=300 \
+		--checkpoint_every=300 --hparams=height=32,width=32
+	grep -E 'Maximum resident|Elapsed' $(MEMORY_RUN)/time.txt
 
 clean:
 	rm -rf $(VENV) runs

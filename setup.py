@@ -27,7 +27,8 @@ setuptools.setup(
     python_requires='>=3.9,<3.12',
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': ['pytest==9.2.0']},
-    scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict', 'bin/benchmark'],
+    scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict', 'bin/benchmark',
+             'bin/make_tfrecords'],
     entry_points={
         'console_scripts': [
             'lstm-train=estimator_models.cli:main_train',
@@ -35,6 +36,7 @@ setuptools.setup(
             'lstm-export=estimator_models.cli:main_export',
             'lstm-predict=estimator_models.cli:main_predict',
             'lstm-benchmark=estimator_models.cli:main_benchmark',
+            'lstm-make-tfrecords=estimator_models.cli:main_make_tfrecords',
         ],
     },
 )

@@ -5,6 +5,7 @@ Every command reports a user's mistake as one `error: ...` line on stderr and ex
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -15,7 +16,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import benchmarks, experiment, hparams, monitoring, predicting, registry  # noqa: E402
-from input_fns import sources  # noqa: E402
+from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -25,7 +26,8 @@ def _define_train_flags():
     flags.DEFINE_string('model', None, f'Model to train: one of {", ".join(registry.MODELS)}.')
     flags.DEFINE_string('data', None, 'Training data spec; default: the model\'s embedded dataset.')
     flags.DEFINE_string('eval_data', None, 'Evaluation data spec; default: the test split of --data.')
-    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared (for tfds: specs).')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared, the embedded ones included; '
+                        'default: $TFDS_DATA_DIR or ~/tensorflow_datasets.')
     flags.DEFINE_string('model_dir', None, 'Checkpoints, events and hparams; default runs/MODEL.')
     flags.DEFINE_integer('train_steps', None, 'Total training steps; default: the model\'s own.')
     flags.DEFINE_integer('batch_size', None, 'Examples per batch (an hparam).')
@@ -40,6 +42,9 @@ def _define_train_flags():
     flags.DEFINE_integer('summary_images_every', None,
                          'Steps between input images in TensorBoard, 0 for none (an hparam).')
     flags.DEFINE_boolean('histograms', None, 'Weight and activation histograms in TensorBoard (an hparam).')
+    flags.DEFINE_boolean('skip_bad_records', None,
+                         'Drop records that cannot be read, counting them (input/bad_records), '
+                         'instead of stopping at the first (an hparam).')
     flags.DEFINE_string('profile_steps', None,
                         'A,B: trace global steps A to B with the TensorFlow profiler into '
                         'MODEL_DIR/plugins/profile (TensorBoard\'s profile tab).')
@@ -49,7 +54,7 @@ def _define_evaluate_flags():
     flags.DEFINE_string('model_dir', None, 'A trained model_dir.')
     flags.DEFINE_string('data', None, 'Data spec to evaluate on; default: the run\'s eval data.')
     flags.DEFINE_integer('steps', None, 'Batches to evaluate; default: all of the data.')
-    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared (for tfds: specs).')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared; default: the run\'s.')
 
 
 def _define_export_flags():
@@ -67,12 +72,33 @@ def _define_predict_flags():
     flags.DEFINE_string('signature', 'serving_default', 'Signature to run.')
 
 
+def _define_make_tfrecords_flags():
+    flags.DEFINE_string('input', None, 'Data spec to convert: an embedded dataset, tfds:NAME, FILE.npz, '
+                        'DIR/ of class folders or TFRecord shards.')
+    flags.DEFINE_string('output', None, 'Output prefix: writes PREFIX.tfrecord-00000-of-N ... and '
+                        'PREFIX.metadata.json.')
+    flags.DEFINE_integer('shards', 1, 'Number of shard files.')
+    flags.DEFINE_enum('split', 'train', ['train', 'test'], 'Which split of a source that has two.')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared (tfds: and embedded inputs).')
+
+
 def _define_benchmark_flags():
     flags.DEFINE_bool('serving', False, 'Measure serving latency of --saved_model.')
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
     flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes to measure.')
     flags.DEFINE_integer('calls', 200, 'Timed calls per signature and batch size.')
     flags.DEFINE_string('json_out', None, 'Also write the rows as JSON to this file.')
+    flags.DEFINE_bool('input_only', False, 'Measure the training input pipeline of --data alone.')
+    flags.DEFINE_string('data', None, 'Data spec for --input_only; default: the model\'s embedded dataset.')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
+    flags.DEFINE_string('model', None, 'Model whose input size and hparams to use with --input_only; '
+                        'default: pixel_row_lstm for images, temporal_cnn_lstm for clips.')
+    flags.DEFINE_string('hparams', '', 'Hparam overrides for --input_only (batch_size, shuffle_buffer, ...).')
+    flags.DEFINE_integer('batches', 300, 'Timed batches for --input_only, after --warmup_batches.')
+    flags.DEFINE_integer('warmup_batches', 30, 'Untimed batches first (the shuffle buffer fills).')
+    flags.DEFINE_string('write_noise_clips', None, 'Write TFRecord clips of noise frames to this '
+                        'prefix (data for the memory benchmark), about --gigabytes of them.')
+    flags.DEFINE_float('gigabytes', 2.0, 'Size of --write_noise_clips.')
 
 
 def _quiet_tensorflow():
@@ -94,11 +120,11 @@ def train(argv):
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
     overrides = hparams.parse_overrides(FLAGS.hparams)
-    for name in ('batch_size', 'learning_rate', 'summary_images_every', 'histograms'):
+    for name in ('batch_size', 'learning_rate', 'summary_images_every', 'histograms', 'skip_bad_records'):
         if getattr(FLAGS, name) is not None:
             overrides[name] = str(getattr(FLAGS, name))
-    run, train_examples, eval_examples = experiment.prepare_training(
-        FLAGS.model, model_dir, FLAGS.data, FLAGS.eval_data, overrides)
+    run, train_source, eval_source = experiment.prepare_training(
+        FLAGS.model, model_dir, FLAGS.data, FLAGS.eval_data, overrides, FLAGS.data_dir)
     train_steps = FLAGS.train_steps or run.module.DEFAULT_TRAIN_STEPS
     if train_steps <= 0:
         raise UserError(f'--train_steps must be positive, got {train_steps}')
@@ -106,15 +132,15 @@ def train(argv):
     profile_steps = (monitoring.parse_profile_steps(FLAGS.profile_steps, train_steps)
                      if FLAGS.profile_steps else None)
     tf.keras.utils.set_random_seed(FLAGS.seed)
-    print(f'training {run.model} for {train_steps} steps on {len(train_examples)} examples, '
-          f'evaluating on {len(eval_examples)}\n'
+    print(f'training {run.model} for {train_steps} steps on {_described(train_source)}, '
+          f'evaluating on {_described(eval_source)}\n'
           f'  checkpoints and train events: {model_dir}\n'
           f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
           f'{os.path.join(export_dir, "latest")}\n'
           f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}', flush=True)
     result = experiment.train_and_evaluate(
-        run, train_examples, eval_examples, train_steps, FLAGS.seed, export_dir,
+        run, train_source, eval_source, train_steps, FLAGS.seed, export_dir,
         checkpoint_every, FLAGS.distribution, profile_steps)
     if result is None:
         print(f'{model_dir} is already trained to {train_steps} steps; '
@@ -129,12 +155,10 @@ def evaluate(argv):
     del argv
     _require('model_dir')
     run = experiment.load_run(FLAGS.model_dir)
-    if FLAGS.data:
-        examples = sources.evaluation_data(FLAGS.data, run.module.KIND, run.module.DEFAULT_DATA)
-    else:
-        _, examples = sources.train_and_eval_data(
-            run.data, run.eval_data, run.module.KIND, run.module.DEFAULT_DATA)
-    print(json.dumps(experiment.evaluate(run, examples, FLAGS.steps), sort_keys=True))
+    if FLAGS.data_dir:
+        run.data_dir = FLAGS.data_dir
+    print(json.dumps(experiment.evaluate(run, run.evaluation_source(FLAGS.data), FLAGS.steps),
+                     sort_keys=True))
 
 
 def export(argv):
@@ -158,6 +182,12 @@ def predict(argv):
     print(json.dumps(predicting.run_request(loaded, FLAGS.signature, body)))
 
 
+def _described(data):
+    count = data.info.num_examples
+    examples = f'{count} examples' if count is not None else 'examples'
+    return f'{examples} of {data.info.spec}'
+
+
 def _read_json(path):
     try:
         with open(path) as stream:
@@ -168,10 +198,35 @@ def _read_json(path):
         raise UserError(f'{path} is not valid JSON: {error}') from None
 
 
+def make_tfrecords(argv):
+    del argv
+    _require('input')
+    _require('output')
+    if FLAGS.shards < 1:
+        raise UserError(f'--shards must be positive, got {FLAGS.shards}')
+    train, test = specs.open_splits(FLAGS.input, None, FLAGS.data_dir)
+    if FLAGS.split == 'test' and test is None:
+        raise UserError(f'{FLAGS.input} has no test split')
+    data = test if FLAGS.split == 'test' else train
+    summary = writing.source_to_tfrecords(data, FLAGS.output, FLAGS.shards)
+    per_class = ', '.join(f'{name} {count}' for name, count in summary['per_class'].items())
+    print(f'wrote {summary["examples"]} {data.info.kind}s of {summary["classes"]} classes '
+          f'({per_class}) in {len(summary["shards"])} shards, {summary["bytes"] / 1e6:.1f} MB:\n'
+          f'  {FLAGS.output}.tfrecord-*  (train with --data={shlex.quote(FLAGS.output + ".tfrecord*")})\n'
+          f'  {summary["metadata"]}')
+
+
 def benchmark(argv):
     del argv
+    if FLAGS.input_only:
+        return _benchmark_input()
+    if FLAGS.write_noise_clips:
+        summary = benchmarks.write_noise_clips(FLAGS.write_noise_clips, FLAGS.gigabytes)
+        print(f'wrote {summary["examples"]} clips, {summary["bytes"] / 1e9:.2f} GB: '
+              f'{FLAGS.write_noise_clips}.tfrecord-*')
+        return None
     if not FLAGS.serving:
-        raise UserError('choose a benchmark: --serving')
+        raise UserError('choose a benchmark: --serving, --input_only or --write_noise_clips')
     _require('saved_model')
     try:
         batch_sizes = [int(size) for size in FLAGS.batch_sizes]
@@ -186,6 +241,22 @@ def benchmark(argv):
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w') as stream:
             json.dump(rows, stream, indent=2)
+
+
+def _benchmark_input():
+    if FLAGS.batches < 1 or FLAGS.warmup_batches < 0:
+        raise UserError('--batches must be positive and --warmup_batches not negative')
+    model = FLAGS.model
+    if model is None:
+        kind = specs.open_splits(FLAGS.data, None, FLAGS.data_dir)[0].info.kind if FLAGS.data else 'image'
+        model = 'temporal_cnn_lstm' if kind == 'clip' else 'pixel_row_lstm'
+    run, train_source, _ = experiment.prepare_training(
+        model, None, FLAGS.data, None, hparams.parse_overrides(FLAGS.hparams), FLAGS.data_dir)
+    result = benchmarks.input_throughput(run, train_source, FLAGS.batches, FLAGS.warmup_batches)
+    print(json.dumps(result, sort_keys=True))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, 'w') as stream:
+            json.dump(result, stream, indent=2)
 
 
 def _parse_flags(argv):
@@ -207,10 +278,16 @@ def _guarded(command):
         except UserError as error:
             sys.exit(_fail(str(error)))
         except tf.errors.OpError as error:
-            sys.exit(_fail(f'TensorFlow: {error.message.splitlines()[0]}'))
+            bad_record = source.bad_record_message(error.message)
+            sys.exit(_fail(bad_record or f'TensorFlow: {_first_line(error.message)}'))
         except KeyboardInterrupt:
             sys.exit(_fail('interrupted; checkpoints already written are kept', code=130))
     return main
+
+
+def _first_line(message):
+    """An OpError's message without the graph function it came from."""
+    return re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', message.strip()).splitlines()[0]
 
 
 def _fail(message, code=2):
@@ -237,6 +314,10 @@ def main_export():
 
 def main_predict():
     _main(_define_predict_flags, predict)
+
+
+def main_make_tfrecords():
+    _main(_define_make_tfrecords_flags, make_tfrecords)
 
 
 def main_benchmark():

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from estimator_models import hparams as hparams_lib
 from estimator_models import exporting, monitoring, progress, registry
-from input_fns import dataset, sources
+from input_fns import dataset, specs
 from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
@@ -27,6 +27,7 @@ class Run:
     data: Optional[str] = None
     eval_data: Optional[str] = None
     class_names: Optional[List[str]] = None
+    data_dir: Optional[str] = None
 
     def __post_init__(self):
         if not self.class_names:
@@ -38,7 +39,22 @@ class Run:
 
     def record(self):
         return {'model': self.model, 'data': self.data, 'eval_data': self.eval_data,
-                'class_names': self.class_names, 'hparams': self.hparams}
+                'data_dir': self.data_dir, 'class_names': self.class_names, 'hparams': self.hparams}
+
+    def sources(self):
+        """(train, eval) Sources of the run's data."""
+        return specs.train_and_eval_sources(self.data, self.eval_data, self.module.KIND,
+                                            self.module.DEFAULT_DATA, self.data_dir)
+
+    def evaluation_source(self, spec):
+        """The Source to evaluate on for a --data spec (None: the run's own eval data)."""
+        if spec is None:
+            return self.sources()[1]
+        return specs.evaluation_source(spec, self.module.KIND, self.module.DEFAULT_DATA, self.data_dir)
+
+    def input_fn(self, data, mode, seed=None, num_examples=None):
+        return dataset.make_input_fn(data, mode, self.hparams, self.hparams['batch_size'], seed,
+                                     self.hparams['skip_bad_records'], num_examples)
 
 
 def load_run(model_dir):
@@ -47,40 +63,44 @@ def load_run(model_dir):
     if record is None:
         raise UserError(f'{model_dir} holds no trained model ({hparams_lib.RUN_FILE} not found)')
     return Run(record['model'], model_dir, record['hparams'], record.get('data'),
-               record.get('eval_data'), record.get('class_names'))
+               record.get('eval_data'), record.get('class_names'), record.get('data_dir'))
 
 
-def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None):
-    """Resolves the run (new, or resumed from model_dir) and loads its data.
+def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None, data_dir=None):
+    """Resolves the run (new, or resumed from model_dir) and opens its data sources.
 
-    Returns (run, train_examples, eval_examples). Writes nothing.
+    The data's metadata (kind, frame shape, classes) fills the hparams the user left
+    unset; nothing is read beyond what that takes. Returns (run, train_source,
+    eval_source). Writes nothing; without a model_dir, a new run is resolved.
     """
     module = registry.get(model)
-    saved = hparams_lib.load_run(model_dir)
+    saved = hparams_lib.load_run(model_dir) if model_dir else None
     if saved is not None and saved['model'] != model:
         raise UserError(f'{model_dir} holds a {saved["model"]} model, not {model}; '
                         'use a new --model_dir')
     if saved is not None:
         data = data or saved.get('data')
         eval_data = eval_data or saved.get('eval_data')
-    train_examples, eval_examples = sources.train_and_eval_data(
-        data, eval_data, module.KIND, module.DEFAULT_DATA)
-    data_shape = train_examples.frame_shape + (train_examples.num_classes,)
-    resolved = hparams_lib.resolve(module, overrides or {}, data_shape,
+        data_dir = data_dir or saved.get('data_dir')
+    train_source, eval_source = specs.train_and_eval_sources(
+        data, eval_data, module.KIND, module.DEFAULT_DATA, data_dir)
+    info = train_source.info
+    frame_shape = train_source.first_frame_shape()
+    if frame_shape is None:
+        raise UserError(f'cannot tell the image size of {info.spec}; '
+                        'pass --hparams=height=H,width=W,channels=C')
+    resolved = hparams_lib.resolve(module, overrides or {}, tuple(frame_shape) + (info.num_classes,),
                                    saved['hparams'] if saved else None)
-    for name, examples in (('training', train_examples), ('evaluation', eval_examples)):
-        if examples.labels.max() >= resolved['num_classes']:
-            raise UserError(f'{name} data has label {examples.labels.max()} but the model has '
-                            f'{resolved["num_classes"]} classes')
-    class_names = saved.get('class_names') if saved else train_examples.class_names
-    run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []))
-    return run, train_examples, eval_examples
+    class_names = saved.get('class_names') if saved else info.class_names
+    run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []), data_dir)
+    return run, train_source, eval_source
 
 
 def make_estimator(run, config=None, train_steps=0):
     params = dict(run.hparams, train_steps=train_steps)
     return tf.compat.v1.estimator.Estimator(
-        model_fn=run.module.model_fn, model_dir=run.model_dir, config=config, params=params)
+        model_fn=monitoring.counting_bad_records(run.module.model_fn), model_dir=run.model_dir,
+        config=config, params=params)
 
 
 def run_config(model_dir, seed, checkpoint_every, distribution='none'):
@@ -105,7 +125,7 @@ def exporters(run, export_dir):
     ]
 
 
-def train_and_evaluate(run, train_examples, eval_examples, train_steps, seed, export_dir,
+def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export_dir,
                        checkpoint_every, distribution='none', profile_steps=None):
     """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
     checkpoint, tracing the global steps `profile_steps` (first, last) if given.
@@ -113,25 +133,21 @@ def train_and_evaluate(run, train_examples, eval_examples, train_steps, seed, ex
     hparams_lib.save_run(run.model_dir, run.record())
     config = run_config(run.model_dir, seed, checkpoint_every, distribution)
     estimator = make_estimator(run, config, train_steps)
-    batch_size = run.hparams['batch_size']
     train_spec = tf.estimator.TrainSpec(
-        dataset.make_input_fn(train_examples, ModeKeys.TRAIN, run.hparams, batch_size, seed),
-        max_steps=train_steps, hooks=monitoring.training_hooks(config, run.hparams, profile_steps))
+        run.input_fn(train_source, ModeKeys.TRAIN, seed), max_steps=train_steps,
+        hooks=monitoring.training_hooks(config, run.hparams, profile_steps))
     eval_spec = tf.estimator.EvalSpec(
-        dataset.make_input_fn(eval_examples, ModeKeys.EVAL, run.hparams, batch_size),
-        steps=None, exporters=exporters(run, export_dir), start_delay_secs=0, throttle_secs=0)
+        run.input_fn(eval_source, ModeKeys.EVAL), steps=None, exporters=exporters(run, export_dir), start_delay_secs=0, throttle_secs=0)
     eval_result, _ = tf.compat.v1.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     return eval_result
 
 
-def evaluate(run, examples, steps=None):
-    """Evaluates the latest checkpoint; returns a JSON-ready dict of metrics."""
+def evaluate(run, data, steps=None):
+    """Evaluates the latest checkpoint on a Source; returns a JSON-ready dict of metrics."""
     estimator = make_estimator(run)
     if estimator.latest_checkpoint() is None:
         raise UserError(f'no checkpoint in {run.model_dir}')
-    result = estimator.evaluate(
-        dataset.make_input_fn(examples, ModeKeys.EVAL, run.hparams, run.hparams['batch_size']),
-        steps=steps, name='evaluate')
+    result = estimator.evaluate(run.input_fn(data, ModeKeys.EVAL), steps=steps, name='evaluate')
     return monitoring.numbers_only(result)
 
 
@@ -143,8 +159,8 @@ def export(run, export_dir):
     return exporting.export_saved_model(run, checkpoint, export_dir)
 
 
-def predict(run, examples):
-    """Estimator.predict over LabelledArrays: a list of {classes, probabilities, logits}."""
+def predict(run, data):
+    """Estimator.predict over a Source (e.g. LabelledArrays): a list of {classes,
+    probabilities, logits}, one per example."""
     estimator = make_estimator(run)
-    input_fn = dataset.make_input_fn(examples, ModeKeys.PREDICT, run.hparams, run.hparams['batch_size'])
-    return list(estimator.predict(input_fn, yield_single_examples=True))
+    return list(estimator.predict(run.input_fn(data, ModeKeys.PREDICT), yield_single_examples=True))

@@ -35,6 +35,10 @@ COMMON_DEFAULTS = {
     'lr_schedule': 'cosine',
     'warmup_steps': 100,
     'clip_norm': 5.0,
+    # Input (input_fns.dataset): examples in the training shuffle buffer; whether records
+    # that cannot be read are dropped and counted instead of stopping the run.
+    'shuffle_buffer': 10000,
+    'skip_bad_records': False,
     # TensorBoard (estimator_models.monitoring): input images every N steps (0: never),
     # weight and activation histograms.
     'summary_images_every': 500,
@@ -48,7 +52,7 @@ COMMON_CHOICES = {
 }
 
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
-                 'summary_images_every', 'histograms')
+                 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
@@ -101,7 +105,7 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
         raise UserError(f'unknown hparam {unknown[0]!r}; known: {", ".join(sorted(defaults))}')
     parsed = {key: _coerce(key, value, defaults[key]) for key, value in overrides.items()}
     if saved is not None:
-        return _resumed(saved, parsed)
+        return _resumed(defaults, saved, parsed)
     resolved = {**defaults, **parsed}
     for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
         if not resolved[key]:
@@ -110,19 +114,20 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
     return resolved
 
 
-def _resumed(saved, parsed):
+def _resumed(defaults, saved, parsed):
     for key, value in parsed.items():
         if key not in TRAINING_KEYS and saved.get(key) != value:
             raise UserError(f'hparam {key}={value} differs from {key}={saved.get(key)} saved in '
                             f'model_dir; use a new --model_dir to change it')
-    return {**saved, **parsed}
+    # Keys added since the run was saved take their defaults.
+    return {**defaults, **saved, **parsed}
 
 
 def _check(hparams, choices):
     for key, allowed in choices.items():
         if hparams[key] not in allowed:
             raise UserError(f'hparam {key}={hparams[key]!r} must be one of {", ".join(allowed)}')
-    for key in DATA_SHAPE_KEYS + ('rnn_units', 'rnn_layers', 'batch_size'):
+    for key in DATA_SHAPE_KEYS + ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer'):
         if hparams[key] <= 0:
             raise UserError(f'hparam {key} must be positive, got {hparams[key]}')
     if hparams['channels'] not in (1, 3):

@@ -14,9 +14,11 @@ becomes `confusion_matrix/0` and class k's PR curve `pr_curves/k`.
 import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
+from input_fns import BAD_RECORDS_KEY
 from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
+BAD_RECORDS_TAG = 'input/bad_records'
 # Collection of the input image summaries: written by their own hook every
 # `summary_images_every` steps, not with the scalars every `save_summary_steps`.
 INPUT_IMAGES = 'input_image_summaries'
@@ -141,6 +143,34 @@ def numbers_only(eval_result):
     TensorBoard, not people)."""
     return {key: value.item() if hasattr(value, 'item') else value
             for key, value in eval_result.items() if not isinstance(value, bytes)}
+
+
+def counting_bad_records(model_fn):
+    """Wraps a model_fn so that the input pipeline's count of dropped records
+    (features[BAD_RECORDS_KEY], int64 [batch]) never reaches the model, and, when the run
+    skips bad records, shows as `input/bad_records`: a training summary (the most seen in
+    one pass over the training data so far) and an eval metric (those in the eval data),
+    which the progress lines print at each evaluation."""
+    def model_fn_without_count(features, labels, mode, params):
+        features = dict(features)
+        dropped = features.pop(BAD_RECORDS_KEY, None)
+        spec = model_fn(features, labels, mode, params)
+        if dropped is None or not params.get('skip_bad_records') or mode == ModeKeys.PREDICT:
+            return spec
+        most, update = _running_max(tf.reduce_max(dropped))
+        if mode == ModeKeys.EVAL:
+            return spec._replace(eval_metric_ops={**spec.eval_metric_ops, BAD_RECORDS_TAG: (most, update)})
+        tf.compat.v1.summary.scalar(BAD_RECORDS_TAG, update)
+        return spec._replace(train_op=tf.group(spec.train_op, update))
+    return model_fn_without_count
+
+
+def _running_max(value):
+    """A local int64 variable holding the largest `value` seen, and the op that updates it."""
+    most = tf.compat.v1.Variable(
+        tf.constant(0, tf.int64), trainable=False, name='bad_records_seen',
+        collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES, tf.compat.v1.GraphKeys.METRIC_VARIABLES])
+    return most.read_value(), most.assign(tf.maximum(most, value))
 
 
 def training_hooks(config, params, profile_steps=None):

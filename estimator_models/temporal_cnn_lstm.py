@@ -10,6 +10,8 @@ DEFAULT_DATA = 'moving_glyphs'
 DEFAULT_TRAIN_STEPS = 1000
 DEFAULT_HPARAMS = {
     'batch_size': 32,
+    # A clip is up to 12 frames: a tenth of the image models' buffer holds as many frames.
+    'shuffle_buffer': 1000,
     'cnn_filters': [32, 64, 64],
     'frame_features': 128,
     # Read at most this many frames of each clip (0: all). max_frames=1 is the

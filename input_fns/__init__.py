@@ -6,6 +6,10 @@ Feature dictionaries seen by a model_fn (and built by the serving receivers):
   clips:  {FRAMES_KEY: float32 [batch, T, H, W, C],            raw pixels 0..255,
            LENGTH_KEY: int32 [batch]}                          true clip lengths (<= T)
 
+Batches from the input functions (not the serving receivers) also carry
+  BAD_RECORDS_KEY: int64 [batch], records of the source dropped as unreadable so far
+  in the current pass (see input_fns.source); the models ignore it.
+
 Labels are int32 [batch] class indices. Pixel scaling happens inside the model, so
 serving clients send the same raw values the input functions produce.
 """
@@ -13,6 +17,7 @@ serving clients send the same raw values the input functions produce.
 IMAGE_KEY = 'image'
 FRAMES_KEY = 'frames'
 LENGTH_KEY = 'length'
+BAD_RECORDS_KEY = 'bad_records'
 
 IMAGE = 'image'
 CLIP = 'clip'

@@ -1,17 +1,19 @@
-"""In-memory labelled arrays: the form the embedded datasets and `.npz` files take."""
+"""Labelled arrays held in memory, as a Source: for predictions over a few examples and
+for tests. Data sets of any size come from files (input_fns.specs); these arrays become
+constants of the graph that reads them."""
 
 import dataclasses
-import os
 from typing import Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
 
-from input_fns import CLIP, IMAGE
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, source
 from input_fns.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelledArrays:
+class LabelledArrays(source.Source):
     """Examples held in memory.
 
     Attributes:
@@ -40,6 +42,25 @@ class LabelledArrays:
         if self.class_names:
             return len(self.class_names)
         return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    @property
+    def info(self):
+        return source.SourceInfo(spec='arrays', kind=self.kind, frame_shape=self.frame_shape,
+                                 num_classes=self.num_classes, class_names=self.class_names,
+                                 num_examples=len(self))
+
+    def records(self, shard, shuffle_seed):
+        del shuffle_seed
+        lengths = self.lengths if self.lengths is not None else np.ones(len(self), np.int32)
+        rows = tf.data.Dataset.from_tensor_slices((self.inputs, self.labels, lengths))
+        return source.shard_records(source.flattened(source.in_file('arrays', rows)), 1, shard)
+
+    def decode(self, payload, channels):
+        del channels
+        pixels, label, length = payload
+        if self.kind == CLIP:
+            return source.clip_features(pixels[:length], length), label
+        return source.image_features(pixels), label
 
     def __len__(self):
         return len(self.labels)
@@ -96,36 +117,27 @@ def _validated_lengths(lengths, clips, source):
     return lengths.astype(np.int32)
 
 
-def load_npz(path, kind):
-    """Reads a `.npz` of arrays into (train, test) LabelledArrays; test is None if absent.
+def read_all(data, num_examples=None):
+    """The first `num_examples` (default: all) examples of a Source, in order, in memory.
 
-    Accepted keys: `x`, `y` (one split), or `x_train`, `y_train`, `x_test`, `y_test`
-    (the layout of Keras' `mnist.npz`); optional `lengths` / `lengths_train` /
-    `lengths_test` for clips and `class_names`.
+    Images must share one size; clips are padded to the longest. For tests and small
+    prediction inputs: it reads everything it is asked for.
     """
-    if not os.path.isfile(path):
-        raise UserError(f'no such .npz file: {path}')
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            contents = {key: arrays[key] for key in arrays.files}
-    except (OSError, ValueError) as error:
-        raise UserError(f'cannot read {path} as .npz: {error}') from None
-    class_names = contents.get('class_names')
-    if class_names is not None:
-        class_names = [str(name) for name in class_names]
-
-    def split(suffix):
-        x_key, y_key = 'x' + suffix, 'y' + suffix
-        if x_key not in contents:
-            return None
-        if y_key not in contents:
-            raise UserError(f'{path}: has {x_key} but no {y_key}')
-        return validated(contents[x_key], contents[y_key], kind, contents.get('lengths' + suffix),
-                         class_names, source=path)
-
-    if 'x' in contents:
-        return split(''), None
-    if 'x_train' in contents or 'x_test' in contents:
-        return split('_train'), split('_test')
-    raise UserError(f'{path}: expected arrays x and y (or x_train, y_train, x_test, y_test), '
-                    f'found {sorted(contents)}')
+    channels = (data.first_frame_shape() or (0, 0, 0))[2]
+    examples = data.examples(channels, data.info.num_classes)
+    if num_examples:
+        examples = examples.take(num_examples)
+    pixels, labels, lengths = [], [], []
+    for features, label in examples.as_numpy_iterator():
+        if data.info.kind == CLIP:
+            pixels.append(features[FRAMES_KEY])
+            lengths.append(features[LENGTH_KEY])
+        else:
+            pixels.append(features[IMAGE_KEY])
+        labels.append(label)
+    if data.info.kind == CLIP:
+        longest = max(lengths)
+        pixels = [np.pad(clip, [(0, longest - len(clip))] + [(0, 0)] * 3) for clip in pixels]
+    return validated(np.stack(pixels), np.array(labels), data.info.kind,
+                     lengths if data.info.kind == CLIP else None, data.info.class_names,
+                     source=data.info.spec)

@@ -1,75 +1,120 @@
-"""The input_fn factory: labelled arrays -> the tf.data.Dataset an Estimator takes.
+"""The input_fn factory: any Source -> the tf.data.Dataset an Estimator reads.
 
-Arrays are never embedded in the graph as constants (that makes graphs of gigabytes,
-see PITFALLS.md): the pipeline shuffles and batches example indices and gathers each
-batch from memory with one tf.numpy_function call.
+On top of a source's decoded examples it fits every image (or frame) to the model's
+input size, shuffles within a bounded buffer, repeats, batches (clips padded to the
+longest clip of their batch, their true lengths kept as a feature) and prefetches. All
+of it runs in the graph: no Python in the training step.
+
+Under a TF_CONFIG cluster each worker reads its own shard of the training data: the
+Estimator hands the input_fn its RunConfig (parameter-server mode) or an InputContext
+(tf.distribute strategies), and the source splits by file, or by record when it has
+fewer files than workers.
 """
 
-import numpy as np
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, preprocess
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, preprocess, source
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
+AUTOTUNE = tf.data.AUTOTUNE
+# Examples checked for dropped records at once (one function call per block); fewer
+# clips, which are large.
+CHECK_BLOCK = {IMAGE: 256, CLIP: 64}
 
 
-def make_input_fn(examples, mode, hparams, batch_size, seed=None):
+def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=False,
+                  num_examples=None):
     """Returns an input_fn for Estimator.train / evaluate / predict.
 
     Args:
-      examples: input_fns.arrays.LabelledArrays.
-      mode: a tf.estimator.ModeKeys; TRAIN shuffles (with `seed`) and repeats forever,
-        the others read every example once, in order.
-      hparams: dict with the model's `height`, `width`, `channels` and `resize` policy.
+      data: an input_fns.source.Source.
+      mode: a tf.estimator.ModeKeys; TRAIN shuffles (with `seed`, within a buffer of
+        `shuffle_buffer` examples) and repeats forever, the others read every example
+        once, in order.
+      hparams: dict with the model's `height`, `width`, `channels`, `num_classes`,
+        `resize` policy and `shuffle_buffer`.
       batch_size: examples per batch.
+      skip_bad_records: drop records that cannot be read (counted in the BAD_RECORDS_KEY
+        feature) instead of stopping at the first with an error naming it.
+      num_examples: read only the first this many examples of the source.
 
     The dataset yields (features, labels): features as described in input_fns/__init__.py,
-    clips padded to the longest clip of their batch; labels int32 [batch].
+    clips padded to the longest clip of their batch; labels int32 [batch];
+    BAD_RECORDS_KEY counts the records dropped so far in the current pass.
     """
-    def input_fn():
-        indices = tf.data.Dataset.range(len(examples))
-        if mode == TRAIN:
-            indices = indices.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-            indices = indices.repeat()
-        batches = indices.batch(batch_size)
-        batches = batches.map(_batch_gatherer(examples, hparams),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return batches.prefetch(tf.data.AUTOTUNE)
+    training = mode == TRAIN
+    fit = _fitter(data.info.kind, hparams, data.info.frame_shape)
+    pad_or_batch = _batcher(data.info.kind, batch_size)
+
+    def input_fn(config=None, input_context=None):
+        if not training:
+            examples = data.examples(hparams['channels'], hparams['num_classes'],
+                                     skip_bad_records=skip_bad_records, transform=fit)
+            if num_examples:
+                examples = examples.take(num_examples)
+            return pad_or_batch(examples).prefetch(AUTOTUNE)
+        # Training: the bad-record check runs on blocks of examples in reading order, before
+        # the shuffle (each function call per example costs tens of microseconds here).
+        stream = source.decoded_stream(
+            data, hparams['channels'], hparams['num_classes'], training_shard(config, input_context),
+            seed, fit)
+        # Clips differ in length: a ragged block keeps each at its own.
+        block_size = CHECK_BLOCK[data.info.kind]
+        blocks = stream.ragged_batch(block_size) if data.info.kind == CLIP else stream.batch(block_size)
+        examples = blocks.map(
+            lambda kept, element: source.counted_block(kept, element, skip_bad_records)).unbatch()
+        if data.info.kind == CLIP:
+            # Clips of a block come out of it ragged; each is dense again, at its own length.
+            examples = examples.map(_dense_frames, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if num_examples:
+            examples = examples.take(num_examples)
+        examples = examples.shuffle(hparams['shuffle_buffer'], seed=seed,
+                                    reshuffle_each_iteration=True).repeat()
+        return pad_or_batch(examples).prefetch(AUTOTUNE)
 
     return input_fn
 
 
-def _batch_gatherer(examples, hparams):
-    """A function from int64 [batch] indices to one (features, labels) batch."""
+def _dense_frames(features, label):
+    frames = features[FRAMES_KEY]
+    if isinstance(frames, tf.RaggedTensor):
+        frames = frames.to_tensor()
+    return dict(features, **{FRAMES_KEY: frames}), label
+
+
+def _batcher(kind, batch_size):
+    """Dataset -> batched Dataset: clips padded with zeros to the longest of their batch."""
+    if kind == CLIP:
+        return lambda examples: examples.padded_batch(batch_size)
+    return lambda examples: examples.batch(batch_size)
+
+
+def training_shard(config=None, input_context=None):
+    """This worker's Shard of the training data."""
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        return source.Shard(input_context.input_pipeline_id, input_context.num_input_pipelines)
+    if config is not None and config.num_worker_replicas > 1:
+        return source.Shard(config.global_id_in_cluster, config.num_worker_replicas)
+    return source.Shard()
+
+
+def _fitter(kind, hparams, frame_shape=None):
+    """(features, label) -> the same with pixels float32 at the model's input size.
+
+    When the source declares one frame shape for all its examples, the decoded pixels
+    are given it statically (checked when the graph runs), so that pixels already at the
+    model's size skip the size test in the graph.
+    """
     size = (hparams['height'], hparams['width'], hparams['channels'], hparams['resize'])
-    height, width, channels = examples.frame_shape
+    known = list(frame_shape[:2]) + [None] if frame_shape else [None, None, None]
 
-    if examples.kind == CLIP:
-        def gather_clips(indices):
-            batch_lengths = examples.lengths[indices]
-            # Pad only to the longest clip in this batch, not the longest in the data.
-            frames = examples.inputs[indices, :batch_lengths.max()]
-            return frames, batch_lengths, examples.labels[indices].astype(np.int32)
+    def fit(features, label):
+        if kind == CLIP:
+            frames = tf.ensure_shape(features[FRAMES_KEY], [None] + known)
+            frames = preprocess.fit_frames(frames[tf.newaxis], *size)[0]
+            return dict(features, **{FRAMES_KEY: frames}), label
+        image = tf.ensure_shape(features[IMAGE_KEY], known)
+        image = preprocess.fit_images(image[tf.newaxis], *size)[0]
+        return dict(features, **{IMAGE_KEY: image}), label
 
-        def clips_batch(indices):
-            frames, lengths, labels = tf.numpy_function(
-                gather_clips, [indices], [tf.as_dtype(examples.inputs.dtype), tf.int32, tf.int32],
-                stateful=False)
-            frames.set_shape([None, None, height, width, channels])
-            lengths.set_shape([None])
-            labels.set_shape([None])
-            return {FRAMES_KEY: preprocess.fit_frames(frames, *size), LENGTH_KEY: lengths}, labels
-
-        return clips_batch
-
-    def gather_images(indices):
-        return examples.inputs[indices], examples.labels[indices].astype(np.int32)
-
-    def images_batch(indices):
-        images, labels = tf.numpy_function(
-            gather_images, [indices], [tf.as_dtype(examples.inputs.dtype), tf.int32], stateful=False)
-        images.set_shape([None, height, width, channels])
-        labels.set_shape([None])
-        return {IMAGE_KEY: preprocess.fit_images(images, *size)}, labels
-
-    return images_batch
+    return fit

@@ -26,11 +26,21 @@ def fit_images(images, height, width, channels, policy):
     if images.shape[1] == height and images.shape[2] == width:
         # Already the right size: no resampling, so pixels stay bit-exact.
         return images
-    if policy == 'pad':
-        return tf.image.resize_with_pad(images, height, width)
-    if policy == 'crop':
-        images = _central_crop_to_aspect(images, height, width)
-    return tf.image.resize(images, [height, width])
+
+    def resampled():
+        if policy == 'pad':
+            return tf.image.resize_with_pad(images, height, width)
+        if policy == 'crop':
+            return tf.image.resize(_central_crop_to_aspect(images, height, width), [height, width])
+        return tf.image.resize(images, [height, width])
+
+    if images.shape[1] is not None and images.shape[2] is not None:
+        return resampled()
+    # Size known only when the graph runs (decoded images): the same check, in the graph.
+    shape = tf.shape(images)
+    same_size = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
+    fitted = tf.cond(same_size, lambda: tf.reshape(images, [-1, height, width, channels]), resampled)
+    return tf.ensure_shape(fitted, [images.shape[0], height, width, channels])
 
 
 def fit_frames(frames, height, width, channels, policy):

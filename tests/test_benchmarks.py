@@ -1,5 +1,5 @@
-"""bin/benchmark --serving: the latency of every signature, under both runtimes, on a
-real export."""
+"""bin/benchmark: --serving (the latency of every signature, under both runtimes, on a
+real export) and --input_only (the training input pipeline alone)."""
 
 import json
 
@@ -50,3 +50,25 @@ def test_bin_benchmark_refuses_a_missing_saved_model(tmp_path):
     result = run_bin('benchmark', '--serving', f'--saved_model={tmp_path}/nothing', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: no SavedModel at {tmp_path}/nothing']
+
+
+def test_input_only_times_the_training_input_pipeline(digits_npz):
+    result = run_bin('benchmark', '--input_only', f'--data={digits_npz}', '--batches=5',
+                     '--warmup_batches=1', '--hparams=batch_size=16')
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report['model'] == 'pixel_row_lstm' and report['batch_size'] == 16
+    assert report['batches'] == 5 and report['examples_per_sec'] > 0 and report['peak_rss_mb'] > 0
+    assert digits_npz in report['data']
+
+
+def test_noise_clips_for_the_memory_benchmark_train_from_tfrecords(tmp_path):
+    """The small version of `make memory-benchmark`: noise clips written as TFRecords and
+    read back by the clip model's input pipeline."""
+    prefix = str(tmp_path / 'noise')
+    summary = benchmarks.write_noise_clips(prefix, gigabytes=0.003, frame_size=24, shards=2)
+    assert summary['examples'] > 0 and len(summary['shards']) == 2
+    assert summary['bytes'] > 0.8 * 0.003e9  # noise does not compress
+    result = run_bin('benchmark', '--input_only', f'--data={prefix}.tfrecord*', '--batches=3',
+                     '--warmup_batches=1', '--hparams=batch_size=4,height=16,width=16')
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report['model'] == 'temporal_cnn_lstm' and report['examples_per_sec'] > 0

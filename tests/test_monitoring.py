@@ -20,9 +20,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from conftest import run_bin
+from conftest import held_out_arrays, run_bin
 from estimator_models import experiment, monitoring
-from input_fns import sources
 from input_fns.errors import UserError
 
 STEPS = 30
@@ -107,7 +106,7 @@ def test_eval_summaries_agree_with_bin_evaluate_and_the_predictions(model_dir):
     assert 'confusion_matrix' not in evaluated and 'pr_curves' not in evaluated
 
     run = experiment.load_run(model_dir)
-    _, held_out = sources.train_and_eval_data(run.data, run.eval_data, run.module.KIND, None)
+    held_out = held_out_arrays(run)
     predicted = np.array([row['classes'] for row in experiment.predict(run, held_out)])
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES))
     np.add.at(confusion, (held_out.labels, predicted), 1)

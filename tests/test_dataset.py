@@ -1,0 +1,107 @@
+"""The input_fn factory: batches an Estimator sees from any source."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, npz, source
+from input_fns.arrays import LabelledArrays
+
+ModeKeys = tf.estimator.ModeKeys
+DIGITS = {'height': 28, 'width': 28, 'channels': 1, 'num_classes': 10, 'resize': 'resize',
+          'shuffle_buffer': 1000}
+CLIPS = dict(DIGITS, height=32, width=32, num_classes=8)
+
+
+def batches_of(input_fn, count=None):
+    """The first `count` (default: all) (features, labels) batches of an input_fn, as numpy,
+    read in a graph and session as the Estimator reads them."""
+    with tf.Graph().as_default():
+        next_batch = tf.compat.v1.data.make_one_shot_iterator(input_fn()).get_next()
+        batches = []
+        with tf.compat.v1.Session() as session:
+            while count is None or len(batches) < count:
+                try:
+                    batches.append(session.run(next_batch))
+                except tf.errors.OutOfRangeError:
+                    break
+        return batches
+
+
+def test_image_batches_have_the_model_input_shape(digits_npz):
+    digits, _ = npz.open_npz(digits_npz, 'image')
+    input_fn = dataset.make_input_fn(digits, ModeKeys.TRAIN, DIGITS, batch_size=16, seed=3)
+    [(features, labels)] = batches_of(input_fn, 1)
+    assert features[IMAGE_KEY].shape == (16, 28, 28, 1)
+    assert features[IMAGE_KEY].dtype == np.float32
+    assert features[IMAGE_KEY].max() > 200  # raw pixels: scaling is the model's job
+    assert labels.shape == (16,) and labels.dtype == np.int32
+    assert not features[BAD_RECORDS_KEY].any()
+
+
+def test_training_batches_shuffle_and_repeat_the_same_way_for_a_seed(digits_npz):
+    digits, _ = npz.open_npz(digits_npz, 'image')
+    saved = np.load(digits_npz)
+    hparams = dict(DIGITS, shuffle_buffer=100)  # smaller than a pass: still a permutation
+    input_fn = dataset.make_input_fn(digits, ModeKeys.TRAIN, hparams, batch_size=200, seed=3)
+    batches = batches_of(input_fn, 6)  # two passes over the 600 examples
+    labels = np.concatenate([batch_labels for _, batch_labels in batches])
+    images = np.concatenate([features[IMAGE_KEY] for features, _ in batches])
+    assert len(labels) == 1200
+    assert not np.array_equal(labels[:600], saved['y'])
+    for one_pass in (slice(0, 600), slice(600, 1200)):  # each pass reads every example once
+        assert sorted(image.tobytes() for image in images[one_pass].astype(np.uint8)) == sorted(
+            image[..., None].tobytes() for image in saved['x'])
+    again = np.concatenate([batch_labels for _, batch_labels in batches_of(input_fn, 6)])
+    np.testing.assert_array_equal(labels, again)
+
+
+def test_eval_reads_every_example_once_in_order(digits_npz):
+    digits, _ = npz.open_npz(digits_npz, 'image')
+    batches = batches_of(dataset.make_input_fn(digits, ModeKeys.EVAL, DIGITS, batch_size=64))
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in batches]),
+                                  np.load(digits_npz)['y'])
+    assert batches[-1][1].shape == (600 % 64,)
+
+
+def test_clip_batches_are_padded_to_their_longest_clip(clips_npz):
+    clips, _ = npz.open_npz(clips_npz, 'clip')
+    lengths = np.load(clips_npz)['lengths']
+    batches = batches_of(dataset.make_input_fn(clips, ModeKeys.EVAL, CLIPS, batch_size=8))
+    for index, (features, _) in enumerate(batches):
+        expected_lengths = lengths[index * 8:(index + 1) * 8]
+        frames = features[FRAMES_KEY]
+        np.testing.assert_array_equal(features[LENGTH_KEY], expected_lengths)
+        assert features[LENGTH_KEY].dtype == np.int32
+        assert frames.shape == (len(expected_lengths), expected_lengths.max(), 32, 32, 1)
+        for clip, length in zip(frames, expected_lengths):
+            assert not clip[length:].any()
+            assert clip[length - 1].any()
+
+
+@pytest.mark.parametrize('policy', ['resize', 'pad', 'crop'])
+def test_images_of_any_size_are_fitted_to_the_model_input(policy):
+    rng = np.random.default_rng(0)
+    wide = LabelledArrays(rng.integers(0, 256, (5, 40, 60, 3), dtype=np.uint8), np.arange(5))
+    size = dict(DIGITS, resize=policy)
+    [(features, _)] = batches_of(dataset.make_input_fn(wide, ModeKeys.EVAL, size, 5))
+    assert features[IMAGE_KEY].shape == (5, 28, 28, 1)
+    if policy == 'pad':  # 40x60 keeps its aspect: bands of padding above and below
+        assert not features[IMAGE_KEY][:, 0].any()
+
+
+def test_each_worker_of_a_cluster_trains_on_its_own_examples(digits_npz):
+    digits, _ = npz.open_npz(digits_npz, 'image')
+    seen = []
+    for worker in range(3):
+        shard = source.Shard(worker, 3)
+        examples = digits.examples(1, 10, shard)
+        seen.append({features[IMAGE_KEY].tobytes() for features, _ in examples.as_numpy_iterator()})
+    assert sum(len(part) for part in seen) == 600
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+
+
+def test_the_shard_follows_the_run_config_or_the_input_context():
+    context = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=2)
+    assert dataset.training_shard(input_context=context) == source.Shard(2, 4)
+    assert dataset.training_shard() == source.Shard(0, 1)
