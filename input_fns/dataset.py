@@ -13,13 +13,10 @@ fewer files than workers.
 
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, preprocess, source
+from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, preprocess, source
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 AUTOTUNE = tf.data.AUTOTUNE
-# Examples checked for dropped records at once (one function call per block); fewer
-# clips, which are large.
-CHECK_BLOCK = {IMAGE: 256, CLIP: 64}
 
 
 def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=False,
@@ -47,39 +44,17 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
     pad_or_batch = _batcher(data.info.kind, batch_size)
 
     def input_fn(config=None, input_context=None):
-        if not training:
-            examples = data.examples(hparams['channels'], hparams['num_classes'],
-                                     skip_bad_records=skip_bad_records, transform=fit)
-            if num_examples:
-                examples = examples.take(num_examples)
-            return pad_or_batch(examples).prefetch(AUTOTUNE)
-        # Training: the bad-record check runs on blocks of examples in reading order, before
-        # the shuffle (each function call per example costs tens of microseconds here).
-        stream = source.decoded_stream(
-            data, hparams['channels'], hparams['num_classes'], training_shard(config, input_context),
-            seed, fit)
-        # Clips differ in length: a ragged block keeps each at its own.
-        block_size = CHECK_BLOCK[data.info.kind]
-        blocks = stream.ragged_batch(block_size) if data.info.kind == CLIP else stream.batch(block_size)
-        examples = blocks.map(
-            lambda kept, element: source.counted_block(kept, element, skip_bad_records)).unbatch()
-        if data.info.kind == CLIP:
-            # Clips of a block come out of it ragged; each is dense again, at its own length.
-            examples = examples.map(_dense_frames, num_parallel_calls=AUTOTUNE, deterministic=True)
+        shard = training_shard(config, input_context) if training else source.Shard()
+        examples = data.examples(hparams['channels'], hparams['num_classes'], shard,
+                                 seed if training else None, skip_bad_records, transform=fit)
         if num_examples:
             examples = examples.take(num_examples)
-        examples = examples.shuffle(hparams['shuffle_buffer'], seed=seed,
-                                    reshuffle_each_iteration=True).repeat()
+        if training:
+            examples = examples.shuffle(hparams['shuffle_buffer'], seed=seed,
+                                        reshuffle_each_iteration=True).repeat()
         return pad_or_batch(examples).prefetch(AUTOTUNE)
 
     return input_fn
-
-
-def _dense_frames(features, label):
-    frames = features[FRAMES_KEY]
-    if isinstance(frames, tf.RaggedTensor):
-        frames = frames.to_tensor()
-    return dict(features, **{FRAMES_KEY: frames}), label
 
 
 def _batcher(kind, batch_size):

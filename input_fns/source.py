@@ -9,15 +9,12 @@ with `skip_bad_records`, drops the record and counts it.
 
 How the guard finds bad records without Python in the pipeline: each record is numbered
 by its position in the stream before decoding; failed decodes are dropped
-(`ignore_errors`); the surviving records are numbered again, and the difference of the
-two numbers is how many were dropped so far. A sentinel record after the last one makes
-bad records at the very end count too. Each record also carries the name of the record
-before it, which is the bad one when the count goes up.
-
-Records are decoded in blocks, each block a small dataset of its own whose
-`ignore_errors` sees only decoding errors: a reader error (a truncated file) stays an
-error instead of being retried forever. The count is checked per example in evaluation
-and per block of examples, in reading order, in training (dataset.make_input_fn).
+(`ignore_errors`); the kept records are counted, and a record's position minus the
+records kept before it is how many were dropped so far. Each record also carries the
+name of the record before it, which is the bad one when that number goes up. All of
+this is done on blocks of records (see decoded_blocks), each decoded as a small dataset
+of its own whose `ignore_errors` sees only decoding errors: a reader error (a truncated
+file) stays an error instead of being retried forever.
 """
 
 import abc
@@ -32,9 +29,10 @@ from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGT
 AUTOTUNE = tf.data.AUTOTUNE
 # The prefix of the error a bad record raises; estimator_models.cli turns it into one line.
 BAD_RECORD_ERROR = 'bad record'
-_SENTINEL_ORIGIN = '<end of data>'
-_SENTINEL_INDEX = -1
-# Records decoded as one nested dataset (see decoded_stream): larger blocks are faster,
+# The "record before" the first one.
+_START_ORIGIN = '<start of data>'
+_START_INDEX = -1
+# Records decoded as one nested dataset (see decoded_blocks): larger blocks are faster,
 # smaller ones hold fewer encoded and decoded records in memory (clips are large).
 DECODE_BLOCK = {IMAGE: 256, CLIP: 16}
 _BAD_RECORD_REASON = ('cannot be read: it does not parse or decode, its frames differ in size, '
@@ -106,21 +104,21 @@ class Source(abc.ABC):
 
     def examples(self, channels, num_classes, shard=Shard(), shuffle_seed=None,
                  skip_bad_records=False, transform=None):
-        """Decoded examples, one pass: a Dataset of (features, label), features as `decode`
-        gives them plus BAD_RECORDS_KEY, int64 [], the records dropped so far in this pass
-        (including any right after this example).
+        """Decoded examples, one pass, in reading order: a Dataset of (features, label),
+        features as `decode` gives them (or `transform` makes them) plus BAD_RECORDS_KEY,
+        int64 [], the records dropped so far in this pass (including any right after this
+        example).
 
         A bad record raises InvalidArgumentError `bad record N of ORIGIN ...` when it
         is reached, unless `skip_bad_records`. `transform`, if given, maps each decoded
         (features, label) inside the same function call as the decoding.
         """
-        stream = decoded_stream(self, channels, num_classes, shard, shuffle_seed, transform)
-        counted = stream.map(lambda kept, element: (element[1],) + counted_batch(
-            kept, element, skip_bad_records))
-        if skip_bad_records:
-            counted = _with_next_count(counted, element_spec=counted.element_spec)
-        return counted.filter(lambda is_sentinel, features, label: tf.logical_not(is_sentinel)).map(
-            lambda is_sentinel, features, label: (features, label))
+        blocks = decoded_blocks(self, channels, num_classes, shard, shuffle_seed, transform,
+                                skip_bad_records)
+        examples = blocks.unbatch()
+        if _is_ragged(examples.element_spec):
+            examples = examples.map(_dense, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return examples
 
     def checked_decoder(self, channels, num_classes, transform=None):
         """payload -> (features, label int32), failing on a label outside [0, num_classes)."""
@@ -135,129 +133,109 @@ class Source(abc.ABC):
         return decode
 
 
-def decoded_stream(data, channels, num_classes, shard, shuffle_seed, transform):
-    """The decoded records of a Source, failed ones dropped, numbered for counting.
+def decoded_blocks(data, channels, num_classes, shard, shuffle_seed, transform,
+                   skip_bad_records):
+    """The decoded records of a Source in blocks, in reading order, failed ones dropped and
+    counted: a Dataset of (features, label) batches (ragged where sizes vary), features
+    with BAD_RECORDS_KEY [n].
 
-    Elements are (kept, (position, is_sentinel, previous, features, label)): `position`
-    counts records before decoding, `kept` those that decoded, so `position - kept` is
-    the number dropped so far; `previous` is the (origin, index) of the record before,
-    the one dropped when that number goes up. A sentinel (is_sentinel True) follows the
-    last record, so that records dropped at the very end are counted too.
-
-    Each record costs one function call here (decoding, checks and `transform`
-    together): on small images the per-call overhead, not the work, bounds the rate.
-    Payloads must have one shape, so that records can be grouped into blocks.
+    Each block of DECODE_BLOCK records is numbered (positions in the stream, and the
+    (origin, index) of the record before each) and decoded as a dataset of its own, one
+    function call per record (decoding, checks and `transform` together: on small images
+    the per-call overhead, not the work, bounds the rate). A marker row closes each
+    block: counted like a record, it makes records dropped at the end of a block (and of
+    the data) count, and every block yield exactly one batch, which keeps two blocks
+    decoding at once in order. Payloads must have one shape, to be batched.
     """
     records = data.records(shard, shuffle_seed)
     decode = data.checked_decoder(channels, num_classes, transform)
-    blank = tf.nest.map_structure(_zeros_like_spec, records.map(
-        lambda origin, index, payload: decode(payload)).element_spec)
-    records = records.concatenate(_sentinel(records))
+    decoded_spec = records.map(lambda origin, index, payload: decode(payload)).element_spec
+    blank = tf.nest.map_structure(_zeros_like_spec, decoded_spec)
+    size = DECODE_BLOCK[data.info.kind]
+    fixed_shapes = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(decoded_spec))
 
-    def decoded_record(position, record):
-        _, _, previous, payload = record
+    def batched(dataset, count):
+        return dataset.batch(count) if fixed_shapes else dataset.ragged_batch(count)
+
+    def decoded_record(position, previous, payload):
         features, label = decode(payload)
         return position, tf.constant(False), previous, features, label
 
-    def decode_block(positions, block):
-        # Only the last block holds the sentinel, always as its last record: it skips the
-        # decoder and takes its place after the block's real records.
-        real = tf.not_equal(block[1], _SENTINEL_INDEX)
-        real_records = tf.data.Dataset.from_tensor_slices(
-            tf.nest.map_structure(lambda column: tf.boolean_mask(column, real), (positions, block)))
+    def decode_block(positions, previous, payload, end, last):
         # `ignore_errors` drops what fails inside this block's dataset only: an error of
         # the reader itself (a missing or truncated file) reaches the caller, where an
         # outer ignore_errors would retry the failing read forever.
-        decoded = real_records.map(decoded_record, num_parallel_calls=AUTOTUNE,
-                                   deterministic=True).ignore_errors()
-        sentinel_position = tf.boolean_mask(positions, tf.logical_not(real))
-        sentinel_previous = tf.nest.map_structure(
-            lambda column: tf.boolean_mask(column, tf.logical_not(real)), block[2])
-        sentinels = tf.data.Dataset.from_tensor_slices(
-            (sentinel_position, sentinel_previous)).map(
-                lambda position, previous: (position, tf.constant(True), previous) + blank)
-        return decoded.concatenate(sentinels)
+        kept = tf.data.Dataset.from_tensor_slices((positions, previous, payload)).map(
+            decoded_record, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+        marker = tf.data.Dataset.from_tensors((end, tf.constant(True), last) + blank)
+        return batched(kept.concatenate(marker), size + 1)
 
-    # Two blocks decode at once; every block yields at most DECODE_BLOCK examples, so the
-    # interleave keeps them in order.
-    block_size = DECODE_BLOCK[data.info.kind]
-    blocks = _with_previous_record(records).enumerate().batch(block_size)
-    decoded = blocks.interleave(decode_block, cycle_length=2, block_length=block_size,
-                                num_parallel_calls=2, deterministic=True)
-    return decoded.enumerate()
+    numbered = records.batch(size).scan(
+        (tf.constant(0, tf.int64), tf.constant(_START_ORIGIN), tf.constant(_START_INDEX, tf.int64)),
+        _numbered_block)
+    blocks = numbered.interleave(decode_block, cycle_length=2, block_length=1,
+                                 num_parallel_calls=2, deterministic=True)
+    return blocks.scan(tf.constant(0, tf.int64),
+                       lambda kept, block: _counted_block(kept, block, skip_bad_records))
 
 
-def counted_batch(kept, element, skip_bad_records):
-    """(kept, (position, is_sentinel, previous, features, label)) of decoded_stream, one
-    example or a batch of them -> (features with BAD_RECORDS_KEY, label).
+def _numbered_block(state, block):
+    """One block of (origin [n], index [n], payload [n]) -> (positions [n], (origin, index)
+    of the record before each, payload, the position after the block, (origin, index) of
+    its last record); the state carries the position and last record across blocks."""
+    start, last_origin, last_index = state
+    origin, index, payload = block
+    count = tf.size(index, out_type=tf.int64)
+    previous = (tf.concat([last_origin[tf.newaxis], origin[:-1]], 0),
+                tf.concat([last_index[tf.newaxis], index[:-1]], 0))
+    end, last = start + count, (origin[-1], index[-1])
+    return (end,) + last, (start + tf.range(count), previous, payload, end, last)
 
-    Unless `skip_bad_records`, raises the bad-record error when a record was dropped
-    before any of them.
+
+def _counted_block(kept_before, block, skip_bad_records):
+    """A decoded block (rows in reading order, the marker last) -> (kept records so far,
+    (features with BAD_RECORDS_KEY, label) of its real rows).
+
+    A row's dropped count is its position minus the records kept before it. Unless
+    `skip_bad_records`, a count above 0 is the bad-record error, naming the record before
+    the first such row: the dropped one. Each row reports the larger of its count and the
+    next row's, so that the block's last real row carries what its marker counted.
     """
-    position, _, (origin, index), features, label = element
-    dropped = position - kept
+    positions, is_marker, (origin, index), features, label = block
+    real = tf.cast(tf.logical_not(is_marker), tf.int64)
+    dropped = positions - (kept_before + tf.cumsum(real, exclusive=True))
     if not skip_bad_records:
-        flat_dropped = tf.reshape(dropped, [-1])
-        first = tf.argmax(tf.cast(flat_dropped > 0, tf.int32))
-        message = tf.strings.format(BAD_RECORD_ERROR + ' {} of {} ' + _BAD_RECORD_REASON, [
-            tf.reshape(index, [-1])[first], tf.reshape(origin, [-1])[first]])
-        check = tf.debugging.Assert(tf.reduce_all(tf.equal(flat_dropped, 0)), [message], summarize=1)
+        first = tf.argmax(tf.cast(dropped > 0, tf.int32))
+        message = tf.strings.format(BAD_RECORD_ERROR + ' {} of {} ' + _BAD_RECORD_REASON,
+                                    [index[first], origin[first]])
+        check = tf.debugging.Assert(tf.reduce_all(tf.equal(dropped, 0)), [message], summarize=1)
         with tf.control_dependencies([check]):
             dropped = tf.identity(dropped)
-    return dict(features, **{BAD_RECORDS_KEY: dropped}), label
+    dropped = tf.maximum(dropped, tf.concat([dropped[1:], dropped[-1:]], axis=0))
+    rows = tf.where(tf.logical_not(is_marker))[:, 0]
+    counted = tf.nest.map_structure(lambda tensor: tf.gather(tensor, rows),
+                                    (dict(features, **{BAD_RECORDS_KEY: dropped}), label))
+    return kept_before + tf.reduce_sum(real), counted
 
 
-def counted_block(kept, element, skip_bad_records):
-    """counted_batch for a block of decoded_stream examples in reading order (a ragged
-    batch), with the sentinels taken out. Each example's count includes the next
-    example's, so that records dropped at the end of a pass, counted only on the sentinel,
-    still reach the example before it (when both are in one block)."""
-    features, label = counted_batch(kept, element, skip_bad_records)
-    dropped = features[BAD_RECORDS_KEY]
-    following = tf.concat([dropped[1:], dropped[-1:]], axis=0)
-    features = dict(features, **{BAD_RECORDS_KEY: tf.maximum(dropped, following)})
-    real = tf.where(tf.logical_not(element[1]))[:, 0]
-    return tf.nest.map_structure(lambda tensor: tf.gather(tensor, real), (features, label))
+def _is_ragged(element_spec):
+    return any(isinstance(spec, tf.RaggedTensorSpec) for spec in tf.nest.flatten(element_spec))
+
+
+def _dense(features, label):
+    """An example out of a ragged block, its tensors dense again at their own sizes."""
+    def dense(tensor):
+        return tensor.to_tensor() if isinstance(tensor, tf.RaggedTensor) else tensor
+    return tf.nest.map_structure(dense, features), dense(label)
 
 
 def bad_record_message(error_message):
-    """The one-line message of a bad-record error raised by `counted_batch`, or None if
+    """The one-line message of a bad-record error raised by the guard, or None if
     the TensorFlow error message is about something else."""
     match = _BAD_RECORD_IN_ERROR.search(error_message)
     if match is None:
         return None
     return f'{BAD_RECORD_ERROR} {match.group(1)} of {match.group(2)} {_BAD_RECORD_REASON}'
-
-
-def _with_next_count(counted, element_spec):
-    """Delays each example by one so that it carries the count of the next one: records
-    dropped right after the last example (counted only on the sentinel) then still reach
-    a real example."""
-    start = tf.nest.map_structure(_zeros_like_spec, element_spec)
-    start = (tf.constant(True),) + start[1:]
-
-    def step(previous, element):
-        previous_is_start, previous_features, previous_label = previous
-        delayed = dict(previous_features, **{BAD_RECORDS_KEY: element[1][BAD_RECORDS_KEY]})
-        return element, (previous_is_start, delayed, previous_label)
-
-    return counted.scan(start, step)
-
-
-def _sentinel(records):
-    """One record after the last, so that bad records at the very end are counted too."""
-    payload = tf.nest.map_structure(_zeros_like_spec, records.element_spec[2])
-    return tf.data.Dataset.from_tensors(
-        (tf.constant(_SENTINEL_ORIGIN), tf.constant(_SENTINEL_INDEX, tf.int64), payload))
-
-
-def _with_previous_record(records):
-    """(origin, index, payload) -> (origin, index, (origin, index) of the record before,
-    payload)."""
-    def step(previous, record):
-        origin, index, payload = record
-        return (origin, index), (origin, index, previous, payload)
-    return records.scan((tf.constant(_SENTINEL_ORIGIN), tf.constant(_SENTINEL_INDEX, tf.int64)), step)
 
 
 def _zeros_like_spec(spec):
