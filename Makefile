@@ -12,8 +12,10 @@ INSTALLED := $(VENV)/.installed
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
 
+# Two pytest workers, one test file each at a time (module fixtures stay in one process):
+# most of a test's time is single-threaded graph building, so two run side by side.
 test: $(INSTALLED)
-	$(VENV_PYTHON) -m pytest tests
+	$(VENV_PYTHON) -m pytest -n 2 --dist loadfile tests
 
 $(INSTALLED): requirements.txt setup.py
 	@"$(PYTHON)" -c 'import sys; ok = (3, 9) <= sys.version_info[:2] <= (3, 11); \

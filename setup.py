@@ -26,7 +26,7 @@ setuptools.setup(
     packages=['estimator_models', 'input_fns'],
     python_requires='>=3.9,<3.12',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': ['pytest==9.2.0']},
+    extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0']},
     scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict', 'bin/benchmark',
              'bin/make_tfrecords'],
     entry_points={

@@ -1,5 +1,7 @@
 """The input_fn factory: batches an Estimator sees from any source."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -101,7 +103,13 @@ def test_each_worker_of_a_cluster_trains_on_its_own_examples(digits_npz):
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
 
 
-def test_the_shard_follows_the_run_config_or_the_input_context():
+def test_the_shard_follows_the_run_config_or_the_input_context(monkeypatch):
     context = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=2)
     assert dataset.training_shard(input_context=context) == source.Shard(2, 4)
     assert dataset.training_shard() == source.Shard(0, 1)
+    cluster = {'chief': ['127.0.0.1:2220'], 'worker': ['127.0.0.1:2221', '127.0.0.1:2222'],
+               'ps': ['127.0.0.1:2223']}
+    for task, expected in ((('chief', 0), source.Shard(0, 3)), (('worker', 1), source.Shard(2, 3))):
+        monkeypatch.setenv('TF_CONFIG', json.dumps(
+            {'cluster': cluster, 'task': {'type': task[0], 'index': task[1]}}))
+        assert dataset.training_shard(config=tf.estimator.RunConfig()) == expected
