@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_bin
-from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, arrays, tfrecords, writing
+from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, tfrecords, writing
 from input_fns.errors import UserError
+from input_fns.source import bad_record_message
 
 
 def _png(pixels):
@@ -106,7 +107,6 @@ def test_a_bad_image_record_is_named_or_skipped_and_counted(tmp_path, bad_record
     source, _ = tfrecords.open_tfrecords(path, 'image')
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         list(source.examples(1, 3).as_numpy_iterator())
-    from input_fns.source import bad_record_message
     assert bad_record_message(raised.value.message).startswith(f'bad record 2 of {path} cannot be read')
     kept = list(source.examples(1, 3, skip_bad_records=True).as_numpy_iterator())
     assert [label for _, label in kept] == [0, 1, 2]
