@@ -182,9 +182,9 @@ class TfdsSource(source.Source):
 
 
 def _instruction_records(path, skip, take):
-    """The records of one TFDS file instruction: (path, (index in the file, record))."""
-    records = tf.data.TFRecordDataset(path).enumerate().skip(skip).take(take)  # take -1: all
-    return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(path).repeat(), records))
+    """The records of one TFDS file instruction: (path, (index in the file, record)).
+    Skipped after numbering, so the index stays the position in the whole file."""
+    return source.in_file(path, tf.data.TFRecordDataset(path)).skip(skip).take(take)  # take -1: all
 
 
 def input_and_label(builder):
