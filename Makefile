@@ -17,7 +17,7 @@ train: $(INSTALLED)
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest -n 2 --dist loadfile tests
 
-$(INSTALLED): requirements.txt setup.py
+$(INSTALLED): requirements.txt setup.py estimator_models/layers/kernels/lstm_sequence.cc
 	@"$(PYTHON)" -c 'import sys; ok = (3, 9) <= sys.version_info[:2] <= (3, 11); \
 		ok or print("error: TensorFlow 2.15 needs Python 3.9-3.11; found " + sys.version.split()[0] \
 		+ " at " + sys.executable + " (set PYTHON=/path/to/python3.11)", file=sys.stderr); \
@@ -25,6 +25,7 @@ $(INSTALLED): requirements.txt setup.py
 	"$(PYTHON)" -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(VENV_PYTHON) -m estimator_models.layers.kernels
 	touch $@
 
 # Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.

@@ -12,9 +12,12 @@ INSTALL_REQUIRES = [
     'tensorboard==2.15.2',
     'tensorboard-plugin-profile==2.15.0',
     'numpy==1.26.4',
-    'protobuf==3.20.3',
+    # 4.25 has a compiled implementation for Python 3.11; 3.20.3 only a pure-Python one there.
+    'protobuf==4.25.5; python_version >= "3.11"',
+    'protobuf==3.20.3; python_version < "3.11"',
     'tensorflow-datasets==4.9.4',
-    'tensorflow-metadata==1.14.0',
+    'tensorflow-metadata==1.15.0; python_version >= "3.11"',
+    'tensorflow-metadata==1.14.0; python_version < "3.11"',
     'tensorflow-serving-api==2.15.1',
     'absl-py==1.4.0',
 ]
@@ -24,6 +27,8 @@ setuptools.setup(
     version='0.1.0',
     description=__doc__,
     packages=setuptools.find_packages(include=['estimator_models', 'estimator_models.*', 'input_fns']),
+    # The fused LSTM kernel is compiled from its source on the machine that runs it.
+    package_data={'estimator_models.layers.kernels': ['*.cc']},
     python_requires='>=3.9,<3.12',
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0']},

@@ -18,12 +18,11 @@ HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS)}
 
 def model_fn(features, labels, mode, params):
     """Estimator model_fn; `params` is the run's hparams dict (estimator_models.running.hparams)."""
-    training = mode == tf.estimator.ModeKeys.TRAIN
     images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
     summaries.input_images(images, mode, params)
     feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B, h, w, F]
     sequence = sequencing.SEQUENCERS[params['sequence']](feature_map)       # [B, h, w*F] (rows)
-    final = recurrent.recurrent_stack(sequence, params, training)           # [B, U]
+    final = recurrent.recurrent_stack(sequence, params, mode)               # [B, U]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
     return head.classification_head(logits, labels, mode, params)

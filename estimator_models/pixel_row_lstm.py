@@ -16,11 +16,10 @@ HPARAM_CHOICES = {'scan': ('rows', 'columns')}
 
 def model_fn(features, labels, mode, params):
     """Estimator model_fn; `params` is the run's hparams dict (estimator_models.running.hparams)."""
-    training = mode == tf.estimator.ModeKeys.TRAIN
     images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
     summaries.input_images(images, mode, params)
     sequence = sequencing.SEQUENCERS[params['scan']](images)                # [B, H, W*C] (rows)
-    final = recurrent.recurrent_stack(sequence, params, training)           # [B, U]
+    final = recurrent.recurrent_stack(sequence, params, mode)               # [B, U]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, sequence=sequence, final_state=final, logits=logits)
     return head.classification_head(logits, labels, mode, params)

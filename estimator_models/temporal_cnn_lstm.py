@@ -27,7 +27,6 @@ HPARAM_CHOICES = {}
 
 def model_fn(features, labels, mode, params):
     """Estimator model_fn; `params` is the run's hparams dict (estimator_models.running.hparams)."""
-    training = mode == tf.estimator.ModeKeys.TRAIN
     frames = features[FRAMES_KEY] / 255.0                                   # [B, T, H, W, C]
     lengths = features[LENGTH_KEY]                                          # [B]
     if params['max_frames']:
@@ -43,7 +42,7 @@ def model_fn(features, labels, mode, params):
         params['frame_features'], activation='relu', name='frame_features')(
             tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [B*T, D]
     sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
-    final = recurrent.recurrent_stack(sequence, params, training, lengths)  # [B, U]
+    final = recurrent.recurrent_stack(sequence, params, mode, lengths)      # [B, U]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, frame_features=per_frame, final_state=final, logits=logits)
     return head.classification_head(logits, labels, mode, params)

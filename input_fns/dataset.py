@@ -17,6 +17,8 @@ from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, preprocess, source
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 AUTOTUNE = tf.data.AUTOTUNE
+# Frames per clip assumed when sizing the in-memory cache of a clip source.
+CACHE_CLIP_FRAMES = 12
 
 
 def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=False,
@@ -50,12 +52,28 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
                                  max_image_pixels=hparams.get('max_image_pixels'))
         if num_examples:
             examples = examples.take(num_examples)
+        if training and fits_in_memory(data.info, hparams, shard):
+            # Decoded once, then every later pass reads memory: decoding small images
+            # costs more CPU than a training step's other work (BENCHMARKS.md).
+            examples = examples.cache()
         if training:
             examples = examples.shuffle(hparams['shuffle_buffer'], seed=seed,
                                         reshuffle_each_iteration=True).repeat()
         return pad_or_batch(examples).prefetch(AUTOTUNE)
 
     return input_fn
+
+
+def fits_in_memory(info, hparams, shard=source.Shard()):
+    """Whether this worker's share of `info`'s examples, decoded to float32 at the
+    model's input size, fits in `cache_train_mb` (clips counted at CACHE_CLIP_FRAMES
+    frames, or `max_frames` when it is set)."""
+    budget_mb = hparams.get('cache_train_mb', 0)
+    if not budget_mb or not info.num_examples:
+        return False
+    frames = 1 if info.kind != CLIP else (hparams.get('max_frames') or CACHE_CLIP_FRAMES)
+    pixels = hparams['height'] * hparams['width'] * hparams['channels'] * frames
+    return info.num_examples / shard.count * pixels * 4 <= budget_mb * 2 ** 20
 
 
 def _batcher(kind, batch_size):

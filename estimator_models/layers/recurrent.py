@@ -1,18 +1,37 @@
-"""The recurrent stack every model ends in."""
+"""The recurrent stack every model ends in, and the implementations it can run on.
+
+`rnn_implementation` chooses how an LSTM runs; all of them hold the same variables under
+the same names and give the same outputs (tests/test_recurrent.py), so a run may switch
+between them on resume or warm start:
+
+  keras  Keras' LSTM/GRU layers: a while loop of small ops per step.
+  fused  one op per layer on the CPU (estimator_models.layers.kernels), LSTM only.
+  cudnn  cuDNN's kernel (CudnnRNNV3) on a GPU, LSTM only.
+  auto   cudnn where a GPU is visible, else fused where its kernel builds, else keras;
+         GRU always runs on keras.
+
+Serving graphs (PREDICT mode) always use keras: TensorFlow Serving has no custom ops.
+"""
 
 import tensorflow as tf
 
+from estimator_models.layers import fused_recurrent, kernels
+from input_fns.errors import UserError
 
-def recurrent_stack(sequence, hparams, training, lengths=None):
+IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn')
+_LSTM_LAYERS = {'fused': fused_recurrent.FusedLSTM, 'cudnn': fused_recurrent.CudnnLSTM}
+
+
+def recurrent_stack(sequence, hparams, mode, lengths=None):
     """Runs `rnn_layers` recurrent layers over a sequence and returns the final output.
 
     Args:
       sequence: float32 [B, T, F].
       hparams: dict with `cell` ('lstm' | 'gru'), `rnn_units`, `rnn_layers`,
-        `bidirectional`, `dropout` (applied between layers and to the output) and
+        `bidirectional`, `dropout` (applied between layers and to the output),
         `gru_reset_after` (GRU: reset gate after the recurrent matmul, Keras' default,
-        or before it, as TF1's GRUCell).
-      training: whether dropout is active.
+        or before it, as TF1's GRUCell) and `rnn_implementation`.
+      mode: a tf.estimator.ModeKeys; dropout is active in TRAIN.
       lengths: int32 [B] true lengths, or None when every sequence is T long. Steps at
         or past a sequence's length are masked: they never change its output.
 
@@ -20,15 +39,15 @@ def recurrent_stack(sequence, hparams, training, lengths=None):
       float32 [B, U], U = rnn_units (x2 if bidirectional): the last layer's output at
       each sequence's last true step (for the backward direction, its first step).
     """
+    training = mode == tf.estimator.ModeKeys.TRAIN
+    chosen = implementation(hparams, mode)
     mask = None
     if lengths is not None:
         mask = tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
     outputs = sequence
     for index in range(hparams['rnn_layers']):
-        is_last = index == hparams['rnn_layers'] - 1
-        layer = _recurrent_layer(hparams, return_sequences=not is_last, name=f'rnn_{index}')
-        if hparams['bidirectional']:
-            layer = tf.keras.layers.Bidirectional(layer, name=f'bidirectional_rnn_{index}')
+        return_sequences = index < hparams['rnn_layers'] - 1
+        layer = _recurrent_layer(hparams, chosen, return_sequences, name=f'rnn_{index}')
         outputs = layer(outputs, mask=mask, training=training)
         if hparams['dropout']:
             outputs = tf.keras.layers.Dropout(
@@ -36,7 +55,43 @@ def recurrent_stack(sequence, hparams, training, lengths=None):
     return outputs
 
 
-def _recurrent_layer(hparams, **kwargs):
+def implementation(hparams, mode=None):
+    """The implementation a graph of `mode` runs: `rnn_implementation` with `auto` resolved."""
+    requested = hparams.get('rnn_implementation', 'auto')
+    if mode == tf.estimator.ModeKeys.PREDICT or hparams['cell'] != 'lstm':
+        if requested in _LSTM_LAYERS and hparams['cell'] != 'lstm':
+            raise UserError(f'rnn_implementation={requested} runs LSTM only; use cell=lstm, '
+                            f'or rnn_implementation=keras for cell={hparams["cell"]}')
+        return 'keras'
+    if requested == 'auto':
+        if tf.config.list_physical_devices('GPU'):
+            return 'cudnn'
+        return 'fused' if kernels.available() else 'keras'
+    if requested == 'cudnn' and not tf.config.list_physical_devices('GPU'):
+        raise UserError('rnn_implementation=cudnn needs a GPU and TensorFlow sees none; '
+                        'use rnn_implementation=auto')
+    if requested == 'fused':
+        try:
+            kernels.load()
+        except kernels.KernelUnavailable as error:
+            raise UserError(f'rnn_implementation=fused: {error}') from None
+    return requested
+
+
+def _recurrent_layer(hparams, chosen, return_sequences, name):
+    """One layer of the stack, named as Keras names it, so checkpoints keep their keys."""
+    units = hparams['rnn_units']
+    if chosen in _LSTM_LAYERS:
+        layer_class = _LSTM_LAYERS[chosen]
+        if hparams['bidirectional']:
+            return fused_recurrent.Bidirectional(layer_class, units, name, return_sequences,
+                                                 name=f'bidirectional_{name}')
+        return layer_class(units, return_sequences=return_sequences, name=name)
     if hparams['cell'] == 'gru':
-        return tf.keras.layers.GRU(hparams['rnn_units'], reset_after=hparams['gru_reset_after'], **kwargs)
-    return tf.keras.layers.LSTM(hparams['rnn_units'], **kwargs)
+        layer = tf.keras.layers.GRU(units, reset_after=hparams['gru_reset_after'],
+                                    return_sequences=return_sequences, name=name)
+    else:
+        layer = tf.keras.layers.LSTM(units, return_sequences=return_sequences, name=name)
+    if hparams['bidirectional']:
+        layer = tf.keras.layers.Bidirectional(layer, name=f'bidirectional_{name}')
+    return layer

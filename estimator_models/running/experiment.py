@@ -5,6 +5,7 @@ bin/ scripts parse flags and call these; everything here takes plain values.
 
 import dataclasses
 import functools
+import math
 import os
 from typing import List, Optional
 
@@ -21,6 +22,8 @@ from input_fns.errors import UserError
 ModeKeys = tf.estimator.ModeKeys
 LATEST_EXPORTS_KEPT = 3
 BEST_EXPORTS_KEPT = 2
+# cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD" without a limit.
+CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max'
 
 
 @dataclasses.dataclass
@@ -174,7 +177,7 @@ def make_estimator(run, config=None, train_steps=0, warm_start_from=None):
         config=config, params=params, warm_start_from=warm_start_from)
 
 
-def run_config(model_dir, seed, checkpoint_every, distribution='none'):
+def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False):
     strategies = {
         'none': lambda: None,
         'mirrored': tf.distribute.MirroredStrategy,
@@ -185,7 +188,33 @@ def run_config(model_dir, seed, checkpoint_every, distribution='none'):
     return tf.estimator.RunConfig(
         model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=checkpoint_every,
         save_summary_steps=min(100, checkpoint_every), log_step_count_steps=min(100, checkpoint_every),
-        keep_checkpoint_max=3, train_distribute=strategies[distribution]())
+        keep_checkpoint_max=3, train_distribute=strategies[distribution](),
+        session_config=session_config(xla))
+
+
+def session_config(xla=False):
+    """One op thread per usable core, and XLA's JIT of the whole graph with `xla`."""
+    cores = usable_cores()
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=cores,
+                                      inter_op_parallelism_threads=cores, allow_soft_placement=True)
+    if xla:
+        config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+    return config
+
+
+def usable_cores():
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's --cpus, a Kubernetes CPU limit), which TensorFlow's own count ignores:
+    more threads than the quota allows only queue behind each other."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(CGROUP_CPU_MAX) as cpu_max:
+            quota, period = cpu_max.read().split()
+        if quota != 'max':
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def exporters(run, export_dir):

@@ -32,6 +32,9 @@ COMMON_DEFAULTS = {
     'rnn_layers': 1,
     'bidirectional': False,
     'dropout': 0.0,
+    # How an LSTM runs (estimator_models.layers.recurrent): auto | keras | fused | cudnn.
+    # Every choice reads the same checkpoints, so it may change on resume.
+    'rnn_implementation': 'auto',
     # Training (estimator_models.layers.head).
     'batch_size': 128,
     'learning_rate': 1e-3,
@@ -42,6 +45,9 @@ COMMON_DEFAULTS = {
     # that cannot be read are dropped and counted instead of stopping the run.
     'shuffle_buffer': 10000,
     'skip_bad_records': False,
+    # Training examples are kept decoded in memory after the first pass when they fit
+    # in this many MB (0: decode on every pass).
+    'cache_train_mb': 1024,
     # Hostile input: an encoded image whose header claims more pixels than this is refused
     # before it is decoded (input functions and serving); so is a served clip of more frames.
     'max_image_pixels': 4096 * 4096,
@@ -55,16 +61,18 @@ COMMON_DEFAULTS = {
 COMMON_CHOICES = {
     'resize': preprocess.RESIZE_POLICIES,
     'cell': ('lstm', 'gru'),
+    'rnn_implementation': ('auto', 'keras', 'fused', 'cudnn'),
     'lr_schedule': ('cosine', 'constant'),
 }
 
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
                  'max_image_pixels', 'max_frames_served', 'frame_features')
-NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames')
+NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
-                 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records')
+                 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
+                 'rnn_implementation', 'cache_train_mb')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
@@ -175,6 +183,9 @@ def _check(hparams, choices, shape_known):
             raise UserError(f'hparam {key} must list positive sizes, got {value}')
     if 'channels' in shape_keys and hparams['channels'] not in (1, 3):
         raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
+    if hparams.get('rnn_implementation') in ('fused', 'cudnn') and hparams['cell'] != 'lstm':
+        raise UserError(f'hparam rnn_implementation={hparams["rnn_implementation"]} runs LSTM only; '
+                        f'use rnn_implementation=keras or auto with cell={hparams["cell"]}')
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
 

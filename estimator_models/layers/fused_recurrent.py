@@ -1,0 +1,171 @@
+"""LSTM layers that run a whole sequence in one op: `fused` (CPU) and `cudnn` (GPU).
+
+Both hold exactly the variables of Keras' `LSTM` under the same names
+(`<layer>/lstm_cell/{kernel, recurrent_kernel, bias}`, gate order i, f, c, o, one bias),
+so a checkpoint written by any implementation restores into any other, and both treat a
+mask as Keras does: a masked step carries the state through. Each layer converts its
+weights in the graph to the layout its op wants.
+
+  fused  estimator_models/layers/kernels/lstm_sequence.cc. The input projection of all
+         steps is one matmul before the op and the recurrent kernel's gradient one
+         matmul after it; the op's loop does only the sequential part.
+  cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
+         Keras LSTM inside an Estimator graph never picks cuDNN itself (PITFALLS.md).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from estimator_models.layers import kernels
+
+
+@tf.RegisterGradient('LstmSequence')
+def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
+    """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs."""
+    del grad_c, grad_gates
+    _, recurrent_kernel, mask = op.inputs
+    h, c, gates = op.outputs
+    grad_x_proj = kernels.load().lstm_sequence_grad(recurrent_kernel, mask, c, gates, grad_h)  # [T, B, 4U]
+    units = recurrent_kernel.shape[0]
+    # Step t multiplied h_{t-1} (zeros before the first step) by the kernel: one matmul
+    # over all steps gives the whole gradient.
+    h_previous = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)              # [T, B, U]
+    grad_recurrent = tf.matmul(tf.reshape(h_previous, [-1, units]),
+                               tf.reshape(grad_x_proj, [-1, 4 * units]), transpose_a=True)  # [U, 4U]
+    return grad_x_proj, grad_recurrent, None
+
+
+class _SequenceLSTM(tf.keras.layers.Layer):
+    """What the fused and cuDNN layers share: Keras LSTM's variables, masks, directions.
+
+    Called on float32 [B, T, F] with an optional bool mask [B, T]; returns [B, T, U]
+    (return_sequences, in the order the steps ran, as Keras' LSTM does) or [B, U].
+    """
+
+    def __init__(self, units, return_sequences=False, go_backwards=False, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.return_sequences = return_sequences
+        self.go_backwards = go_backwards
+        self.supports_masking = True
+        # Builds the variables exactly as Keras' LSTM does, under the same names.
+        self.cell = tf.keras.layers.LSTMCell(units, name='lstm_cell')
+
+    def build(self, input_shape):
+        with tf.name_scope(self.cell.name):
+            self.cell.build(tf.TensorShape(input_shape)[-1:])
+        super().build(input_shape)
+
+    def call(self, inputs, mask=None, training=None):
+        del training  # no dropout inside the layer: the stack applies it between layers
+        time_major = tf.transpose(inputs, [1, 0, 2])                                  # [T, B, F]
+        step_mask = (tf.ones(tf.shape(time_major)[:2]) if mask is None
+                     else tf.transpose(tf.cast(mask, tf.float32)))                   # [T, B]
+        if self.go_backwards:
+            time_major = tf.reverse(time_major, [0])
+            step_mask = tf.reverse(step_mask, [0])
+        outputs, final = self._run(time_major, step_mask)                             # [T, B, U], [B, U]
+        if self.return_sequences:
+            return tf.transpose(outputs, [1, 0, 2])
+        return final
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.return_sequences else None
+
+    def _run(self, time_major, step_mask):
+        raise NotImplementedError
+
+
+class FusedLSTM(_SequenceLSTM):
+    """Keras' LSTM computed by the fused CPU kernel."""
+
+    def _run(self, time_major, step_mask):
+        steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
+        projected = tf.matmul(tf.reshape(time_major, [-1, time_major.shape[-1]]), self.cell.kernel)
+        projected = tf.reshape(projected + self.cell.bias, [steps, batch, 4 * self.units])  # [T, B, 4U]
+        outputs, _, _ = kernels.load().lstm_sequence(projected, self.cell.recurrent_kernel, step_mask)
+        # A masked step carried the state, so the last step holds each row's final state.
+        return outputs, outputs[-1]
+
+
+class CudnnLSTM(_SequenceLSTM):
+    """Keras' LSTM computed by cuDNN (GPU only)."""
+
+    def _run(self, time_major, step_mask):
+        lengths = tf.cast(tf.reduce_sum(step_mask, axis=0), tf.int32)               # [B]
+        padding = tf.shape(time_major)[0] - lengths                                   # [B]
+        # cuDNN wants each row's padding at its end; a reversed sequence has it first.
+        if self.go_backwards:
+            time_major = _rotate_steps(time_major, padding)
+        zeros = tf.zeros([1, tf.shape(time_major)[1], self.units])
+        outputs, final_h, _, _, _ = tf.raw_ops.CudnnRNNV3(
+            input=time_major, input_h=zeros, input_c=zeros,
+            params=cudnn_params(self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias),
+            sequence_lengths=lengths, rnn_mode='lstm', input_mode='linear_input',
+            direction='unidirectional', is_training=True, time_major=True)
+        if self.go_backwards:
+            outputs = _rotate_steps(outputs, lengths)
+        return outputs, final_h[0]
+
+
+def _rotate_steps(time_major, shift):
+    """[T, B, D] -> [T, B, D] whose row b at step t is the input's at (t + shift[b]) mod T."""
+    steps = tf.shape(time_major)[0]
+    positions = (tf.range(steps)[None, :] + shift[:, None]) % steps                 # [B, T]
+    rotated = tf.gather(tf.transpose(time_major, [1, 0, 2]), positions, batch_dims=1)  # [B, T, D]
+    return tf.transpose(rotated, [1, 0, 2])
+
+
+# cuDNN's canonical LSTM parameters, as TensorFlow's CudnnRNN ops take them flat: the
+# eight weight matrices (input i, f, c, o then recurrent i, f, c, o), each transposed to
+# [U, F] or [U, U], then eight bias vectors of U. Its gate order is Keras'; it has an
+# input and a recurrent bias where Keras has one, so the input biases are zero.
+
+def cudnn_params(kernel, recurrent_kernel, bias):
+    """Keras LSTM weights -> cuDNN's flat parameter vector (in the graph)."""
+    weights = tf.split(kernel, 4, axis=1) + tf.split(recurrent_kernel, 4, axis=1)
+    biases = tf.split(tf.zeros_like(bias), 4) + tf.split(bias, 4)
+    return tf.concat([tf.reshape(tf.transpose(weight), [-1]) for weight in weights] + biases, axis=0)
+
+
+def cudnn_params_numpy(kernel, recurrent_kernel, bias):
+    """cudnn_params in numpy."""
+    weights = np.split(kernel, 4, axis=1) + np.split(recurrent_kernel, 4, axis=1)
+    biases = np.split(np.zeros_like(bias), 4) + np.split(bias, 4)
+    return np.concatenate([weight.T.ravel() for weight in weights] + biases)
+
+
+def keras_weights_from_cudnn(params, input_size, units):
+    """cuDNN's flat LSTM parameters -> (kernel [F, 4U], recurrent_kernel [U, 4U], bias [4U]);
+    the two biases of each gate are summed into Keras' one."""
+    sizes = [units * input_size] * 4 + [units * units] * 4 + [units] * 8
+    parts = np.split(params, np.cumsum(sizes)[:-1])
+    kernel = np.concatenate([part.reshape(units, input_size).T for part in parts[:4]], axis=1)
+    recurrent_kernel = np.concatenate([part.reshape(units, units).T for part in parts[4:8]], axis=1)
+    bias = np.concatenate(parts[8:12]) + np.concatenate(parts[12:])
+    return kernel, recurrent_kernel, bias
+
+
+class Bidirectional(tf.keras.layers.Layer):
+    """Keras' Bidirectional over one of the layers above, with Keras' variable names
+    (`<name>/forward_<layer>/...`, `<name>/backward_<layer>/...`) and its outputs: the
+    forward and backward results concatenated, sequences back in time order."""
+
+    def __init__(self, layer_class, units, layer_name, return_sequences=False, **kwargs):
+        super().__init__(**kwargs)
+        self.return_sequences = return_sequences
+        self.supports_masking = True
+        self.forward_layer = layer_class(units, return_sequences=return_sequences,
+                                         name=f'forward_{layer_name}')
+        self.backward_layer = layer_class(units, return_sequences=return_sequences, go_backwards=True,
+                                          name=f'backward_{layer_name}')
+
+    def call(self, inputs, mask=None, training=None):
+        forward = self.forward_layer(inputs, mask=mask, training=training)
+        backward = self.backward_layer(inputs, mask=mask, training=training)
+        if self.return_sequences:
+            backward = tf.reverse(backward, [1])
+        return tf.concat([forward, backward], axis=-1)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.return_sequences else None
