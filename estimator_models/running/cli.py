@@ -3,6 +3,7 @@
 Every command reports a user's mistake as one `error: ...` line on stderr and exits 2.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,8 @@ import tensorflow as tf  # noqa: E402
 
 from estimator_models import registry  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
-from estimator_models.running import benchmarks, experiment, hparams, monitoring, preemption  # noqa: E402
+from estimator_models.running import (  # noqa: E402
+    benchmarks, experiment, hparams, monitoring, preemption, training_benchmark)
 from estimator_models.serving import predicting  # noqa: E402
 from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
@@ -114,13 +116,22 @@ def _define_benchmark_flags():
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
     flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes to measure.')
     flags.DEFINE_integer('calls', 200, 'Timed calls per signature and batch size.')
-    flags.DEFINE_string('json_out', None, 'Also write the rows as JSON to this file.')
+    flags.DEFINE_string('json_out', None, 'Also write the result as JSON to this file.')
     flags.DEFINE_bool('input_only', False, 'Measure the training input pipeline of --data alone.')
     flags.DEFINE_string('data', None, 'Data spec for --input_only; default: the model\'s embedded dataset.')
     flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
-    flags.DEFINE_string('model', None, 'Model whose input size and hparams to use with --input_only; '
-                        'default: pixel_row_lstm for images, temporal_cnn_lstm for clips.')
-    flags.DEFINE_string('hparams', '', 'Hparam overrides for --input_only (batch_size, shuffle_buffer, ...).')
+    flags.DEFINE_string('model', None, 'The model to train with --train; with --input_only, the model '
+                        'whose input size and hparams to use (default: pixel_row_lstm for images, '
+                        'temporal_cnn_lstm for clips).')
+    flags.DEFINE_string('hparams', '', 'Hparam overrides for --train and --input_only '
+                        '(batch_size, rnn_units, shuffle_buffer, ...).')
+    flags.DEFINE_bool('train', False, 'Compare the training rate of --model with a Keras twin of the '
+                      'same architecture, on the same random data, in rounds.')
+    flags.DEFINE_integer('steps', 200, 'Training steps of each side in each --train round.')
+    flags.DEFINE_integer('rounds', 3, 'Rounds of --train, alternating the project and Keras.')
+    flags.DEFINE_integer('warmup_steps', 20, 'Untimed first steps of each --train round.')
+    flags.DEFINE_bool('startup', True, 'With --train, also time a default bin/train --model to its '
+                      'first step and take its peak memory.')
     flags.DEFINE_integer('batches', 300, 'Timed batches for --input_only, after --warmup_batches.')
     flags.DEFINE_integer('warmup_batches', 30, 'Untimed batches first (the shuffle buffer fills).')
     flags.DEFINE_string('write_noise_clips', None, 'Write TFRecord clips of noise frames to this '
@@ -300,6 +311,8 @@ def make_tfrecords(argv):
 
 def benchmark(argv):
     del argv
+    if FLAGS.train:
+        return _benchmark_training()
     if FLAGS.input_only:
         return _benchmark_input()
     if FLAGS.write_noise_clips:
@@ -308,7 +321,7 @@ def benchmark(argv):
               f'{FLAGS.write_noise_clips}.tfrecord-*')
         return None
     if not FLAGS.serving:
-        raise UserError('choose a benchmark: --serving, --input_only or --write_noise_clips')
+        raise UserError('choose a benchmark: --train, --serving, --input_only or --write_noise_clips')
     _require('saved_model')
     try:
         batch_sizes = [int(size) for size in FLAGS.batch_sizes]
@@ -323,6 +336,25 @@ def benchmark(argv):
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w') as stream:
             json.dump(rows, stream, indent=2)
+
+
+def _benchmark_training():
+    _require('model')
+    if FLAGS.steps < 2 or FLAGS.rounds < 1:
+        raise UserError(f'--steps must be at least 2 and --rounds at least 1, '
+                        f'got --steps={FLAGS.steps} --rounds={FLAGS.rounds}')
+    if not 1 <= FLAGS.warmup_steps < FLAGS.steps:
+        raise UserError(f'--warmup_steps must lie in 1..{FLAGS.steps - 1} (below --steps), '
+                        f'got {FLAGS.warmup_steps}')
+    # Training prints its progress lines on stdout; here stdout is the one JSON object.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = training_benchmark.train_benchmark(
+            FLAGS.model, hparams.parse_overrides(FLAGS.hparams), FLAGS.steps, FLAGS.rounds,
+            FLAGS.warmup_steps, FLAGS.startup)
+    print(json.dumps(result, sort_keys=True))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, 'w') as stream:
+            json.dump(result, stream, indent=2, sort_keys=True)
 
 
 def _benchmark_input():

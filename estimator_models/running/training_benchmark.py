@@ -1,0 +1,488 @@
+"""`bin/benchmark --train`: the project's Estimator against a Keras twin of the same model.
+
+Both sides train in one process on the same seeded random data, with the same batch,
+optimizer (Adam, the project's learning-rate schedule, gradients clipped to the same
+global norm) and number of steps, alternating round by round so that a machine that
+speeds up or slows down during the run affects both alike. The twin is a plain Keras
+model trained with `model.fit`, as someone writing the model in Keras would: it exists
+for this comparison only, and its parameter count is checked against the project's.
+
+Work per example is counted analytically (flops_per_example) and set against the rate
+of the LSTM step's own matmul measured in the same run (matmul_rate), which says how
+much of the time goes to arithmetic and how much to everything around it.
+"""
+
+import dataclasses
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from estimator_models import registry
+from estimator_models.layers import head
+from estimator_models.running import experiment, monitoring
+from estimator_models.running import hparams as hparams_lib
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, glyphs, moving_glyphs
+from input_fns.errors import UserError
+
+TRAIN = tf.estimator.ModeKeys.TRAIN
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The data stands in for the embedded datasets: their shapes, classes and clip lengths.
+IMAGE_SHAPE = (glyphs.IMAGE_SIZE, glyphs.IMAGE_SIZE, 1)
+CLIP_FRAME_SHAPE = (moving_glyphs.CANVAS_SIZE, moving_glyphs.CANVAS_SIZE, 1)
+# Examples written, at least; and at least this many batches, so that the tenth the
+# project holds out for evaluation (never read here) still fits a batch.
+MIN_EXAMPLES = {IMAGE: 4096, CLIP: 1024}
+MIN_BATCHES = 20
+# A training step is a forward pass, then a backward pass that computes the gradients
+# of both the activations and the weights: twice the forward's multiply-adds.
+TRAINING_FLOPS_PER_FORWARD_FLOP = 3
+STARTUP_TRAIN_STEPS = 20
+GNU_TIME = '/usr/bin/time'
+
+
+# ---------------------------------------------------------------- the Keras twin
+
+def keras_twin(model_name, hparams):
+    """An uncompiled tf.keras.Model with the architecture and parameters of the project's
+    `model_name` at resolved `hparams`.
+
+    Inputs are raw uint8 pixels keyed as the project's features: IMAGE_KEY [B, H, W, C],
+    or FRAMES_KEY [B, T, H, W, C] with LENGTH_KEY int32 [B]; the output is logits [B, K].
+    """
+    builders = {'pixel_row_lstm': _pixel_row_twin, 'cnn_lstm': _cnn_lstm_twin,
+                'temporal_cnn_lstm': _temporal_twin}
+    if model_name not in builders:
+        raise UserError(f'bin/benchmark --train has a Keras twin of {", ".join(builders)} only, '
+                        f'not of {model_name}')
+    inputs, sequence, lengths = builders[model_name](hparams)
+    final = _recurrent_stack(sequence, hparams, lengths)                    # [B, U]
+    logits = tf.keras.layers.Dense(hparams['num_classes'], name='logits')(final)
+    return tf.keras.Model(inputs, logits, name=f'{model_name}_twin')
+
+
+def _image_input(hparams):
+    """(uint8 input [B, H, W, C], the same as float32 in 0..1)."""
+    image = tf.keras.Input((hparams['height'], hparams['width'], hparams['channels']),
+                           dtype=tf.uint8, name=IMAGE_KEY)
+    return image, tf.keras.layers.Rescaling(1 / 255)(image)
+
+
+def _pixel_row_twin(hparams):
+    image, pixels = _image_input(hparams)
+    return image, _as_sequence(pixels, hparams['scan']), None
+
+
+def _cnn_lstm_twin(hparams):
+    image, pixels = _image_input(hparams)
+    feature_map = _cnn_blocks(pixels, hparams['cnn_filters'])
+    return image, _as_sequence(feature_map, hparams['sequence']), None
+
+
+def _temporal_twin(hparams):
+    frame_shape = (hparams['height'], hparams['width'], hparams['channels'])
+    frames = tf.keras.Input((None,) + frame_shape, dtype=tf.uint8, name=FRAMES_KEY)
+    lengths = tf.keras.Input((), dtype=tf.int32, name=LENGTH_KEY)
+    pixels, true_lengths = tf.keras.layers.Rescaling(1 / 255)(frames), lengths
+    if hparams['max_frames']:
+        pixels = pixels[:, :hparams['max_frames']]
+        true_lengths = tf.minimum(lengths, hparams['max_frames'])
+    if hparams['frame_differences']:
+        previous = tf.concat([pixels[:, :1], pixels[:, :-1]], axis=1)   # the first frame's is 0
+        pixels = tf.concat([pixels, pixels - previous], axis=-1)        # [B, T, H, W, 2C]
+    per_frame = tf.keras.layers.TimeDistributed(
+        _frame_network(pixels.shape[2:], hparams), name='per_frame')(pixels)  # [B, T, D]
+    return [frames, lengths], per_frame, true_lengths
+
+
+def _frame_network(frame_shape, hparams):
+    """One frame [H, W, C'] -> its feature vector [D]: the CNN, flattened, then dense."""
+    frame = tf.keras.Input(frame_shape)
+    flat = tf.keras.layers.Flatten()(_cnn_blocks(frame, hparams['cnn_filters']))
+    features = tf.keras.layers.Dense(hparams['frame_features'], activation='relu')(flat)
+    return tf.keras.Model(frame, features, name='frame_network')
+
+
+def _cnn_blocks(images, filters):
+    """[N, H, W, C] -> [N, H / 2^k, W / 2^k, filters[-1]]: 3x3 conv + ReLU, 2x2 max-pool."""
+    for channels in filters:
+        images = tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu')(images)
+        images = tf.keras.layers.MaxPool2D(2)(images)
+    return images
+
+
+def _as_sequence(feature_map, how):
+    """[B, H, W, C] -> [B, T, F], read as the project's sequencing.SEQUENCERS[how] reads it."""
+    _, height, width, channels = feature_map.shape
+    if how == 'rows':
+        return tf.keras.layers.Reshape((height, width * channels))(feature_map)
+    if how == 'columns':
+        columns = tf.keras.layers.Permute((2, 1, 3))(feature_map)
+        return tf.keras.layers.Reshape((width, height * channels))(columns)
+    if how == 'flatten':
+        return tf.keras.layers.Reshape((height * width, channels))(feature_map)
+    if how == 'pooled':
+        pooled = tf.keras.layers.GlobalAveragePooling2D()(feature_map)
+        return tf.keras.layers.RepeatVector(height)(pooled)
+    raise UserError(f'the Keras twin cannot read a feature map as {how!r}')
+
+
+def _recurrent_stack(sequence, hparams, lengths=None):
+    """[B, T, F] -> [B, U] (x2 if bidirectional), masked past `lengths` [B] if given."""
+    mask = None if lengths is None else tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
+    outputs = sequence
+    for index in range(hparams['rnn_layers']):
+        return_sequences = index < hparams['rnn_layers'] - 1
+        if hparams['cell'] == 'gru':
+            layer = tf.keras.layers.GRU(hparams['rnn_units'], reset_after=hparams['gru_reset_after'],
+                                        return_sequences=return_sequences)
+        else:
+            layer = tf.keras.layers.LSTM(hparams['rnn_units'], return_sequences=return_sequences)
+        if hparams['bidirectional']:
+            layer = tf.keras.layers.Bidirectional(layer)
+        outputs = layer(outputs, mask=mask)
+        if hparams['dropout']:
+            outputs = tf.keras.layers.Dropout(hparams['dropout'])(outputs)
+    return outputs
+
+
+def estimator_parameter_count(model_name, hparams):
+    """Trainable parameters the project's model_fn creates in TRAIN mode, in a fresh graph."""
+    module = registry.get(model_name)
+    size = [hparams['height'], hparams['width'], hparams['channels']]
+    with tf.Graph().as_default():
+        if module.KIND == CLIP:
+            features = {FRAMES_KEY: tf.compat.v1.placeholder(tf.float32, [None, None] + size),
+                        LENGTH_KEY: tf.compat.v1.placeholder(tf.int32, [None])}
+        else:
+            features = {IMAGE_KEY: tf.compat.v1.placeholder(tf.float32, [None] + size)}
+        labels = tf.compat.v1.placeholder(tf.int32, [None])
+        module.model_fn(features, labels, TRAIN, dict(hparams, train_steps=1))
+        return sum(variable.shape.num_elements() for variable in tf.compat.v1.trainable_variables())
+
+
+# ---------------------------------------------------------------- work and machine rate
+
+def flops_per_example(model, frames=None):
+    """FLOPs of one training example through `model` (a twin): 2 per multiply-add of
+    its Conv2D, Dense, LSTM and GRU layers (activations, pooling and gate arithmetic are
+    not counted), times TRAINING_FLOPS_PER_FORWARD_FLOP for the backward pass. A time
+    dimension the model leaves open (clips) counts as `frames` steps: a masked
+    recurrent layer computes every step of the padded batch."""
+    return TRAINING_FLOPS_PER_FORWARD_FLOP * _forward_flops(model, frames)
+
+
+def _forward_flops(model, frames):
+    return sum(_layer_flops(layer, frames) for layer in model.layers)
+
+
+def _layer_flops(layer, frames):
+    """Forward FLOPs of one layer for one example."""
+    if isinstance(layer, tf.keras.layers.TimeDistributed):
+        return _time_steps(layer, frames) * _forward_flops(layer.layer, frames)
+    if isinstance(layer, tf.keras.layers.Bidirectional):
+        steps = _time_steps(layer, frames)
+        return _rnn_flops(layer.forward_layer, steps) + _rnn_flops(layer.backward_layer, steps)
+    if isinstance(layer, tf.keras.layers.RNN):
+        return _rnn_flops(layer, _time_steps(layer, frames))
+    if isinstance(layer, tf.keras.layers.Conv2D):
+        _, out_height, out_width, _ = layer.output_shape
+        return 2 * layer.kernel.shape.num_elements() * out_height * out_width
+    if isinstance(layer, tf.keras.layers.Dense):
+        # The twins apply Dense to one vector per example (per frame under TimeDistributed).
+        return 2 * layer.kernel.shape.num_elements()
+    return 0
+
+
+def _time_steps(layer, frames):
+    return layer.input_shape[1] or frames
+
+
+def _rnn_flops(layer, steps):
+    """Each step multiplies the input [I] by the kernel [I, G] and the state [U] by the
+    recurrent kernel [U, G] (G = 4U for an LSTM, 3U for a GRU)."""
+    cell = layer.cell
+    return 2 * steps * (cell.kernel.shape.num_elements() + cell.recurrent_kernel.shape.num_elements())
+
+
+def first_recurrent_shape(model):
+    """(input size I, units U) of the twin's first recurrent layer."""
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.Bidirectional):
+            layer = layer.forward_layer
+        if isinstance(layer, tf.keras.layers.RNN):
+            return layer.cell.kernel.shape[0], layer.cell.units
+    raise ValueError(f'{model.name} has no recurrent layer')
+
+
+def matmul_rate(batch_size, input_size, units, chain=64, warmup_runs=3, runs=21):
+    """GFLOP/s of an LSTM step's matmul, [B, I+U] x [I+U, 4U], in a graph session.
+
+    One session.run computes a chain of `chain` matmuls alternating [B, K] x [K, 4U] and
+    [B, 4U] x [4U, K] (K = I+U, the same FLOPs each), so the cost of a call is spread
+    over many matmuls, as it is over the steps of a training step. Variables rather
+    than constants keep Grappler from folding the chain away. Returns the median of
+    `runs` timed runs after `warmup_runs` untimed ones (the first runs of a session are
+    several times slower), with the project's session threads.
+    """
+    depth, gates = input_size + units, 4 * units
+    with tf.Graph().as_default():
+        product = tf.Variable(tf.random.normal([batch_size, depth]))
+        # Scaled so that values neither vanish nor overflow along the chain.
+        into_gates = tf.Variable(tf.random.normal([depth, gates], stddev=depth ** -0.5))
+        out_of_gates = tf.Variable(tf.random.normal([gates, depth], stddev=gates ** -0.5))
+        for index in range(chain):
+            product = tf.matmul(product, into_gates if index % 2 == 0 else out_of_gates)
+        total = tf.reduce_sum(product)  # fetch a scalar, not the last product
+        with tf.compat.v1.Session(config=experiment.session_config()) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(warmup_runs):
+                session.run(total)
+            seconds = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(total)
+                seconds.append(time.perf_counter() - start)
+    return chain * 2 * batch_size * depth * gates / statistics.median(seconds) / 1e9
+
+
+# ---------------------------------------------------------------- the data
+
+@dataclasses.dataclass
+class Data:
+    """Random examples of one kind, in memory and as an .npz the project reads."""
+    path: str
+    inputs: dict   # the twin's inputs: {IMAGE_KEY: uint8 [N, H, W, C]} or
+                   # {FRAMES_KEY: uint8 [N, T, H, W, C], LENGTH_KEY: int32 [N]}
+    labels: np.ndarray  # int32 [N]
+
+
+def write_random_data(path, kind, batch_size, seed=0):
+    """Uniform random pixels and labels shaped like the embedded dataset of `kind`:
+    28x28 gray images of 10 classes, or 32x32 gray clips of 6 to 12 frames (zero past
+    their length) of 8 classes. Writes them to `path` (.npz); returns Data."""
+    rng = np.random.default_rng(seed)
+    count = max(MIN_EXAMPLES[kind], MIN_BATCHES * batch_size)
+    if kind == CLIP:
+        frames = rng.integers(0, 256, (count, moving_glyphs.MAX_FRAMES) + CLIP_FRAME_SHAPE, np.uint8)
+        lengths = rng.integers(moving_glyphs.MIN_FRAMES, moving_glyphs.MAX_FRAMES + 1, count, np.int32)
+        frames[np.arange(moving_glyphs.MAX_FRAMES) >= lengths[:, None]] = 0
+        labels = rng.integers(0, moving_glyphs.NUM_CLASSES, count, np.int32)
+        np.savez(path, x=frames, y=labels, lengths=lengths)
+        return Data(path, {FRAMES_KEY: frames, LENGTH_KEY: lengths}, labels)
+    images = rng.integers(0, 256, (count,) + IMAGE_SHAPE, np.uint8)
+    labels = rng.integers(0, glyphs.NUM_CLASSES, count, np.int32)
+    np.savez(path, x=images, y=labels)
+    return Data(path, {IMAGE_KEY: images}, labels)
+
+
+# ---------------------------------------------------------------- timing both sides
+
+class _StepClock:
+    """Times the steps after the first `warmup_steps`; tick() at the end of each step."""
+
+    def __init__(self, warmup_steps):
+        self._warmup_steps = warmup_steps
+        self._steps = 0
+        self._start = self._end = None
+
+    def tick(self):
+        self._steps += 1
+        now = time.perf_counter()
+        if self._steps == self._warmup_steps:
+            self._start = now
+        self._end = now
+
+    def examples_per_sec(self, batch_size):
+        return (self._steps - self._warmup_steps) * batch_size / (self._end - self._start)
+
+
+class _ClockHook(tf.compat.v1.train.SessionRunHook):
+    def __init__(self, clock):
+        self._clock = clock
+
+    def after_run(self, run_context, run_values):
+        self._clock.tick()
+
+
+class _ClockCallback(tf.keras.callbacks.Callback):
+    # Without _supports_tf_logs, Keras hands this callback its logs as numbers, so each
+    # tick waits for its step to finish, as the Estimator's hooks do.
+    def __init__(self, clock):
+        super().__init__()
+        self._clock = clock
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._clock.tick()
+
+
+def train_project(run, train_source, model_dir, steps, warmup_steps, seed):
+    """Trains the project's Estimator for `steps` steps in a new `model_dir`, as bin/train
+    does (its run config, hooks and input_fn) but with no evaluation or export, and no
+    checkpoint between the first step and the last. Returns examples/s after `warmup_steps`."""
+    run = dataclasses.replace(run, model_dir=model_dir)
+    config = experiment.run_config(model_dir, seed, checkpoint_every=steps + 1)
+    estimator = experiment.make_estimator(run, config, train_steps=steps)
+    clock = _StepClock(warmup_steps)
+    hooks = monitoring.training_hooks(config, run.hparams) + [_ClockHook(clock)]
+    tf.keras.utils.set_random_seed(seed)
+    estimator.train(run.input_fn(train_source, TRAIN, seed), max_steps=steps, hooks=hooks)
+    return clock.examples_per_sec(run.hparams['batch_size'])
+
+
+class _ProjectSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """The project's warm-up and decay (estimator_models.layers.head), for Keras."""
+
+    def __init__(self, params):
+        self._params = params
+
+    def __call__(self, step):
+        return head.learning_rate_schedule(step, self._params)
+
+
+def train_keras(model_name, hparams, data, steps, warmup_steps, seed):
+    """Trains a new Keras twin with model.fit for `steps` steps on `data`, shuffled and
+    repeated, with the project's optimizer. Returns examples/s after `warmup_steps`.
+
+    Clips stay padded to MAX_FRAMES, where the project pads each batch to its longest
+    clip: the same nearly always (a batch of 32 clips of 6 to 12 frames lacks a 12-frame
+    one with probability (6/7)^32 < 1%).
+    """
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(seed)
+    model = keras_twin(model_name, hparams)
+    # tf.compat.v1.train.AdamOptimizer's epsilon; global_clipnorm is tf.clip_by_global_norm.
+    optimizer = tf.keras.optimizers.Adam(_ProjectSchedule(dict(hparams, train_steps=steps)),
+                                         epsilon=1e-8, global_clipnorm=hparams['clip_norm'])
+    model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    batches = (tf.data.Dataset.from_tensor_slices((data.inputs, data.labels))
+               .shuffle(len(data.labels), seed=seed).repeat()
+               .batch(hparams['batch_size']).prefetch(tf.data.AUTOTUNE))
+    clock = _StepClock(warmup_steps)
+    model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[_ClockCallback(clock)])
+    return clock.examples_per_sec(hparams['batch_size'])
+
+
+# ---------------------------------------------------------------- start-up of bin/train
+
+def startup(model_name, work_dir, train_steps=STARTUP_TRAIN_STEPS):
+    """Runs `bin/train --model=NAME` (default data and hparams) for `train_steps` steps,
+    with one evaluation and export at the end, in a subprocess. Returns (seconds from its
+    start to its `step 1/` line, its peak RSS in MB over the whole run)."""
+    peak_file = os.path.join(work_dir, 'startup_peak_rss_kb')
+    # /usr/bin/time -f %M: the child's own ru_maxrss. This process's rusage of a child it
+    # starts itself would be no less than this process's own RSS, which the child's
+    # memory map had until it called exec.
+    command = [GNU_TIME, '-f', '%M', '-o', peak_file,
+               sys.executable, os.path.join(REPO, 'bin', 'train'), f'--model={model_name}',
+               f'--model_dir={os.path.join(work_dir, "startup")}', f'--train_steps={train_steps}',
+               f'--checkpoint_every={train_steps}']
+    first_step_secs = None
+    with tempfile.TemporaryFile('w+') as errors:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        for line in process.stdout:  # read to the end, so the pipe never fills
+            if first_step_secs is None and line.startswith('step 1/'):
+                first_step_secs = time.perf_counter() - start
+        process.wait()
+        errors.seek(0)
+        last_error = (errors.read().strip().splitlines() or [''])[-1]
+    if process.returncode or first_step_secs is None:
+        raise UserError(f'bin/train --model={model_name} failed (exit {process.returncode}): {last_error}')
+    with open(peak_file) as stream:
+        return first_step_secs, int(stream.read().split()[-1]) / 1024
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_startup=True, seed=0):
+    """Trains the project's `model_name` and its Keras twin `rounds` times each, alternately,
+    for `steps` steps, timing the steps after `warmup_steps`.
+
+    Args:
+      model_name: a registered model (pixel_row_lstm, cnn_lstm, temporal_cnn_lstm).
+      overrides: {hparam: value string}, as from --hparams.
+      with_startup: also time a default bin/train to its first step (startup()).
+
+    Returns:
+      A JSON-ready dict: the model and the hparams that set the speed, the examples/s of
+      each side (median, min, max, each round's) with the GFLOP/s they achieve and their
+      fraction of the LSTM-shaped matmul's rate, the ratio of the medians
+      (project / keras), FLOPs per training example, parameters, this process's peak
+      RSS, and the start-up seconds and peak RSS of a default bin/train (None without
+      with_startup).
+    """
+    if with_startup and not os.access(GNU_TIME, os.X_OK):
+        raise UserError(f'timing the start-up of bin/train takes {GNU_TIME} (GNU time) for its '
+                        'peak memory: install it, or pass --nostartup')
+    module = registry.get(model_name)
+    kind = module.KIND
+    shape = (CLIP_FRAME_SHAPE if kind == CLIP else IMAGE_SHAPE) + (
+        moving_glyphs.NUM_CLASSES if kind == CLIP else glyphs.NUM_CLASSES,)
+    # The hparams the run will resolve from the data written below: known before it is.
+    hparams = hparams_lib.resolve(module, overrides, shape)
+    twin = keras_twin(model_name, hparams)
+    _check_parameters(model_name, hparams, twin)
+    with tempfile.TemporaryDirectory(prefix='train_benchmark_') as work_dir:
+        data = write_random_data(os.path.join(work_dir, 'data.npz'), kind, hparams['batch_size'], seed)
+        run, train_source, _ = experiment.prepare_training(model_name, None, data.path, None, overrides)
+        rates = {'project': [], 'keras': []}
+        for index in range(rounds):
+            rates['project'].append(train_project(
+                run, train_source, os.path.join(work_dir, f'run_{index}'), steps, warmup_steps, seed))
+            rates['keras'].append(train_keras(model_name, hparams, data, steps, warmup_steps, seed))
+            print(f'round {index + 1}/{rounds}: project {rates["project"][-1]:.0f}, '
+                  f'keras {rates["keras"][-1]:.0f} examples/s', file=sys.stderr, flush=True)
+        startup_secs, startup_rss_mb = startup(model_name, work_dir) if with_startup else (None, None)
+    # Batches of clips are padded to their longest clip: nearly always MAX_FRAMES.
+    frames = min(hparams.get('max_frames') or moving_glyphs.MAX_FRAMES, moving_glyphs.MAX_FRAMES)
+    flops = flops_per_example(twin, frames)
+    input_size, units = first_recurrent_shape(twin)
+    matmul = matmul_rate(hparams['batch_size'], input_size, units)
+    project, keras = (_side(rates[side], flops, matmul) for side in ('project', 'keras'))
+    return {
+        'model': model_name,
+        'hparams': {key: hparams[key] for key in ('batch_size', 'rnn_units', 'rnn_implementation')
+                    if key in hparams},
+        'overrides': dict(overrides),
+        'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
+        'cores': experiment.usable_cores(),
+        'parameters': twin.count_params(),
+        'project': project,
+        'keras': keras,
+        'ratio': round(project['examples_per_sec'] / keras['examples_per_sec'], 3),
+        'flops_per_example': flops,
+        'matmul_shape': [hparams['batch_size'], input_size + units, 4 * units],
+        'matmul_gflops_per_sec': round(matmul, 1),
+        'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        'startup_secs': _rounded(startup_secs, 2),
+        'startup_peak_rss_mb': _rounded(startup_rss_mb, 1),
+    }
+
+
+def _rounded(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def _check_parameters(model_name, hparams, twin):
+    """The twin must be the project's model, however the hparams set it."""
+    expected = estimator_parameter_count(model_name, hparams)
+    if twin.count_params() != expected:
+        raise RuntimeError(f'the Keras twin of {model_name} has {twin.count_params()} parameters, '
+                           f'the project\'s model {expected}')
+
+
+def _side(rates, flops, matmul):
+    """One side's examples/s over the rounds and what they achieve against the matmul."""
+    median = statistics.median(rates)
+    gflops = flops * median / 1e9
+    return {'examples_per_sec': round(median, 1), 'examples_per_sec_min': round(min(rates), 1),
+            'examples_per_sec_max': round(max(rates), 1),
+            'examples_per_sec_rounds': [round(rate, 1) for rate in rates],
+            'gflops_per_sec': round(gflops, 2), 'matmul_fraction': round(gflops / matmul, 3)}
