@@ -69,11 +69,11 @@ def fits_in_memory(info, hparams, shard=source.Shard()):
     model's input size, fits in `cache_train_mb` (clips counted at CACHE_CLIP_FRAMES
     frames, or `max_frames` when it is set)."""
     budget_mb = hparams.get('cache_train_mb', 0)
-    if not budget_mb or not info.num_examples:
+    if not budget_mb or not info.most_examples:
         return False
     frames = 1 if info.kind != CLIP else (hparams.get('max_frames') or CACHE_CLIP_FRAMES)
     pixels = hparams['height'] * hparams['width'] * hparams['channels'] * frames
-    return info.num_examples / shard.count * pixels * 4 <= budget_mb * 2 ** 20
+    return info.most_examples / shard.count * pixels * 4 <= budget_mb * 2 ** 20
 
 
 def _batcher(kind, batch_size):

@@ -52,6 +52,8 @@ class SourceInfo:
       num_classes: K; labels lie in [0, K).
       class_names: K names, or None when the source has none.
       num_examples: how many examples, or None when unknown without reading them all.
+      most_examples: at most how many examples (num_examples when that is known; for a
+        part of a source, the whole's count), or None; sizes the in-memory cache.
     """
     spec: str
     kind: str
@@ -59,6 +61,11 @@ class SourceInfo:
     num_classes: int
     class_names: Optional[Tuple[str, ...]] = None
     num_examples: Optional[int] = None
+    most_examples: Optional[int] = None
+
+    def __post_init__(self):
+        if self.most_examples is None and self.num_examples is not None:
+            object.__setattr__(self, 'most_examples', self.num_examples)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,7 +101,8 @@ class HeldOutPart(source.Source):
         self.whole = whole
         self.evaluation = evaluation
         part = 'its held-out tenth' if evaluation else 'all but its held-out tenth'
-        self.info = dataclasses.replace(whole.info, spec=f'{whole.info.spec} ({part})', num_examples=None)
+        self.info = dataclasses.replace(whole.info, spec=f'{whole.info.spec} ({part})', num_examples=None,
+                                        most_examples=whole.info.most_examples)
 
     def records(self, shard, shuffle_seed):
         return self.whole.records(shard, shuffle_seed).filter(self._in_this_part)

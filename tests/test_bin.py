@@ -69,6 +69,8 @@ def test_train_prints_and_fills_its_output_directories(digits_run):
     model_dir, result = digits_run
     assert f'tensorboard --logdir {model_dir}' in result.stdout
     assert f'step {STEPS}/{STEPS}' in result.stdout
+    # This machine has a compiler: auto picks the fused kernel, and says so.
+    assert 'LSTM: fused (rnn_implementation=auto)' in result.stdout
     assert 'Traceback' not in result.stderr
     for exporter in ('best', 'latest'):
         base = os.path.join(model_dir, 'export', exporter)

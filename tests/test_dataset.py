@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, npz, source
+from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, npz, source, specs
 from input_fns.arrays import LabelledArrays
 
 ModeKeys = tf.estimator.ModeKeys
@@ -56,6 +56,22 @@ def test_training_batches_shuffle_and_repeat_the_same_way_for_a_seed(digits_npz)
             image[..., None].tobytes() for image in saved['x'])
     again = np.concatenate([batch_labels for _, batch_labels in batches_of(input_fn, 6)])
     np.testing.assert_array_equal(labels, again)
+
+
+def test_training_data_that_fits_is_cached_and_reads_the_same(digits_npz):
+    digits, _ = npz.open_npz(digits_npz, 'image')
+    cached = dict(DIGITS, shuffle_buffer=100, cache_train_mb=2)    # 600 x 3 KB fits in 2 MB
+    assert dataset.fits_in_memory(digits.info, cached)
+    assert not dataset.fits_in_memory(digits.info, dict(cached, cache_train_mb=0))
+    assert not dataset.fits_in_memory(digits.info, dict(cached, height=280, width=280))
+    # A held-out part's exact size is unknown: the whole's bounds it.
+    training_part = specs.HeldOutPart(digits, evaluation=False)
+    assert training_part.info.num_examples is None and dataset.fits_in_memory(training_part.info, cached)
+    streams = [batches_of(dataset.make_input_fn(digits, ModeKeys.TRAIN, hparams, batch_size=200, seed=3), 9)
+               for hparams in (cached, dict(cached, cache_train_mb=0))]
+    for (features, labels), (features_again, labels_again) in zip(*streams):  # three passes
+        np.testing.assert_array_equal(features[IMAGE_KEY], features_again[IMAGE_KEY])
+        np.testing.assert_array_equal(labels, labels_again)
 
 
 def test_eval_reads_every_example_once_in_order(digits_npz):

@@ -18,6 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import registry  # noqa: E402
+from estimator_models.layers import recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, experiment, hparams, monitoring, preemption, training_benchmark)
@@ -65,6 +66,8 @@ def _define_train_flags():
                         'Regex of the variables to warm-start, matched from the start of their names.')
     flags.DEFINE_float('forget_bias', 1.0, 'forget_bias of the TF1 LSTMCell of a --warm_start_from '
                        'checkpoint (folded into the converted bias).')
+    flags.DEFINE_bool('xla', False, 'Compile the training graph with XLA (measured slower on the CPU: '
+                      'BENCHMARKS.md).')
     flags.DEFINE_string('profile_steps', None,
                         'A,B: trace global steps A to B with the TensorFlow profiler into '
                         'MODEL_DIR/plugins/profile (TensorBoard\'s profile tab).')
@@ -176,13 +179,14 @@ def train(argv):
           f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
           f'{os.path.join(export_dir, "latest")}\n'
-          f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}', flush=True)
+          f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}\n'
+          f'  runs on: {_described_compute(run)}', flush=True)
     with preemption.SignalWatch() as watch:
         try:
             result = experiment.train_and_evaluate(
                 run, train_source, eval_source, train_steps, FLAGS.seed, export_dir,
                 checkpoint_every, FLAGS.distribution, profile_steps, warm_settings,
-                preemption.hooks(watch, model_dir, FLAGS.save_every_secs))
+                preemption.hooks(watch, model_dir, FLAGS.save_every_secs), FLAGS.xla)
         except preemption.Stopped as stopped:
             preemption.report(stopped)
             sys.exit(stopped.exit_code)
@@ -271,6 +275,18 @@ def predict(argv):
     else:
         body = predicting.file_request(loaded, FLAGS.signature, FLAGS.input)
     print(json.dumps(predicting.run_request(loaded, FLAGS.signature, body)))
+
+
+def _described_compute(run):
+    """'2 cores, LSTM: fused (rnn_implementation=auto)[, XLA]' for the progress header."""
+    parts = [f'{experiment.usable_cores()} cores']
+    if run.module in registry.MODELS.values():
+        requested = run.hparams['rnn_implementation']
+        parts.append(f'{run.hparams["cell"].upper()}: {recurrent.implementation(run.hparams)} '
+                     f'(rnn_implementation={requested})')
+    if FLAGS.xla:
+        parts.append('XLA')
+    return ', '.join(parts)
 
 
 def _described(data):

@@ -24,6 +24,7 @@ LATEST_EXPORTS_KEPT = 3
 BEST_EXPORTS_KEPT = 2
 # cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD" without a limit.
 CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max'
+XLA_CPU_FLAG = '--tf_xla_cpu_global_jit'
 
 
 @dataclasses.dataclass
@@ -199,6 +200,10 @@ def session_config(xla=False):
                                       inter_op_parallelism_threads=cores, allow_soft_placement=True)
     if xla:
         config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+        # Without this flag TensorFlow ignores the JIT level on the CPU. It is read when
+        # the first session starts, so it must be set before.
+        if XLA_CPU_FLAG not in os.environ.get('TF_XLA_FLAGS', ''):
+            os.environ['TF_XLA_FLAGS'] = f'{os.environ.get("TF_XLA_FLAGS", "")} {XLA_CPU_FLAG}'.strip()
     return config
 
 
@@ -227,18 +232,18 @@ def exporters(run, export_dir):
 
 def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export_dir,
                        checkpoint_every, distribution='none', profile_steps=None, warm_start_from=None,
-                       extra_hooks=()):
+                       extra_hooks=(), xla=False):
     """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
     checkpoint, tracing the global steps `profile_steps` (first, last) if given, starting
     a new run from the WarmStartSettings `warm_start_from` if given, with `extra_hooks`
-    in the training loop. Returns the last eval result (None if there was nothing left
-    to train).
+    in the training loop, its graphs compiled by XLA with `xla`. Returns the last eval
+    result (None if there was nothing left to train).
 
     A resumed run shuffles with `seed` plus the step it resumes from, so it does not
     replay the batches the interrupted run already trained on in the same order.
     """
     hparams_lib.save_run(run.model_dir, run.record())
-    config = run_config(run.model_dir, seed, checkpoint_every, distribution)
+    config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla)
     estimator = make_estimator(run, config, train_steps, warm_start_from)
     shuffle_seed = seed + checkpoint_step(run.model_dir)
     train_spec = tf.estimator.TrainSpec(
