@@ -9,6 +9,7 @@ loads a stale or foreign build. Where no C++ compiler is found the kernels are
 unavailable: `rnn_implementation=auto` then uses Keras' layers and says so.
 """
 
+import functools
 import hashlib
 import os
 import platform
@@ -25,9 +26,6 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lstm_sequence
 # -march=native: the library is built on the machine that runs it (the digest holds the
 # CPU's flags), and AVX-512 doubles the matmul rate of the recurrent step where present.
 OPTIMIZATION_FLAGS = ['-O3', '-march=native', '-shared', '-fPIC']
-
-_loaded = {}
-
 
 class KernelUnavailable(Exception):
     """The kernels cannot be built or loaded here; the message says why, in one line."""
@@ -68,7 +66,11 @@ def build(path=None):
     os.close(handle)
     command = ([compiler] + OPTIMIZATION_FLAGS + tf.sysconfig.get_compile_flags() + [SOURCE, '-o', partial]
                + tf.sysconfig.get_link_flags())
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        os.remove(partial)
+        raise KernelUnavailable(f'cannot run the C++ compiler {compiler}: {error.strerror}') from None
     if result.returncode:
         os.remove(partial)
         first_error = next((line for line in result.stderr.splitlines() if 'error' in line),
@@ -81,17 +83,26 @@ def build(path=None):
 def load():
     """The loaded op library (ops `lstm_sequence`, `lstm_sequence_grad`), building it
     first when this machine has none; raises KernelUnavailable."""
-    path = library_path()
-    if path not in _loaded:
+    library, reason = _load(library_path())
+    if reason:
+        raise KernelUnavailable(reason)
+    return library
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path):
+    """(library, None) or (None, why not): a failure is remembered too, so that a
+    process asks the compiler once."""
+    try:
         if not os.path.exists(path):
             print('building the fused LSTM kernel for this machine (once, about a minute)',
                   file=sys.stderr, flush=True)
             build(path)
-        try:
-            _loaded[path] = tf.load_op_library(path)
-        except tf.errors.NotFoundError as error:
-            raise KernelUnavailable(f'cannot load the fused LSTM kernel {path}: {error.message}') from None
-    return _loaded[path]
+        return tf.load_op_library(path), None
+    except KernelUnavailable as error:
+        return None, str(error)
+    except tf.errors.NotFoundError as error:
+        return None, f'cannot load the fused LSTM kernel {path}: {error.message}'
 
 
 def available():
