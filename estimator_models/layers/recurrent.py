@@ -55,13 +55,20 @@ def recurrent_stack(sequence, hparams, mode, lengths=None):
     return outputs
 
 
+def check_cell(hparams):
+    """Refuses an `rnn_implementation` that cannot run `cell` (checked with the other
+    hparams, before any data is read, and again when a graph is built)."""
+    requested = hparams.get('rnn_implementation', 'auto')
+    if requested in _LSTM_LAYERS and hparams['cell'] != 'lstm':
+        raise UserError(f'rnn_implementation={requested} runs LSTM only; use cell=lstm, '
+                        f'or rnn_implementation=keras or auto for cell={hparams["cell"]}')
+
+
 def implementation(hparams, mode=None):
     """The implementation a graph of `mode` runs: `rnn_implementation` with `auto` resolved."""
+    check_cell(hparams)
     requested = hparams.get('rnn_implementation', 'auto')
     if mode == tf.estimator.ModeKeys.PREDICT or hparams['cell'] != 'lstm':
-        if requested in _LSTM_LAYERS and hparams['cell'] != 'lstm':
-            raise UserError(f'rnn_implementation={requested} runs LSTM only; use cell=lstm, '
-                            f'or rnn_implementation=keras for cell={hparams["cell"]}')
         return 'keras'
     if requested == 'auto':
         if tf.config.list_physical_devices('GPU'):

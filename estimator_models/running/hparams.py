@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+from estimator_models.layers import recurrent
 from input_fns import preprocess
 from input_fns.errors import UserError
 
@@ -61,7 +62,7 @@ COMMON_DEFAULTS = {
 COMMON_CHOICES = {
     'resize': preprocess.RESIZE_POLICIES,
     'cell': ('lstm', 'gru'),
-    'rnn_implementation': ('auto', 'keras', 'fused', 'cudnn'),
+    'rnn_implementation': recurrent.IMPLEMENTATIONS,
     'lr_schedule': ('cosine', 'constant'),
 }
 
@@ -183,9 +184,7 @@ def _check(hparams, choices, shape_known):
             raise UserError(f'hparam {key} must list positive sizes, got {value}')
     if 'channels' in shape_keys and hparams['channels'] not in (1, 3):
         raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
-    if hparams.get('rnn_implementation') in ('fused', 'cudnn') and hparams['cell'] != 'lstm':
-        raise UserError(f'hparam rnn_implementation={hparams["rnn_implementation"]} runs LSTM only; '
-                        f'use rnn_implementation=keras or auto with cell={hparams["cell"]}')
+    recurrent.check_cell(hparams)
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
 

@@ -153,18 +153,9 @@ def _recurrent_stack(sequence, hparams, lengths=None):
 
 
 def estimator_parameter_count(model_name, hparams):
-    """Trainable parameters the project's model_fn creates in TRAIN mode, in a fresh graph."""
-    module = registry.get(model_name)
-    size = [hparams['height'], hparams['width'], hparams['channels']]
-    with tf.Graph().as_default():
-        if module.KIND == CLIP:
-            features = {FRAMES_KEY: tf.compat.v1.placeholder(tf.float32, [None, None] + size),
-                        LENGTH_KEY: tf.compat.v1.placeholder(tf.int32, [None])}
-        else:
-            features = {IMAGE_KEY: tf.compat.v1.placeholder(tf.float32, [None] + size)}
-        labels = tf.compat.v1.placeholder(tf.int32, [None])
-        module.model_fn(features, labels, TRAIN, dict(hparams, train_steps=1))
-        return sum(variable.shape.num_elements() for variable in tf.compat.v1.trainable_variables())
+    """Trainable parameters of the project's model_fn at `hparams` (experiment.model_variables)."""
+    run = experiment.Run(model_name, None, hparams)
+    return sum(int(np.prod(shape)) for shape in experiment.model_variables(run).values())
 
 
 # ---------------------------------------------------------------- work and machine rate

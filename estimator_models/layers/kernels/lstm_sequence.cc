@@ -7,7 +7,7 @@
 // step is one matrix product and one fused elementwise pass over the batch.
 //
 // The input projection x_t @ kernel + bias of all steps is one matmul before the op,
-// and the recurrent kernel's gradient one matmul after it (lstm_sequence.py), so the
+// and the recurrent kernel's gradient one matmul after it (../fused_recurrent.py), so the
 // loop holds only what must be sequential.
 //
 // Gate order is Keras': i, f, c, o. A step whose mask is 0 carries the state through
@@ -31,7 +31,6 @@ using tensorflow::OpKernelContext;
 using tensorflow::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
