@@ -47,6 +47,9 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
 
     def input_fn(config=None, input_context=None):
         shard = training_shard(config, input_context) if training else source.Shard()
+        if shard.count > 1:
+            print(f'reads part {shard.index + 1} of {shard.count} of {data.info.spec}: '
+                  f'{data.shard_description(shard)}', flush=True)
         examples = data.examples(hparams['channels'], hparams['num_classes'], shard,
                                  seed if training else None, skip_bad_records, transform=fit,
                                  max_image_pixels=hparams.get('max_image_pixels'))

@@ -106,6 +106,11 @@ class Source(abc.ABC):
         preprocess.DEFAULT_MAX_IMAGE_PIXELS) and fail on an image whose header claims more.
         """
 
+    def shard_description(self, shard):
+        """What `shard` of this source holds, for the line a cluster worker prints."""
+        first, step = shard.index, shard.count
+        return f'records {first}, {first + step}, {first + 2 * step}, ...'
+
     def first_frame_shape(self):
         """(H, W, C) of the first example's images: the default model input size. Sources
         whose images vary in size override it with a peek at their first example."""

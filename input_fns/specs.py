@@ -107,6 +107,9 @@ class HeldOutPart(source.Source):
     def records(self, shard, shuffle_seed):
         return self.whole.records(shard, shuffle_seed).filter(self._in_this_part)
 
+    def shard_description(self, shard):
+        return self.whole.shard_description(shard)
+
     def _in_this_part(self, origin, index, payload):
         del payload
         # The file's base name, not its path: the split survives moving the data.

@@ -59,6 +59,11 @@ class TFRecordSource(source.Source):
         records = source.interleaved_files(files, _file_records, shuffle_seed)
         return source.shard_records(records, len(self.files), shard)
 
+    def shard_description(self, shard):
+        if len(self.files) < shard.count:
+            return super().shard_description(shard)
+        return 'files ' + ', '.join(source.shard_files(self.files, shard))
+
     def decode(self, payload, channels, max_image_pixels=preprocess.DEFAULT_MAX_IMAGE_PIXELS):
         """A serialized record -> image uint8 [h, w, channels] or clip frames uint8
         [T, h, w, channels], and its label; fails (a bad record) on an encoded image

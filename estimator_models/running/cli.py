@@ -21,7 +21,8 @@ from estimator_models import registry  # noqa: E402
 from estimator_models.layers import recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
-    benchmarks, experiment, hparams, monitoring, preemption, training_benchmark)
+    benchmarks, cluster, experiment, hparams, local_cluster, monitoring, preemption,
+    training_benchmark)
 from estimator_models.serving import predicting  # noqa: E402
 from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
@@ -48,7 +49,9 @@ def _define_train_flags():
     flags.DEFINE_integer('checkpoint_every', None,
                          'Steps between checkpoints, each followed by an evaluation and exports; '
                          'default: a fifth of --train_steps.')
-    flags.DEFINE_string('distribution', 'none', 'none | mirrored | multi_worker_mirrored.')
+    flags.DEFINE_string('distribution', 'none', 'none | mirrored (the GPUs of this machine) | '
+                        'multi_worker_mirrored (synchronous, under TF_CONFIG). A TF_CONFIG cluster '
+                        'with ps tasks trains in parameter-server mode with none.')
     flags.DEFINE_integer('summary_images_every', None,
                          'Steps between input images in TensorBoard, 0 for none (an hparam).')
     flags.DEFINE_boolean('histograms', None, 'Weight and activation histograms in TensorBoard (an hparam).')
@@ -142,6 +145,17 @@ def _define_benchmark_flags():
     flags.DEFINE_float('gigabytes', 2.0, 'Size of --write_noise_clips.')
 
 
+def _define_launch_local_cluster_flags():
+    flags.DEFINE_integer('workers', 1, 'Training processes: the chief and WORKERS-1 worker tasks.')
+    flags.DEFINE_integer('ps', 0, 'Parameter-server tasks (then bin/train runs in parameter-server '
+                         'mode; without, give --distribution=multi_worker_mirrored to bin/train '
+                         'when --workers > 1).')
+    flags.DEFINE_bool('evaluator', False, 'Also run an evaluator task: it evaluates each new '
+                      'checkpoint and writes the SavedModels.')
+    flags.DEFINE_integer('max_restarts', 0, 'Restart a failed chief, worker or evaluator this many '
+                         'times before stopping the cluster (as a cluster manager\'s restart policy would).')
+
+
 def _quiet_tensorflow():
     """Only this project's progress lines and real errors reach the terminal."""
     from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
@@ -149,6 +163,8 @@ def _quiet_tensorflow():
     tf.get_logger().setLevel('ERROR')
     # TF1 layers and cells in a user's model_fn each warn that they are deprecated.
     warnings.filterwarnings('ignore', message='.*is deprecated and will be removed', category=UserWarning)
+    # tf.data's note on options under a tf.distribute strategy, printed once per worker.
+    warnings.filterwarnings('ignore', message='To make it possible to preserve tf.data options')
     logging.set_verbosity(logging.ERROR)
 
 
@@ -160,6 +176,9 @@ def _require(name):
 def train(argv):
     del argv
     _require('model')
+    task = cluster.from_environment()
+    cluster.name_output_lines(task)
+    cluster.check_distribution(task, FLAGS.distribution)
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.model.replace(':', '.'))
     export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
     overrides = hparams.parse_overrides(FLAGS.hparams)
@@ -167,6 +186,8 @@ def train(argv):
         if getattr(FLAGS, name) is not None:
             overrides[name] = str(getattr(FLAGS, name))
     train_steps, checkpoint_every, profile_steps = _checked_training_flags()
+    if not task.writes_run:
+        cluster.wait_for_run_file(model_dir, task)
     run, train_source, eval_source = experiment.prepare_training(
         FLAGS.model, model_dir, FLAGS.data, FLAGS.eval_data, overrides, FLAGS.data_dir, export_dir)
     train_steps = train_steps or run.module.DEFAULT_TRAIN_STEPS
@@ -181,15 +202,23 @@ def train(argv):
           f'{os.path.join(export_dir, "latest")}\n'
           f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}\n'
           f'  runs on: {_described_compute(run)}', flush=True)
-    with preemption.SignalWatch() as watch:
+    if not task.is_local:
+        print(f'  cluster: {task.describe(FLAGS.distribution)}', flush=True)
+    # Only the task that writes checkpoints saves one on SIGTERM; the others just stop.
+    watch = preemption.SignalWatch() if task.writes_run else contextlib.nullcontext()
+    with watch:
         try:
             result = experiment.train_and_evaluate(
                 run, train_source, eval_source, train_steps, FLAGS.seed, export_dir,
                 checkpoint_every, FLAGS.distribution, profile_steps, warm_settings,
-                preemption.hooks(watch, model_dir, FLAGS.save_every_secs), FLAGS.xla)
+                preemption.hooks(watch, model_dir, FLAGS.save_every_secs) if task.writes_run else (),
+                FLAGS.xla, task)
         except preemption.Stopped as stopped:
             preemption.report(stopped)
             sys.exit(stopped.exit_code)
+    if not task.is_local:
+        print(_cluster_task_done(task, model_dir, export_dir), flush=True)
+        return
     if result is None:
         print(f'{model_dir} is already trained to {train_steps} steps; '
               'pass a larger --train_steps to continue')
@@ -197,6 +226,16 @@ def train(argv):
     print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
           f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
           f'  tensorboard --logdir {shlex.quote(model_dir)}')
+
+
+def _cluster_task_done(task, model_dir, export_dir):
+    step = experiment.checkpoint_step(model_dir)
+    if task.type == 'evaluator':
+        return (f'done: evaluated the checkpoint of step {step}\n'
+                f'  SavedModels: {export_dir}/best, {export_dir}/latest')
+    if task.type == 'chief':
+        return f'done: trained to step {step}; checkpoints: {model_dir}'
+    return 'done: the global step reached --train_steps'
 
 
 def _checked_training_flags():
@@ -284,6 +323,9 @@ def _described_compute(run):
         requested = run.hparams['rnn_implementation']
         parts.append(f'{run.hparams["cell"].upper()}: {recurrent.implementation(run.hparams)} '
                      f'(rnn_implementation={requested})')
+    if FLAGS.distribution == 'mirrored':
+        gpus = len(tf.config.list_physical_devices('GPU'))
+        parts.append(f'mirrored on {gpus} GPUs' if gpus else 'mirrored: no GPU, so one replica on the CPU')
     if FLAGS.xla:
         parts.append('XLA')
     return ', '.join(parts)
@@ -397,11 +439,11 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
-def _guarded(command):
+def _guarded(command, takes_arguments=False):
     """Runs a command, turning the user's mistakes into one line and a non-zero exit."""
     def main(argv):
         _quiet_tensorflow()
-        if len(argv) > 1:
+        if len(argv) > 1 and not takes_arguments:
             raise SystemExit(_fail(f'unexpected arguments: {" ".join(argv[1:])}'))
         try:
             command(argv)
@@ -442,6 +484,20 @@ def _fail(message, code=2):
 def _main(define_flags, command):
     define_flags()
     app.run(_guarded(command), flags_parser=_parse_flags)
+
+
+def launch_local_cluster(argv):
+    train_flags = argv[1:]
+    if not train_flags:
+        raise UserError('give the bin/train flags after --, e.g. -- --model=pixel_row_lstm')
+    launched = local_cluster.LocalCluster(FLAGS.workers, FLAGS.ps, FLAGS.evaluator, train_flags,
+                                          FLAGS.max_restarts)
+    sys.exit(launched.run())
+
+
+def main_launch_local_cluster():
+    _define_launch_local_cluster_flags()
+    app.run(_guarded(launch_local_cluster, takes_arguments=True), flags_parser=_parse_flags)
 
 
 def main_train():

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 from typing import List, Optional
 
 import tensorflow as tf
@@ -14,7 +15,7 @@ import tensorflow as tf
 from estimator_models import registry
 from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.running import hparams as hparams_lib
-from estimator_models.running import monitoring, progress
+from estimator_models.running import cluster, monitoring, progress
 from estimator_models.serving import exporting, receivers
 from input_fns import dataset, specs
 from input_fns.errors import UserError
@@ -24,6 +25,10 @@ LATEST_EXPORTS_KEPT = 3
 BEST_EXPORTS_KEPT = 2
 # cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD" without a limit.
 CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max'
+DISTRIBUTIONS = ('none', 'mirrored', 'multi_worker_mirrored')
+# Under TF_CONFIG the evaluator looks for a new checkpoint this often (locally each
+# checkpoint is evaluated as it is written).
+CLUSTER_EVAL_POLL_SECS = 5
 XLA_CPU_FLAG = '--tf_xla_cpu_global_jit'
 
 
@@ -178,26 +183,36 @@ def make_estimator(run, config=None, train_steps=0, warm_start_from=None):
         config=config, params=params, warm_start_from=warm_start_from)
 
 
-def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False):
-    strategies = {
-        'none': lambda: None,
-        'mirrored': tf.distribute.MirroredStrategy,
-        'multi_worker_mirrored': tf.distribute.experimental.MultiWorkerMirroredStrategy,
-    }
-    if distribution not in strategies:
-        raise UserError(f'unknown --distribution {distribution!r}; choose one of {", ".join(strategies)}')
+def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False, task=cluster.Task()):
+    """The RunConfig of a training run; under TF_CONFIG RunConfig reads the cluster and
+    this process's `task` (a cluster.Task, already checked against `distribution`)."""
+    if distribution not in DISTRIBUTIONS:
+        raise UserError(f'unknown --distribution {distribution!r}; choose one of {", ".join(DISTRIBUTIONS)}')
     return tf.estimator.RunConfig(
         model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=checkpoint_every,
         save_summary_steps=min(100, checkpoint_every), log_step_count_steps=min(100, checkpoint_every),
-        keep_checkpoint_max=3, train_distribute=strategies[distribution](),
-        session_config=session_config(xla))
+        keep_checkpoint_max=3,
+        # The evaluator is outside the cluster's all-reduce: it evaluates checkpoints alone.
+        train_distribute=None if task.type == 'evaluator' else strategy(distribution),
+        session_config=session_config(xla, cluster.device_filters(task)))
 
 
-def session_config(xla=False):
-    """One op thread per usable core, and XLA's JIT of the whole graph with `xla`."""
+def strategy(distribution):
+    """The tf.distribute strategy of a --distribution (None for 'none')."""
+    if distribution == 'mirrored':
+        return tf.distribute.MirroredStrategy()
+    if distribution == 'multi_worker_mirrored':
+        return tf.distribute.experimental.MultiWorkerMirroredStrategy()
+    return None
+
+
+def session_config(xla=False, device_filters=()):
+    """One op thread per usable core, XLA's JIT of the whole graph with `xla`, and the
+    `device_filters` of a parameter-server task."""
     cores = usable_cores()
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=cores,
-                                      inter_op_parallelism_threads=cores, allow_soft_placement=True)
+                                      inter_op_parallelism_threads=cores, allow_soft_placement=True,
+                                      device_filters=list(device_filters))
     if xla:
         config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
         # Without this flag TensorFlow ignores the JIT level on the CPU. It is read when
@@ -232,27 +247,49 @@ def exporters(run, export_dir):
 
 def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export_dir,
                        checkpoint_every, distribution='none', profile_steps=None, warm_start_from=None,
-                       extra_hooks=(), xla=False):
+                       extra_hooks=(), xla=False, task=cluster.Task()):
     """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
     checkpoint, tracing the global steps `profile_steps` (first, last) if given, starting
     a new run from the WarmStartSettings `warm_start_from` if given, with `extra_hooks`
     in the training loop, its graphs compiled by XLA with `xla`. Returns the last eval
-    result (None if there was nothing left to train).
+    result (None if there was nothing left to train, and in a cluster, where this
+    process is the cluster.Task `task` and evaluation is the evaluator's).
 
     A resumed run shuffles with `seed` plus the step it resumes from, so it does not
     replay the batches the interrupted run already trained on in the same order.
     """
-    hparams_lib.save_run(run.model_dir, run.record())
-    config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla)
+    if task.writes_run:
+        hparams_lib.save_run(run.model_dir, run.record())
+    config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla, task)
     estimator = make_estimator(run, config, train_steps, warm_start_from)
     shuffle_seed = seed + checkpoint_step(run.model_dir)
     train_spec = tf.estimator.TrainSpec(
         run.input_fn(train_source, ModeKeys.TRAIN, shuffle_seed), max_steps=train_steps,
         hooks=monitoring.training_hooks(config, run.hparams, profile_steps) + list(extra_hooks))
     eval_spec = tf.estimator.EvalSpec(
-        run.input_fn(eval_source, ModeKeys.EVAL), steps=None, exporters=exporters(run, export_dir), start_delay_secs=0, throttle_secs=0)
-    eval_result, _ = tf.compat.v1.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
-    return eval_result
+        run.input_fn(eval_source, ModeKeys.EVAL), steps=None, exporters=exporters(run, export_dir),
+        start_delay_secs=0, throttle_secs=0 if task.is_local else CLUSTER_EVAL_POLL_SECS)
+    while True:
+        try:
+            # Returns (eval result, export results) locally, nothing in a cluster.
+            outcome = tf.compat.v1.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+            return outcome[0] if outcome else None
+        except (ValueError, tf.errors.NotFoundError) as error:
+            # The evaluator can fall behind a chief that checkpoints often and deletes
+            # all but its newest checkpoints; it goes on with the newest.
+            replaced = _replaced_checkpoint(error)
+            if task.type != 'evaluator' or replaced is None:
+                raise
+            print(f'{os.path.basename(replaced)} was replaced by newer checkpoints while it was '
+                  'evaluated; evaluating the newest', flush=True)
+
+
+def _replaced_checkpoint(error):
+    """The checkpoint an error names, if it no longer exists; else None."""
+    named = re.search(r'(\S*model\.ckpt-\d+)', str(error))
+    if named is None or tf.io.gfile.exists(named.group(1) + '.index'):
+        return None
+    return named.group(1)
 
 
 def checkpoint_step(model_dir):
