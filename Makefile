@@ -7,7 +7,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: train test memory-benchmark reliability-trials clean
+.PHONY: train test memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -45,6 +45,11 @@ memory-benchmark: $(INSTALLED)
 # run (README, Reliability); about 15 minutes. make test runs one such trial.
 reliability-trials: $(INSTALLED)
 	$(VENV_PYTHON) tests/reliability/kill_trials.py --trials=10
+
+# Real local clusters with a worker, the chief or a ps killed mid-run (README, Scaling out);
+# about 10 minutes. make test kills one worker once.
+cluster-trials: $(INSTALLED)
+	$(VENV_PYTHON) tests/reliability/cluster_trials.py
 
 clean:
 	rm -rf $(VENV) runs

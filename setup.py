@@ -43,6 +43,7 @@ setuptools.setup(
             'lstm-benchmark=estimator_models.running.cli:main_benchmark',
             'lstm-make-tfrecords=estimator_models.running.cli:main_make_tfrecords',
             'lstm-convert-checkpoint=estimator_models.running.cli:main_convert_checkpoint',
+            'lstm-launch-local-cluster=estimator_models.running.cli:main_launch_local_cluster',
         ],
     },
 )

@@ -55,8 +55,8 @@ def test_parameter_server_workers_talk_only_to_the_ps_tasks_and_themselves():
      'task worker 2 is not in the cluster, which has 2 worker task(s)'),
     (json.dumps({'cluster': {'worker': ['a:1']}, 'task': {'type': 'worker', 'index': 0}}),
      'needs exactly one "chief"'),
-    (json.dumps({'cluster': dict(PS_CLUSTER, evaluator=['a:1']), 'task': {'type': 'chief'}}),
-     'the evaluator only names itself in "task"'),
+    (json.dumps({'cluster': dict(PS_CLUSTER, master=['a:1']), 'task': {'type': 'chief'}}),
+     "cluster has job 'master'"),
     (json.dumps({'cluster': PS_CLUSTER, 'task': {'type': 'evaluator', 'index': 1}}),
      'there is one evaluator (index 0)'),
 ])
@@ -64,6 +64,16 @@ def test_a_tf_config_tensorflow_would_misread_is_one_line(tf_config, message):
     with pytest.raises(UserError) as error:
         cluster.from_environment({'TF_CONFIG': tf_config})
     assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_an_evaluator_listed_in_the_cluster_is_left_out_of_what_tensorflow_reads():
+    listed = dict(PS_CLUSTER, evaluator=['127.0.0.1:2004'])
+    environ = {'TF_CONFIG': json.dumps({'cluster': listed, 'task': {'type': 'evaluator', 'index': 0}})}
+    task = cluster.from_environment(environ)
+    assert task.cluster == PS_CLUSTER
+    cluster.export_tf_config(task, environ)
+    assert json.loads(environ['TF_CONFIG']) == {'cluster': PS_CLUSTER,
+                                                'task': {'type': 'evaluator', 'index': 0}}
 
 
 def test_distribution_must_fit_the_cluster():

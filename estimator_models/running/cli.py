@@ -21,8 +21,8 @@ from estimator_models import registry  # noqa: E402
 from estimator_models.layers import recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
-    benchmarks, cluster, experiment, hparams, local_cluster, monitoring, preemption,
-    training_benchmark)
+    benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
+    preemption, training_benchmark)
 from estimator_models.serving import predicting  # noqa: E402
 from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
@@ -52,6 +52,9 @@ def _define_train_flags():
     flags.DEFINE_string('distribution', 'none', 'none | mirrored (the GPUs of this machine) | '
                         'multi_worker_mirrored (synchronous, under TF_CONFIG). A TF_CONFIG cluster '
                         'with ps tasks trains in parameter-server mode with none.')
+    flags.DEFINE_integer('lost_ps_timeout_secs', 120,
+                         'Under TF_CONFIG with ps tasks: end with an error naming the ps task that '
+                         'has not answered for this long (0: wait for it forever).')
     flags.DEFINE_integer('summary_images_every', None,
                          'Steps between input images in TensorBoard, 0 for none (an hparam).')
     flags.DEFINE_boolean('histograms', None, 'Weight and activation histograms in TensorBoard (an hparam).')
@@ -124,7 +127,8 @@ def _define_benchmark_flags():
     flags.DEFINE_integer('calls', 200, 'Timed calls per signature and batch size.')
     flags.DEFINE_string('json_out', None, 'Also write the result as JSON to this file.')
     flags.DEFINE_bool('input_only', False, 'Measure the training input pipeline of --data alone.')
-    flags.DEFINE_string('data', None, 'Data spec for --input_only; default: the model\'s embedded dataset.')
+    flags.DEFINE_string('data', None, 'Data spec for --input_only and --cluster; default: the model\'s '
+                        'embedded dataset.')
     flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
     flags.DEFINE_string('model', None, 'The model to train with --train; with --input_only, the model '
                         'whose input size and hparams to use (default: pixel_row_lstm for images, '
@@ -133,7 +137,11 @@ def _define_benchmark_flags():
                         '(batch_size, rnn_units, shuffle_buffer, ...).')
     flags.DEFINE_bool('train', False, 'Compare the training rate of --model with a Keras twin of the '
                       'same architecture, on the same random data, in rounds.')
-    flags.DEFINE_integer('steps', 200, 'Training steps of each side in each --train round.')
+    flags.DEFINE_bool('cluster', False, 'Train --model (default pixel_row_lstm) for --steps global steps '
+                      'in local clusters of 1 worker, 2 workers + 1 ps, and 2 all-reduce workers; '
+                      'report their examples/s. Runs go to runs/cluster_benchmark.')
+    flags.DEFINE_integer('steps', 200, 'Training steps of each side in each --train round '
+                         '(with --cluster: global steps of each cluster).')
     flags.DEFINE_integer('rounds', 3, 'Rounds of --train, alternating the project and Keras.')
     flags.DEFINE_integer('warmup_steps', 20, 'Untimed first steps of each --train round.')
     flags.DEFINE_bool('startup', True, 'With --train, also time a default bin/train --model to its '
@@ -177,6 +185,7 @@ def train(argv):
     del argv
     _require('model')
     task = cluster.from_environment()
+    cluster.export_tf_config(task)
     cluster.name_output_lines(task)
     cluster.check_distribution(task, FLAGS.distribution)
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.model.replace(':', '.'))
@@ -188,6 +197,7 @@ def train(argv):
     train_steps, checkpoint_every, profile_steps = _checked_training_flags()
     if not task.writes_run:
         cluster.wait_for_run_file(model_dir, task)
+    cluster.watch_parameter_servers(task, FLAGS.lost_ps_timeout_secs)
     run, train_source, eval_source = experiment.prepare_training(
         FLAGS.model, model_dir, FLAGS.data, FLAGS.eval_data, overrides, FLAGS.data_dir, export_dir)
     train_steps = train_steps or run.module.DEFAULT_TRAIN_STEPS
@@ -371,6 +381,8 @@ def benchmark(argv):
     del argv
     if FLAGS.train:
         return _benchmark_training()
+    if FLAGS.cluster:
+        return _benchmark_clusters()
     if FLAGS.input_only:
         return _benchmark_input()
     if FLAGS.write_noise_clips:
@@ -379,7 +391,8 @@ def benchmark(argv):
               f'{FLAGS.write_noise_clips}.tfrecord-*')
         return None
     if not FLAGS.serving:
-        raise UserError('choose a benchmark: --train, --serving, --input_only or --write_noise_clips')
+        raise UserError('choose a benchmark: --train, --cluster, --serving, --input_only or '
+                        '--write_noise_clips')
     _require('saved_model')
     try:
         batch_sizes = [int(size) for size in FLAGS.batch_sizes]
@@ -409,6 +422,21 @@ def _benchmark_training():
         result = training_benchmark.train_benchmark(
             FLAGS.model, hparams.parse_overrides(FLAGS.hparams), FLAGS.steps, FLAGS.rounds,
             FLAGS.warmup_steps, FLAGS.startup)
+    print(json.dumps(result, sort_keys=True))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, 'w') as stream:
+            json.dump(result, stream, indent=2, sort_keys=True)
+
+
+def _benchmark_clusters():
+    if FLAGS.steps < 2:
+        raise UserError(f'--steps must be at least 2, got {FLAGS.steps}')
+    model = FLAGS.model or 'pixel_row_lstm'
+    registry.get(model)
+    # The clusters' progress goes to stderr; stdout is the one JSON object.
+    result = cluster_benchmark.cluster_benchmark(model, FLAGS.steps, FLAGS.hparams,
+                                                 os.path.join('runs', 'cluster_benchmark'), sys.stderr,
+                                                 data=FLAGS.data)
     print(json.dumps(result, sort_keys=True))
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w') as stream:

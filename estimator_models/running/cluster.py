@@ -18,7 +18,9 @@ import dataclasses
 import io
 import json
 import os
+import socket
 import sys
+import threading
 import time
 
 from estimator_models.running import hparams as hparams_lib
@@ -29,6 +31,7 @@ TASK_TYPES = TRAINING_TASKS + ('ps', 'evaluator')
 # Seconds a task waits for the chief's hparams.json: the chief may first prepare an
 # embedded dataset, which takes a few minutes on a small machine.
 RUN_FILE_WAIT_SECS = 1800
+LOST_PS_EXIT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,9 @@ def from_environment(environ=None):
         raise UserError(f'TF_CONFIG task index must be a non-negative integer, got {index!r}')
     if not isinstance(cluster, dict) or not all(isinstance(addresses, list) for addresses in cluster.values()):
         raise UserError('TF_CONFIG "cluster" must map job names to lists of host:port addresses')
+    # TensorFlow's Estimator docs keep the evaluator out of "cluster", and Kubeflow's
+    # TFJob does; some cluster managers list it there all the same.
+    cluster = {job: addresses for job, addresses in cluster.items() if job != 'evaluator'}
     _check_cluster(cluster, task_type, index)
     return Task(task_type, index, cluster)
 
@@ -97,13 +103,9 @@ def from_environment(environ=None):
 def _check_cluster(cluster, task_type, index):
     unknown = sorted(set(cluster) - set(TASK_TYPES))
     if unknown:
-        raise UserError(f'TF_CONFIG cluster has job {unknown[0]!r}; jobs are chief, worker and ps '
-                        '(the evaluator is not part of the cluster)')
+        raise UserError(f'TF_CONFIG cluster has job {unknown[0]!r}; jobs are chief, worker and ps')
     if len(cluster.get('chief', [])) != 1:
         raise UserError('TF_CONFIG cluster needs exactly one "chief" task (it writes checkpoints)')
-    if 'evaluator' in cluster:
-        raise UserError('TF_CONFIG lists "evaluator" in "cluster"; the evaluator only names '
-                        'itself in "task"')
     if task_type == 'evaluator':
         if index != 0:
             raise UserError(f'there is one evaluator (index 0), got index {index}')
@@ -111,6 +113,16 @@ def _check_cluster(cluster, task_type, index):
     if index >= len(cluster.get(task_type, [])):
         raise UserError(f'TF_CONFIG task {task_type} {index} is not in the cluster, which has '
                         f'{len(cluster.get(task_type, []))} {task_type} task(s)')
+
+
+def export_tf_config(task, environ=None):
+    """Sets TF_CONFIG to the task as checked (without an evaluator in the cluster) for
+    the TensorFlow code that reads it next."""
+    if task.is_local:
+        return
+    environ = os.environ if environ is None else environ
+    environ['TF_CONFIG'] = json.dumps({'cluster': task.cluster,
+                                       'task': {'type': task.type, 'index': task.index}})
 
 
 def check_distribution(task, distribution):
@@ -156,6 +168,45 @@ def wait_for_run_file(model_dir, task, timeout_secs=RUN_FILE_WAIT_SECS, poll_sec
             print(f'waiting for the chief to write {path}', flush=True)
             announced = True
         time.sleep(poll_secs)
+
+
+def watch_parameter_servers(task, timeout_secs, poll_secs=5.0):
+    """Ends this process when a ps task has not accepted a connection for `timeout_secs`.
+
+    TensorFlow's training session, on losing a ps, waits for it to come back and then
+    restores the last checkpoint into it: right under a cluster manager that restarts
+    the ps at the same address, a silent hang otherwise. After `timeout_secs` this
+    prints one line naming the ps and exits with LOST_PS_EXIT; what was written stays.
+    """
+    if task.type not in TRAINING_TASKS or not task.parameter_servers or timeout_secs <= 0:
+        return
+    addresses = task.cluster['ps']
+    last_seen = [time.time()] * len(addresses)
+
+    def watch():
+        while True:
+            time.sleep(poll_secs)
+            for index, address in enumerate(addresses):
+                if _accepts_connections(address):
+                    last_seen[index] = time.time()
+                elif time.time() - last_seen[index] > timeout_secs:
+                    sys.stderr.write(f'error: lost ps {index} ({address}): no answer for '
+                                     f'{timeout_secs:g} s, and parameter-server training cannot go on '
+                                     'without it; restart the job (the chief resumes from its last '
+                                     'checkpoint)\n')
+                    sys.stderr.flush()
+                    os._exit(LOST_PS_EXIT)  # pylint: disable=protected-access
+
+    threading.Thread(target=watch, name='ps-watch', daemon=True).start()
+
+
+def _accepts_connections(address):
+    host, port = address.rsplit(':', 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        return True
+    except OSError:
+        return False
 
 
 class PrefixedLines(io.TextIOBase):
