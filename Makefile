@@ -51,5 +51,13 @@ reliability-trials: $(INSTALLED)
 cluster-trials: $(INSTALLED)
 	$(VENV_PYTHON) tests/reliability/cluster_trials.py
 
+# Training rate of 1 worker, 2 workers + 1 ps and 2 all-reduce workers on this machine
+# (BENCHMARKS.md); about 15 minutes.
+cluster-benchmark: $(INSTALLED)
+	$(VENV_PYTHON) bin/benchmark --cluster --model=pixel_row_lstm --steps=1500 \
+		--json_out=runs/cluster_benchmark_pixel_row_lstm.json
+	$(VENV_PYTHON) bin/benchmark --cluster --model=temporal_cnn_lstm --steps=800 \
+		--json_out=runs/cluster_benchmark_temporal_cnn_lstm.json
+
 clean:
 	rm -rf $(VENV) runs

@@ -190,6 +190,12 @@ def test_the_same_seed_trains_the_same_model(digits_run, tmp_path, digits_npz):
     assert second['loss'] == pytest.approx(first['loss'], rel=1e-6)
 
 
+def test_mirrored_on_a_machine_without_a_gpu_trains_one_replica_and_says_so(tmp_path, digits_npz):
+    result = _train('pixel_row_lstm', digits_npz, str(tmp_path / 'mirrored'), '--distribution=mirrored')
+    assert 'mirrored: no GPU, so one replica on the CPU' in result.stdout
+    assert 'done: accuracy' in result.stdout and f'at step {STEPS}' in result.stdout
+
+
 def test_make_tfrecords_converts_a_source_and_never_writes_over_one(clips_npz, tmp_path):
     prefix = str(tmp_path / 'clips')
     result = run_bin('make_tfrecords', f'--input={clips_npz}', f'--output={prefix}', '--shards=3')

@@ -265,7 +265,8 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
     shuffle_seed = seed + checkpoint_step(run.model_dir)
     train_spec = tf.estimator.TrainSpec(
         run.input_fn(train_source, ModeKeys.TRAIN, shuffle_seed), max_steps=train_steps,
-        hooks=monitoring.training_hooks(config, run.hparams, profile_steps) + list(extra_hooks))
+        hooks=monitoring.training_hooks(config, run.hparams, profile_steps, task.writes_run)
+        + list(extra_hooks))
     eval_spec = tf.estimator.EvalSpec(
         run.input_fn(eval_source, ModeKeys.EVAL), steps=None, exporters=exporters(run, export_dir),
         start_delay_secs=0, throttle_secs=0 if task.is_local else CLUSTER_EVAL_POLL_SECS)

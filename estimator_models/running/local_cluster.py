@@ -70,10 +70,13 @@ class TaskProcess:
         """None while running, else the exit status (-N: killed by signal N)."""
         return self._process.poll()
 
-    def stop(self, deadline):
-        """SIGTERM now (the chief saves a checkpoint on it), SIGKILL at `deadline`."""
+    def terminate(self):
+        """SIGTERM (the chief saves a checkpoint on it and stops)."""
         if self.exit_code() is None:
             self._signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline):
+        """Waits for the process to end until `deadline`, then SIGKILLs it."""
         while self.exit_code() is None and time.time() < deadline:
             time.sleep(0.1)
         if self.exit_code() is None:
@@ -175,12 +178,18 @@ class LocalCluster:
             task.start()
             self._say(f'started {task.name} (pid {task.pid}), log {task.log_path}')
         self._write_description()
+        # Ctrl-C and a SIGTERM (a job scheduler's stop) both stop every task first,
+        # even when this process was started with SIGINT ignored (`&` in a script).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return self._watch()
         except KeyboardInterrupt:
             self._say('interrupted: stopping every task')
             self._stop_all()
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
     def _watch(self):
         chief = self._task('chief')
@@ -238,9 +247,15 @@ class LocalCluster:
         return 0
 
     def _stop_all(self):
-        deadline = time.time() + STOP_GRACE_SECS
-        for task in self.tasks:
-            task.stop(deadline)
+        """Stops the training tasks and the evaluator, then the ps tasks: a chief saving
+        its checkpoint on SIGTERM still needs the ps tasks that hold the variables."""
+        for group in ([task for task in self.tasks if task.type != 'ps'],
+                      [task for task in self.tasks if task.type == 'ps']):
+            deadline = time.time() + STOP_GRACE_SECS
+            for task in group:
+                task.terminate()
+            for task in group:
+                task.wait_or_kill(deadline)
 
     def _echo(self):
         for task in self.tasks:
@@ -259,6 +274,11 @@ class LocalCluster:
         with open(path + '.tmp', 'w') as stream:
             json.dump(description, stream, indent=2)
         os.replace(path + '.tmp', path)
+
+
+def _interrupt(signal_number, frame):
+    del signal_number, frame
+    raise KeyboardInterrupt
 
 
 def _described_exit(code):

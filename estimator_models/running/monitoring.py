@@ -93,22 +93,25 @@ class StopOnNonFiniteLossHook(tf.compat.v1.train.SessionRunHook):
                            '(bin/evaluate and bin/export use it)')
 
 
-def training_hooks(config, params, profile_steps=None):
+def training_hooks(config, params, profile_steps=None, writes_summaries=True):
     """The train-time hooks that write to MODEL_DIR beyond the Estimator's own.
 
     Args:
       config: the run's tf.estimator.RunConfig.
       params: the run's hparams dict.
       profile_steps: None, or (first, last) global steps to trace with the profiler.
+      writes_summaries: False for a cluster's tasks other than the chief. (Under
+        multi_worker_mirrored, `config.is_chief` is only set right before training.)
     """
     hooks = [StopOnNonFiniteLossHook(config.model_dir)]
-    if config.is_chief:
-        replicas = config.train_distribute.num_replicas_in_sync if config.train_distribute else 1
-        hooks.append(ExamplesPerSecondHook(
-            params['batch_size'] * replicas, config.log_step_count_steps, config.model_dir))
-        if params['summary_images_every']:
-            hooks.append(CollectionSummaryHook(summaries.INPUT_IMAGES, params['summary_images_every'],
-                                               config.model_dir))
+    if not writes_summaries:
+        return hooks
+    replicas = config.train_distribute.num_replicas_in_sync if config.train_distribute else 1
+    hooks.append(ExamplesPerSecondHook(
+        params['batch_size'] * replicas, config.log_step_count_steps, config.model_dir))
+    if params['summary_images_every']:
+        hooks.append(CollectionSummaryHook(summaries.INPUT_IMAGES, params['summary_images_every'],
+                                           config.model_dir))
     if profile_steps:
         hooks.append(ProfileHook(config.model_dir, *profile_steps))
     return hooks
