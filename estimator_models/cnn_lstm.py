@@ -22,7 +22,7 @@ def model_fn(features, labels, mode, params):
     summaries.input_images(images, mode, params)
     feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B, h, w, F]
     sequence = sequencing.SEQUENCERS[params['sequence']](feature_map)       # [B, h, w*F] (rows)
-    final = recurrent.recurrent_stack(sequence, params, mode)               # [B, U]
+    final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
-    return head.classification_head(logits, labels, mode, params)
+    return head.classification_head(logits, labels, mode, params, attention)

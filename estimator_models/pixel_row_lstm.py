@@ -19,7 +19,7 @@ def model_fn(features, labels, mode, params):
     images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
     summaries.input_images(images, mode, params)
     sequence = sequencing.SEQUENCERS[params['scan']](images)                # [B, H, W*C] (rows)
-    final = recurrent.recurrent_stack(sequence, params, mode)               # [B, U]
+    final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, sequence=sequence, final_state=final, logits=logits)
-    return head.classification_head(logits, labels, mode, params)
+    return head.classification_head(logits, labels, mode, params, attention)

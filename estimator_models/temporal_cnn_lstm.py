@@ -42,10 +42,10 @@ def model_fn(features, labels, mode, params):
         params['frame_features'], activation='relu', name='frame_features')(
             tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [B*T, D]
     sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
-    final = recurrent.recurrent_stack(sequence, params, mode, lengths)      # [B, U]
+    final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, frame_features=per_frame, final_state=final, logits=logits)
-    return head.classification_head(logits, labels, mode, params)
+    return head.classification_head(logits, labels, mode, params, attention)
 
 
 def with_frame_differences(frames):

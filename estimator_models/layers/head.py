@@ -13,7 +13,7 @@ ModeKeys = tf.estimator.ModeKeys
 TOP_K = 5
 
 
-def classification_head(logits, labels, mode, params):
+def classification_head(logits, labels, mode, params, attention=None):
     """Builds the EstimatorSpec for a K-way classifier.
 
     Args:
@@ -22,16 +22,19 @@ def classification_head(logits, labels, mode, params):
       mode: a tf.estimator.ModeKeys.
       params: the run's hparams dict (see estimator_models.running.hparams); TRAIN mode also
         reads `train_steps` from it for the learning-rate schedule and progress.
+      attention: float32 [B, T] attention weights over the steps (pooling=attention), or None.
 
     Returns:
       tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B],
-      `probabilities` float32 [B, K] and `logits` float32 [B, K].
+      `probabilities` float32 [B, K], `logits` float32 [B, K] and, given, `attention`.
     """
     predictions = {
         'classes': tf.argmax(logits, axis=-1),
         'probabilities': tf.nn.softmax(logits, name='probabilities'),
         'logits': logits,
     }
+    if attention is not None:
+        predictions['attention'] = attention
     if mode == ModeKeys.PREDICT:
         # The SavedModel signatures over these predictions: estimator_models.serving.receivers.
         return tf.estimator.EstimatorSpec(mode, predictions=predictions)

@@ -15,14 +15,31 @@ Serving graphs (PREDICT mode) always use keras: TensorFlow Serving has no custom
 
 import tensorflow as tf
 
-from estimator_models.layers import fused_recurrent, kernels
+from estimator_models.layers import fused_recurrent, kernels, pooling
 from input_fns.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn')
 _LSTM_LAYERS = {'fused': fused_recurrent.FusedLSTM, 'cudnn': fused_recurrent.CudnnLSTM}
 
 
-def recurrent_stack(sequence, hparams, mode, lengths=None):
+def pooled_recurrent_stack(sequence, hparams, mode, lengths=None):
+    """The recurrent stack, its last layer's outputs pooled over the true steps as the
+    `pooling` hparam says (estimator_models.layers.pooling).
+
+    Args: as recurrent_stack's; hparams also give `pooling` and `attention_units`.
+
+    Returns:
+      (float32 [B, U] pooled outputs, float32 [B, T] attention weights, or None unless
+      pooling is 'attention').
+    """
+    if hparams['pooling'] == 'last':
+        return recurrent_stack(sequence, hparams, mode, lengths), None
+    outputs = recurrent_stack(sequence, hparams, mode, lengths, return_sequences=True)  # [B, T, U]
+    mask = None if lengths is None else tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
+    return pooling.pool_steps(outputs, mask, hparams['pooling'], hparams['attention_units'])
+
+
+def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=False):
     """Runs `rnn_layers` recurrent layers over a sequence and returns the final output.
 
     Args:
@@ -35,9 +52,12 @@ def recurrent_stack(sequence, hparams, mode, lengths=None):
       lengths: int32 [B] true lengths, or None when every sequence is T long. Steps at
         or past a sequence's length are masked: they never change its output.
 
+      return_sequences: return the last layer's output at every step instead.
+
     Returns:
       float32 [B, U], U = rnn_units (x2 if bidirectional): the last layer's output at
-      each sequence's last true step (for the backward direction, its first step).
+      each sequence's last true step (for the backward direction, its first step); with
+      `return_sequences`, float32 [B, T, U] (padding steps' outputs mean nothing).
     """
     training = mode == tf.estimator.ModeKeys.TRAIN
     chosen = implementation(hparams, mode)
@@ -46,8 +66,8 @@ def recurrent_stack(sequence, hparams, mode, lengths=None):
         mask = tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
     outputs = sequence
     for index in range(hparams['rnn_layers']):
-        return_sequences = index < hparams['rnn_layers'] - 1
-        layer = _recurrent_layer(hparams, chosen, return_sequences, name=f'rnn_{index}')
+        layer_sequences = return_sequences or index < hparams['rnn_layers'] - 1
+        layer = _recurrent_layer(hparams, chosen, layer_sequences, name=f'rnn_{index}')
         outputs = layer(outputs, mask=mask, training=training)
         if hparams['dropout']:
             outputs = tf.keras.layers.Dropout(

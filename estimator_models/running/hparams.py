@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from estimator_models.layers import recurrent
+from estimator_models.layers import pooling, recurrent
 from input_fns import preprocess
 from input_fns.errors import UserError
 
@@ -36,6 +36,10 @@ COMMON_DEFAULTS = {
     # How an LSTM runs (estimator_models.layers.recurrent): auto | keras | fused | cudnn.
     # Every choice reads the same checkpoints, so it may change on resume.
     'rnn_implementation': 'auto',
+    # Pooling of the last layer's outputs over the true steps (estimator_models.layers.pooling):
+    # last | mean | max | attention, and the width of attention's scoring layer.
+    'pooling': 'last',
+    'attention_units': 64,
     # Training (estimator_models.layers.head).
     'batch_size': 128,
     'learning_rate': 1e-3,
@@ -63,11 +67,12 @@ COMMON_CHOICES = {
     'resize': preprocess.RESIZE_POLICIES,
     'cell': ('lstm', 'gru'),
     'rnn_implementation': recurrent.IMPLEMENTATIONS,
+    'pooling': pooling.POOLINGS,
     'lr_schedule': ('cosine', 'constant'),
 }
 
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
-                 'max_image_pixels', 'max_frames_served', 'frame_features')
+                 'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units')
 NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)

@@ -418,6 +418,8 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         moving_glyphs.NUM_CLASSES if kind == CLIP else glyphs.NUM_CLASSES,)
     # The hparams the run will resolve from the data written below: known before it is.
     hparams = hparams_lib.resolve(module, overrides, shape)
+    if hparams['pooling'] != 'last':
+        raise UserError('the Keras twins read the last step only: compare with pooling=last')
     twin = keras_twin(model_name, hparams)
     _check_parameters(model_name, hparams, twin)
     with tempfile.TemporaryDirectory(prefix='train_benchmark_') as work_dir:

@@ -154,7 +154,7 @@ def _require(condition, template, values):
 def signature_defs(signature_inputs, predictions, class_names):
     """The SavedModel SignatureDefs from receivers()' inputs and the model's predictions."""
     # A user's model_fn may have no logits (estimator_models.legacy.user_model_fn).
-    predict_outputs = {key: predictions[key] for key in ('classes', 'probabilities', 'logits')
+    predict_outputs = {key: predictions[key] for key in ('classes', 'probabilities', 'logits', 'attention')
                        if key in predictions}
     definitions = {}
     for key, inputs in signature_inputs.items():
