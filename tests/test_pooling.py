@@ -55,6 +55,14 @@ def test_what_lies_in_the_padding_never_changes_the_result(how):
     np.testing.assert_allclose(pooled(noisy, LENGTHS, how)[0], pooled(outputs, LENGTHS, how)[0], rtol=1e-6)
 
 
+def eval_image_tags(model_dir):
+    tags = set()
+    for path in tf.io.gfile.glob(os.path.join(model_dir, 'eval', 'events.out.tfevents.*')):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value if value.HasField('image'))
+    return tags
+
+
 SERVE = '''
 import sys
 import numpy as np
@@ -75,6 +83,7 @@ def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, digit
     run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
                                                  overrides=dict(TINY[model], pooling=how))
     assert after < before
+    assert ('attention/0' in eval_image_tags(model_dir)) == (how == 'attention')
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                           os.path.join(model_dir, 'export'))
     examples = held_out_arrays(run, 8)

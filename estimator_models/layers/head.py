@@ -64,6 +64,8 @@ def _eval_metrics(logits, labels, predictions):
         in_top_k = tf.math.in_top_k(tf.cast(labels, tf.int32), logits, TOP_K)
         metrics[f'top_{TOP_K}_accuracy'] = tf.compat.v1.metrics.mean(tf.cast(in_top_k, tf.float32))
     metrics.update(summaries.eval_metrics(labels, predictions['probabilities'], classes))
+    if 'attention' in predictions:
+        metrics['attention'] = summaries.attention_image_metric(predictions['attention'])
     return metrics
 
 

@@ -2,8 +2,9 @@
 
 Train run (MODEL_DIR): input images or clip-frame strips every `summary_images_every`
 steps, weight and activation histograms when `histograms` is on.
-Eval run (MODEL_DIR/eval): mean per-class accuracy, the confusion matrix as an image
-and one precision-recall curve per class.
+Eval run (MODEL_DIR/eval): mean per-class accuracy, the confusion matrix as an image,
+one precision-recall curve per class and, with pooling=attention, the attention of a few
+examples over their steps as an image.
 
 Eval summaries travel as eval_metric_ops whose value is a serialized `Summary`: the
 Estimator writes such a value's entries to the eval events as tags `KEY/0`, `KEY/1`, ...
@@ -88,6 +89,30 @@ def eval_metrics(labels, probabilities, classes):
             'confusion_matrix', confusion_image(confusion)[None], collections=[]), update),
         'pr_curves': _pr_curves(labels, probabilities),
     }
+
+
+def attention_image_metric(attention):
+    """An eval_metric_op showing the attention weights of the last eval batch's first
+    IMAGES_SHOWN examples: one row of cells per example, one cell per step (frame, row
+    or column) from the left, white for no weight and dark blue for the row's largest.
+
+    Args:
+      attention: float32 [B, T], 0 on padding.
+
+    Returns (serialized Summary of the image `attention`, update_op).
+    """
+    # T differs between batches of clips, hence a variable without a fixed shape.
+    shown = tf.compat.v1.Variable(
+        tf.zeros([1, 1]), trainable=False, validate_shape=False, shape=tf.TensorShape(None),
+        name='attention_shown',
+        collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES, tf.compat.v1.GraphKeys.METRIC_VARIABLES])
+    update = tf.compat.v1.assign(shown, attention[:IMAGES_SHOWN], validate_shape=False)
+    weights = tf.reshape(shown.read_value(), tf.shape(shown))                 # [n, T]
+    fraction = tf.math.divide_no_nan(weights, tf.reduce_max(weights, axis=1, keepdims=True))[..., None]
+    colors = (1.0 - fraction) * EMPTY_COLOR + fraction * FULL_COLOR          # [n, T, 3]
+    cells = tf.repeat(tf.repeat(colors, CONFUSION_CELL_PIXELS, axis=0), CONFUSION_CELL_PIXELS, axis=1)
+    image = tf.image.convert_image_dtype(cells, tf.uint8, saturate=True)[None]
+    return tf.compat.v1.summary.image('attention', image, collections=[]), update
 
 
 def _streaming_confusion_matrix(labels, classes, num_classes):
