@@ -12,6 +12,8 @@ DEFAULT_HPARAMS = {
     'cnn_filters': [32, 64],
     # How the feature map becomes a sequence: see estimator_models.layers.sequencing.SEQUENCERS.
     'sequence': 'rows',
+    # Read every step-th entry of that sequence (row, column or position), from the first.
+    'step': 1,
 }
 HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS)}
 
@@ -22,6 +24,7 @@ def model_fn(features, labels, mode, params):
     summaries.input_images(images, mode, params)
     feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B, h, w, F]
     sequence = sequencing.SEQUENCERS[params['sequence']](feature_map)       # [B, h, w*F] (rows)
+    sequence = sequence[:, ::params['step']]                                # [B, ceil(h/step), w*F]
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)

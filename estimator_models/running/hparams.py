@@ -72,7 +72,7 @@ COMMON_CHOICES = {
 }
 
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
-                 'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units')
+                 'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units', 'step')
 NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
