@@ -107,9 +107,9 @@ class Source(abc.ABC):
         """
 
     def shard_description(self, shard):
-        """What `shard` of this source holds, for the line a cluster worker prints."""
-        first, step = shard.index, shard.count
-        return f'records {first}, {first + step}, {first + 2 * step}, ...'
+        """What `shard` of this source holds, for the line a cluster worker prints.
+        Sources of several files say which files (describe_shard)."""
+        return describe_shard((), shard)
 
     def first_frame_shape(self):
         """(H, W, C) of the first example's images: the default model input size. Sources
@@ -279,6 +279,15 @@ def shard_files(files, shard):
     if len(files) >= shard.count:
         return files[shard.index::shard.count]
     return files
+
+
+def describe_shard(files, shard):
+    """In words, what shard_files and shard_records give `shard` of these files: the
+    files it reads whole, or every count-th record."""
+    if files and len(files) >= shard.count:
+        return 'files ' + ', '.join(shard_files(files, shard))
+    first, step = shard.index, shard.count
+    return f'records {first}, {first + step}, {first + 2 * step}, ...'
 
 
 def shard_records(records, num_files, shard):

@@ -167,6 +167,9 @@ class TfdsSource(source.Source):
         records = source.interleaved_files(columns, _instruction_records, shuffle_seed)
         return source.shard_records(records, len(self._file_instructions), shard)
 
+    def shard_description(self, shard):
+        return source.describe_shard([path for path, _, _ in self._file_instructions], shard)
+
     def decode(self, payload, channels, max_image_pixels=preprocess.DEFAULT_MAX_IMAGE_PIXELS):
         """A serialized TFDS example -> ({IMAGE_KEY: uint8 [h, w, channels]} or
         {FRAMES_KEY: uint8 [T, h, w, channels], LENGTH_KEY: T}, label int64 []); fails on a

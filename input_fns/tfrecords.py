@@ -60,9 +60,7 @@ class TFRecordSource(source.Source):
         return source.shard_records(records, len(self.files), shard)
 
     def shard_description(self, shard):
-        if len(self.files) < shard.count:
-            return super().shard_description(shard)
-        return 'files ' + ', '.join(source.shard_files(self.files, shard))
+        return source.describe_shard(self.files, shard)
 
     def decode(self, payload, channels, max_image_pixels=preprocess.DEFAULT_MAX_IMAGE_PIXELS):
         """A serialized record -> image uint8 [h, w, channels] or clip frames uint8

@@ -277,7 +277,8 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
             return outcome[0] if outcome else None
         except (ValueError, tf.errors.NotFoundError) as error:
             # The evaluator can fall behind a chief that checkpoints often and deletes
-            # all but its newest checkpoints; it goes on with the newest.
+            # all but its newest checkpoints, while evaluating or exporting one; it goes
+            # on with the newest.
             replaced = _replaced_checkpoint(error)
             if task.type != 'evaluator' or replaced is None:
                 raise

@@ -161,16 +161,7 @@ class ServingExporter(tf.estimator.Exporter):
     def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
         if self._only_if_better and not self._beats_existing(eval_result):
             return None
-        try:
-            path = export_saved_model(self._run, checkpoint_path, self._base, eval_result)
-        except (ValueError, tf.errors.NotFoundError):
-            # In a cluster the evaluator can fall behind the chief, which deletes all but
-            # its newest checkpoints: the next evaluation exports a newer one.
-            if tf.io.gfile.exists(checkpoint_path + '.index'):
-                raise
-            print(f'no {self._name} export of {os.path.basename(checkpoint_path)}: the chief replaced '
-                  'it with newer checkpoints while it was evaluated', flush=True)
-            return None
+        path = export_saved_model(self._run, checkpoint_path, self._base, eval_result)
         for version in versions(self._base)[:-self._keep]:
             shutil.rmtree(os.path.join(self._base, str(version)), ignore_errors=True)
         return path
