@@ -1,4 +1,4 @@
-"""cnn_lstm: a small CNN's last feature map, read as a sequence by the recurrent stack."""
+"""cnn_lstm: a CNN's last feature map, read as a sequence by the recurrent stack."""
 
 import tensorflow as tf
 
@@ -14,18 +14,21 @@ DEFAULT_HPARAMS = {
     'sequence': 'rows',
     # Read every step-th entry of that sequence (row, column or position), from the first.
     'step': 1,
+    # The CNN: small_cnn (cnn_filters wide) or a Keras application (estimator_models.layers.backbones).
+    **backbones.DEFAULT_HPARAMS,
 }
-HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS)}
+HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS), 'backbone': backbones.BACKBONES}
 
 
 def model_fn(features, labels, mode, params):
     """Estimator model_fn; `params` is the run's hparams dict (estimator_models.running.hparams)."""
     images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
     summaries.input_images(images, mode, params)
-    feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B, h, w, F]
+    backbone = backbones.apply_backbone(images, params, mode)
+    feature_map = backbone.feature_map                                      # [B, h, w, F]
     sequence = sequencing.SEQUENCERS[params['sequence']](feature_map)       # [B, h, w*F] (rows)
     sequence = sequence[:, ::params['step']]                                # [B, ceil(h/step), w*F]
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
-    return head.classification_head(logits, labels, mode, params, attention)
+    return head.classification_head(logits, labels, mode, params, attention, backbone)

@@ -20,9 +20,13 @@ DEFAULT_HPARAMS = {
     # Give the CNN each frame's difference from the previous one as extra channels:
     # motion then shows as a local pattern a convolution finds anywhere in the frame,
     # instead of a change of position the recurrent stack must work out by itself.
+    # With a Keras application (which takes 3-channel images) the differences are taken
+    # between the frames' feature vectors instead.
     'frame_differences': True,
+    # The per-frame CNN (estimator_models.layers.backbones).
+    **backbones.DEFAULT_HPARAMS,
 }
-HPARAM_CHOICES = {}
+HPARAM_CHOICES = {'backbone': backbones.BACKBONES}
 
 
 def model_fn(features, labels, mode, params):
@@ -33,24 +37,28 @@ def model_fn(features, labels, mode, params):
         frames = frames[:, :params['max_frames']]                           # [B, T', H, W, C]
         lengths = tf.minimum(lengths, params['max_frames'])
     summaries.clip_frames(frames, mode, params)
-    if params['frame_differences']:
+    pixel_differences = params['frame_differences'] and params['backbone'] == 'small_cnn'
+    if pixel_differences:
         frames = with_frame_differences(frames)                             # [B, T, H, W, 2C]
     images = sequencing.frames_as_images(frames)                            # [B*T, H, W, C]
-    feature_map = backbones.small_cnn(params['cnn_filters'])(images)       # [B*T, h, w, F]
+    backbone = backbones.apply_backbone(images, params, mode)
+    feature_map = backbone.feature_map                                      # [B*T, h, w, F]
     # Flattened rather than pooled: the motion is in where things are.
     per_frame = tf.keras.layers.Dense(
         params['frame_features'], activation='relu', name='frame_features')(
             tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [B*T, D]
     sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
+    if params['frame_differences'] and not pixel_differences:
+        sequence = with_frame_differences(sequence)                         # [B, T, 2D]
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, frame_features=per_frame, final_state=final, logits=logits)
-    return head.classification_head(logits, labels, mode, params, attention)
+    return head.classification_head(logits, labels, mode, params, attention, backbone)
 
 
 def with_frame_differences(frames):
-    """[B, T, H, W, C] -> [B, T, H, W, 2C]: each frame, then itself minus the frame before
-    (zero for the first frame). Step t sees only frames t-1 and t, so padding after a
-    clip's end still cannot reach its true steps."""
+    """[B, T, ..., C] -> [B, T, ..., 2C] (frames or per-frame features): each frame, then
+    itself minus the frame before (zero for the first frame). Step t sees only frames
+    t-1 and t, so padding after a clip's end still cannot reach its true steps."""
     previous = tf.concat([frames[:, :1], frames[:, :-1]], axis=1)
     return tf.concat([frames, frames - previous], axis=-1)

@@ -1,6 +1,78 @@
-"""Convolutional backbones shared by cnn_lstm and temporal_cnn_lstm."""
+"""Convolutional backbones shared by cnn_lstm and temporal_cnn_lstm.
+
+  small_cnn     [3x3 conv + ReLU, 2x2 max-pool] blocks, `cnn_filters` wide (the default)
+  resnet50      tf.keras.applications.ResNet50 without its top
+  mobilenet_v2  tf.keras.applications.MobileNetV2 without its top
+
+The two applications start from `backbone_weights`, the `.h5` file Keras would
+otherwise download (nothing downloads here), or from random weights. They take
+3-channel pixels with their own preprocessing, so grayscale is tiled to 3 channels and
+the preprocessing runs in the graph: serving still takes raw pixels.
+
+`backbone_trainable=false` freezes a backbone: its variables get no gradient and its
+BatchNorm layers run in inference mode, so weights and moving statistics stay exactly
+as loaded. Fine-tuned, it trains at `backbone_learning_rate_scale` times the run's
+learning rate (estimator_models.layers.head).
+"""
+
+from typing import Callable, List, NamedTuple, Optional
 
 import tensorflow as tf
+
+from input_fns.errors import UserError
+
+BACKBONES = ('small_cnn', 'resnet50', 'mobilenet_v2')
+# The smallest height and width the applications accept.
+APPLICATION_MIN_SIZE = 32
+HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+
+DEFAULT_HPARAMS = {
+    'backbone': 'small_cnn',
+    # The application's ImageNet `.h5` (include_top=False); empty: random weights.
+    'backbone_weights': '',
+    'backbone_trainable': True,
+    'backbone_learning_rate_scale': 1.0,
+}
+
+
+class Backbone(NamedTuple):
+    """A backbone applied to a batch of images.
+
+    feature_map: float32 [N, h, w, F].
+    variables: every variable the backbone holds (weights and BatchNorm statistics).
+    trainable: whether the head trains them.
+    init_fn: Scaffold init_fn that loads `backbone_weights` into a new run, or None.
+    """
+    feature_map: tf.Tensor
+    variables: List[tf.Variable]
+    trainable: bool
+    init_fn: Optional[Callable]
+
+
+def apply_backbone(images, params, mode):
+    """Runs the `backbone` hparam's network on images: float32 [N, H, W, C] pixels in 0..1.
+
+    Returns a Backbone whose feature map is [N, H/2^k, W/2^k, cnn_filters[-1]] for
+    small_cnn (k = len(cnn_filters)), [N, H/32, W/32, 2048] for resnet50 and
+    [N, H/32, W/32, 1280] for mobilenet_v2 (sizes rounded up for the applications).
+    """
+    trainable = params['backbone_trainable']
+    training = mode == tf.estimator.ModeKeys.TRAIN and trainable
+    if params['backbone'] == 'small_cnn':
+        network = small_cnn(params['cnn_filters'])
+        return Backbone(network(images), network.weights, trainable, None)
+    network = _application(params['backbone'], images.shape[1:3])
+    pixels = _PREPROCESSING[params['backbone']](as_rgb(images) * 255.0)   # [N, H, W, 3]
+    feature_map = network(pixels, training=training)
+    if training:
+        # Keras keeps BatchNorm's moving-average updates to itself; the head runs UPDATE_OPS.
+        for update in network.get_updates_for(pixels):
+            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
+    init_fn = None
+    if params['backbone_weights'] and mode == tf.estimator.ModeKeys.TRAIN:
+        init_fn = weights_loader(network.weights, params['backbone'], params['backbone_weights'],
+                                 images.shape[1:3])
+    return Backbone(feature_map, network.weights, trainable, init_fn)
 
 
 def small_cnn(filters, name='cnn'):
@@ -16,3 +88,93 @@ def small_cnn(filters, name='cnn'):
             channels, 3, padding='same', activation='relu', name=f'{name}_conv_{index}'))
         layers.append(tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}'))
     return tf.keras.Sequential(layers, name=name)
+
+
+def as_rgb(images):
+    """[N, H, W, 1 or 3] -> [N, H, W, 3]: grayscale repeated in the three channels."""
+    if images.shape[-1] == 1:
+        return tf.tile(images, [1, 1, 1, 3])
+    return images
+
+
+_CONSTRUCTORS = {
+    'resnet50': tf.keras.applications.ResNet50,
+    'mobilenet_v2': tf.keras.applications.MobileNetV2,
+}
+# Each maps RGB pixels 0..255 to what its ImageNet weights were trained on.
+_PREPROCESSING = {
+    'resnet50': tf.keras.applications.resnet50.preprocess_input,
+    'mobilenet_v2': tf.keras.applications.mobilenet_v2.preprocess_input,
+}
+
+
+def _application(name, size, weights=None):
+    """The Keras application `name` without its top, for 3-channel inputs of `size` (H, W).
+
+    Its variables are created under the scope `name`, so checkpoint keys read
+    `mobilenet_v2/Conv1/kernel` and stay the same in every graph."""
+    with tf.compat.v1.variable_scope(name):
+        return _CONSTRUCTORS[name](include_top=False, weights=weights,
+                                   input_shape=(int(size[0]), int(size[1]), 3))
+
+
+def weights_loader(variables, name, path, size):
+    """A Scaffold init_fn that sets `variables` (the application's, in Keras' order) from
+    the `.h5` at `path`. It runs only when a run starts without a checkpoint, so a resumed
+    run keeps what it trained; the file is read then, not at every graph build."""
+    placeholders = [tf.compat.v1.placeholder(variable.dtype.base_dtype, variable.shape)
+                    for variable in variables]
+    assign = tf.group([variable.assign(value) for variable, value in zip(variables, placeholders)])
+
+    def init_fn(unused_scaffold, session):
+        values = read_weights(name, path, size)
+        session.run(assign, dict(zip(placeholders, values)))
+        print(f'{name}: weights loaded from {path}', flush=True)
+
+    return init_fn
+
+
+def read_weights(name, path, size):
+    """The weights in `path` as numpy arrays, in the order of the application's variables,
+    read by Keras itself (as `weights=path` would) in a graph of their own."""
+    with tf.Graph().as_default():
+        try:
+            network = _application(name, size, weights=path)
+        except (ValueError, OSError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f'backbone_weights={path} does not fit backbone={name} at '
+                            f'{int(size[0])}x{int(size[1])}: {first_line}') from None
+        return tf.keras.backend.batch_get_value(network.weights)
+
+
+def describe(hparams):
+    """One line for the run's header: where the backbone starts and how it trains."""
+    name, path = hparams['backbone'], hparams['backbone_weights']
+    start = f'weights from {path}' if path else 'random weights (no backbone_weights given)'
+    if not hparams['backbone_trainable']:
+        return f'{name}, {start}, frozen'
+    return f'{name}, {start}, fine-tuned at {hparams["backbone_learning_rate_scale"]:g}x the learning rate'
+
+
+def check_hparams(hparams):
+    """Refuses backbone hparams that cannot work, before any data is read."""
+    name, path = hparams['backbone'], hparams['backbone_weights']
+    if name != 'small_cnn':
+        small = [f'{key}={hparams[key]}' for key in ('height', 'width')
+                 if 0 < hparams[key] < APPLICATION_MIN_SIZE]
+        if small:
+            raise UserError(f'backbone={name} needs height and width of at least '
+                            f'{APPLICATION_MIN_SIZE} (got {", ".join(small)}); add height=32,width=32 '
+                            f'(or larger) to --hparams')
+    if not path:
+        return
+    if name == 'small_cnn':
+        raise UserError('backbone_weights loads a Keras application (backbone=resnet50 or mobilenet_v2); '
+                        'to start small_cnn from a checkpoint use --warm_start_from')
+    try:
+        with open(path, 'rb') as stream:
+            signature = stream.read(len(HDF5_SIGNATURE))
+    except OSError as error:
+        raise UserError(f'backbone_weights={path}: {error.strerror or error}') from None
+    if signature != HDF5_SIGNATURE:
+        raise UserError(f'backbone_weights={path} is not an HDF5 (.h5) weights file')

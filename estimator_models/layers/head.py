@@ -13,7 +13,7 @@ ModeKeys = tf.estimator.ModeKeys
 TOP_K = 5
 
 
-def classification_head(logits, labels, mode, params, attention=None):
+def classification_head(logits, labels, mode, params, attention=None, backbone=None):
     """Builds the EstimatorSpec for a K-way classifier.
 
     Args:
@@ -23,6 +23,9 @@ def classification_head(logits, labels, mode, params, attention=None):
       params: the run's hparams dict (see estimator_models.running.hparams); TRAIN mode also
         reads `train_steps` from it for the learning-rate schedule and progress.
       attention: float32 [B, T] attention weights over the steps (pooling=attention), or None.
+      backbone: the model's estimator_models.layers.backbones.Backbone, or None: the train
+        op leaves a frozen one alone, trains a fine-tuned one at `backbone_learning_rate_scale`
+        times the learning rate, and a new run loads its `backbone_weights`.
 
     Returns:
       tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B],
@@ -45,13 +48,16 @@ def classification_head(logits, labels, mode, params, attention=None):
             mode, loss=loss, predictions=predictions,
             eval_metric_ops=_eval_metrics(logits, labels, predictions))
 
-    train_op, learning_rate, gradient_norm = _train_op(loss, params)
+    train_op, learning_rate, gradient_norm = _train_op(loss, params, backbone)
     batch_accuracy = tf.reduce_mean(tf.cast(
         tf.equal(predictions['classes'], tf.cast(labels, tf.int64)), tf.float32))
     tf.compat.v1.summary.scalar('accuracy', batch_accuracy)
     tf.compat.v1.summary.scalar('learning_rate', learning_rate)
     tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+    scaffold = None
+    if backbone is not None and backbone.init_fn is not None:
+        scaffold = tf.compat.v1.train.Scaffold(init_fn=backbone.init_fn)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=scaffold)
 
 
 def _eval_metrics(logits, labels, predictions):
@@ -91,7 +97,7 @@ def learning_rate_schedule(global_step, params):
     return base * tf.minimum(1.0, (step + 1.0) / warmup)
 
 
-def _train_op(loss, params):
+def _train_op(loss, params, backbone=None):
     """Adam on the gradients clipped to global norm `clip_norm`.
 
     Returns (train_op, learning_rate, global gradient norm before clipping).
@@ -99,7 +105,9 @@ def _train_op(loss, params):
     global_step = tf.compat.v1.train.get_or_create_global_step()
     learning_rate = learning_rate_schedule(global_step, params)
     optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
-    gradients, variables = zip(*optimizer.compute_gradients(loss))
+    head_variables, backbone_variables = _trained_variables(params, backbone)
+    gradients, variables = zip(*optimizer.compute_gradients(
+        loss, var_list=head_variables + backbone_variables))
     clipped, gradient_norm = tf.clip_by_global_norm(gradients, params['clip_norm'])
     # A step whose loss or gradients are not finite changes no weight by its gradients,
     # so the checkpoint saved at that step (before training stops) is still a good one.
@@ -108,6 +116,28 @@ def _train_op(loss, params):
     # Keras layers do not put their updates (e.g. batch-norm statistics) in
     # UPDATE_OPS by themselves; models that have any add them there.
     update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    updates = list(zip(clipped, variables))
     with tf.control_dependencies(update_ops):
-        train_op = optimizer.apply_gradients(zip(clipped, variables), global_step=global_step)
+        train_op = optimizer.apply_gradients(updates[:len(head_variables)], global_step=global_step)
+        if backbone_variables:
+            # Adam's step does not scale with the gradient: a smaller rate needs its own optimizer.
+            backbone_optimizer = tf.compat.v1.train.AdamOptimizer(
+                learning_rate * params['backbone_learning_rate_scale'], name='Adam_backbone')
+            train_op = tf.group(train_op, backbone_optimizer.apply_gradients(
+                updates[len(head_variables):]))
     return train_op, learning_rate, gradient_norm
+
+
+def _trained_variables(params, backbone):
+    """(variables the main optimizer trains, backbone variables trained at a scaled rate).
+
+    A frozen backbone's variables are in neither; a fine-tuned one at the full rate
+    trains with the rest, so its checkpoints have the same keys as a model without one."""
+    variables = tf.compat.v1.trainable_variables()
+    if backbone is None or (backbone.trainable and params['backbone_learning_rate_scale'] == 1.0):
+        return variables, []
+    in_backbone = {variable.name for variable in backbone.variables}
+    head_variables = [variable for variable in variables if variable.name not in in_backbone]
+    if not backbone.trainable:
+        return head_variables, []
+    return head_variables, [variable for variable in variables if variable.name in in_backbone]

@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import registry  # noqa: E402
-from estimator_models.layers import recurrent  # noqa: E402
+from estimator_models.layers import backbones, recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
@@ -212,6 +212,8 @@ def train(argv):
           f'{os.path.join(export_dir, "latest")}\n'
           f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}\n'
           f'  runs on: {_described_compute(run)}', flush=True)
+    if run.hparams.get('backbone', 'small_cnn') != 'small_cnn':
+        print(f'  backbone: {backbones.describe(run.hparams)}', flush=True)
     if not task.is_local:
         print(f'  cluster: {task.describe(FLAGS.distribution)}', flush=True)
     # Only the task that writes checkpoints saves one on SIGTERM; the others just stop.

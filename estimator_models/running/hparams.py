@@ -11,8 +11,8 @@ import json
 import os
 import re
 
-from estimator_models.layers import pooling, recurrent
-from input_fns import preprocess
+from estimator_models.layers import backbones, pooling, recurrent
+from input_fns import augment, preprocess
 from input_fns.errors import UserError
 
 RUN_FILE = 'hparams.json'
@@ -53,6 +53,8 @@ COMMON_DEFAULTS = {
     # Training examples are kept decoded in memory after the first pass when they fit
     # in this many MB (0: decode on every pass).
     'cache_train_mb': 1024,
+    # Random warps of the training examples (input_fns.augment): none | light | strong.
+    'augment': 'none',
     # Hostile input: an encoded image whose header claims more pixels than this is refused
     # before it is decoded (input functions and serving); so is a served clip of more frames.
     'max_image_pixels': 4096 * 4096,
@@ -69,16 +71,18 @@ COMMON_CHOICES = {
     'rnn_implementation': recurrent.IMPLEMENTATIONS,
     'pooling': pooling.POOLINGS,
     'lr_schedule': ('cosine', 'constant'),
+    'augment': augment.AUGMENTATIONS,
 }
 
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
                  'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units', 'step')
-NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb')
+NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb',
+                     'backbone_learning_rate_scale')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
                  'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
-                 'rnn_implementation', 'cache_train_mb')
+                 'rnn_implementation', 'cache_train_mb', 'augment')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
@@ -190,6 +194,8 @@ def _check(hparams, choices, shape_known):
     if 'channels' in shape_keys and hparams['channels'] not in (1, 3):
         raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
     recurrent.check_cell(hparams)
+    if 'backbone' in hparams:
+        backbones.check_hparams(hparams)
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
 
