@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from estimator_models.layers import backbones, pooling, recurrent
+from estimator_models.layers import backbones, pooling, recurrent, regions
 from input_fns import augment, preprocess
 from input_fns.errors import UserError
 
@@ -196,6 +196,8 @@ def _check(hparams, choices, shape_known):
     recurrent.check_cell(hparams)
     if 'backbone' in hparams:
         backbones.check_hparams(hparams)
+    if 'grid' in hparams:
+        regions.parse_grid(hparams['grid'])
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
 
