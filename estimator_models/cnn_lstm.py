@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from estimator_models.layers import backbones, head, recurrent, regions, sequencing, summaries
-from input_fns import IMAGE, IMAGE_KEY
+from input_fns import BOXES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY
 
 KIND = IMAGE
 DEFAULT_DATA = 'glyph_digits'
@@ -11,15 +11,18 @@ DEFAULT_TRAIN_STEPS = 3000
 DEFAULT_HPARAMS = {
     'cnn_filters': [32, 64],
     # How the feature map becomes a sequence: see estimator_models.layers.sequencing.SEQUENCERS,
-    # or `regions`: the cells of `grid` (estimator_models.layers.regions).
+    # or `regions` (estimator_models.layers.regions): the cells of `grid`, or with
+    # regions=boxes each image's own boxes from the data.
     'sequence': 'rows',
+    'regions': 'grid',
     'grid': '3x3',
     # Read every step-th entry of that sequence (row, column or position), from the first.
     'step': 1,
     # The CNN: small_cnn (cnn_filters wide) or a Keras application (estimator_models.layers.backbones).
     **backbones.DEFAULT_HPARAMS,
 }
-HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS) + ('regions',), 'backbone': backbones.BACKBONES}
+HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS) + ('regions',), 'regions': regions.SOURCES,
+                  'backbone': backbones.BACKBONES}
 
 
 def model_fn(features, labels, mode, params):
@@ -28,17 +31,23 @@ def model_fn(features, labels, mode, params):
     summaries.input_images(images, mode, params)
     backbone = backbones.apply_backbone(images, params, mode)
     feature_map = backbone.feature_map                                      # [B, h, w, F]
-    sequence = read_as_sequence(feature_map, params)                        # [B, h, w*F] (rows)
+    sequence, lengths = read_as_sequence(feature_map, features, params)    # [B, h, w*F] (rows), [B]
     sequence = sequence[:, ::params['step']]                                # [B, ceil(h/step), w*F]
-    final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode)  # [B, U], [B, T]
+    if lengths is not None:
+        lengths = (lengths - 1) // params['step'] + 1                       # of boxes 0, step, 2*step...
+    final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
     return head.classification_head(logits, labels, mode, params, attention, backbone)
 
 
-def read_as_sequence(feature_map, params):
-    """[B, h, w, F] -> [B, T, D] as `sequence` says: rows [B, h, w*F], columns [B, w, h*F],
-    flatten [B, h*w, F], pooled [B, h, F] or regions [B, R*C, 4F] (grid=RxC)."""
-    if params['sequence'] == 'regions':
-        return regions.grid_as_sequence(feature_map, params['grid'])
-    return sequencing.SEQUENCERS[params['sequence']](feature_map)
+def read_as_sequence(feature_map, features, params):
+    """[B, h, w, F] -> ([B, T, D] as `sequence` says, int32 [B] true lengths or None):
+    rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F], pooled [B, h, F], or
+    regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes)."""
+    if params['sequence'] != 'regions':
+        return sequencing.SEQUENCERS[params['sequence']](feature_map), None
+    if params['regions'] == 'grid':
+        return regions.grid_as_sequence(feature_map, params['grid']), None
+    boxes, counts = regions.whole_image_when_boxless(features[BOXES_KEY], features[NUM_BOXES_KEY])
+    return regions.regions_as_sequence(feature_map, boxes), counts

@@ -9,6 +9,11 @@ Feature dictionaries seen by a model_fn (and built by the serving receivers):
 Batches from the input functions (not the serving receivers) also carry
   BAD_RECORDS_KEY: int64 [batch], records of the source dropped as unreadable so far
   in the current pass (see input_fns.source); the models ignore it.
+Images from TFRecord Examples with boxes (image/object/bbox/{ymin,xmin,ymax,xmax}, the
+TF Object Detection API's keys) also carry
+  BOXES_KEY: float32 [batch, R, 4]  (ymin, xmin, ymax, xmax) in fractions of the image,
+                                    zero boxes past each image's count
+  NUM_BOXES_KEY: int32 [batch]      boxes of each image
 
 Labels are int32 [batch] class indices. Pixel scaling happens inside the model, so
 serving clients send the same raw values the input functions produce.
@@ -18,6 +23,8 @@ IMAGE_KEY = 'image'
 FRAMES_KEY = 'frames'
 LENGTH_KEY = 'length'
 BAD_RECORDS_KEY = 'bad_records'
+BOXES_KEY = 'boxes'
+NUM_BOXES_KEY = 'num_boxes'
 
 IMAGE = 'image'
 CLIP = 'clip'

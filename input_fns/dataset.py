@@ -2,7 +2,8 @@
 
 On top of a source's decoded examples it fits every image (or frame) to the model's
 input size, shuffles within a bounded buffer, repeats, batches (clips padded to the
-longest clip of their batch, their true lengths kept as a feature) and prefetches. All
+longest clip of their batch, their true lengths kept as a feature), warps each training
+example at random as the `augment` hparam says (input_fns.augment) and prefetches. All
 of it runs in the graph: no Python in the training step.
 
 Under a TF_CONFIG cluster each worker reads its own shard of the training data: the
@@ -13,7 +14,7 @@ fewer files than workers.
 
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, preprocess, source
+from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, augment, preprocess, source
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 AUTOTUNE = tf.data.AUTOTUNE
@@ -28,10 +29,11 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
     Args:
       data: an input_fns.source.Source.
       mode: a tf.estimator.ModeKeys; TRAIN shuffles (with `seed`, within a buffer of
-        `shuffle_buffer` examples) and repeats forever, the others read every example
-        once, in order.
+        `shuffle_buffer` examples), repeats forever and warps each example at random as
+        the `augment` hparam says (input_fns.augment), the others read every example
+        once, in order, unchanged.
       hparams: dict with the model's `height`, `width`, `channels`, `num_classes`,
-        `resize` policy and `shuffle_buffer`.
+        `resize` policy and `shuffle_buffer`; optionally `augment` (default 'none').
       batch_size: examples per batch.
       skip_bad_records: drop records that cannot be read (counted in the BAD_RECORDS_KEY
         feature) instead of stopping at the first with an error naming it.
@@ -43,7 +45,7 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
     """
     training = mode == TRAIN
     fit = _fitter(data.info.kind, hparams, data.info.frame_shape)
-    pad_or_batch = _batcher(data.info.kind, batch_size)
+    pad_or_batch = _batcher(data.info, batch_size)
 
     def input_fn(config=None, input_context=None):
         shard = training_shard(config, input_context) if training else source.Shard()
@@ -62,7 +64,12 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
         if training:
             examples = examples.shuffle(hparams['shuffle_buffer'], seed=seed,
                                         reshuffle_each_iteration=True).repeat()
-        return pad_or_batch(examples).prefetch(AUTOTUNE)
+        batches = pad_or_batch(examples)
+        if training:
+            # After the cache and the repeat, so that every pass draws fresh warps.
+            batches = augment.augmented(batches, data.info.kind, hparams.get('augment', 'none'),
+                                        seed, shard.index)
+        return batches.prefetch(AUTOTUNE)
 
     return input_fn
 
@@ -79,9 +86,10 @@ def fits_in_memory(info, hparams, shard=source.Shard()):
     return info.most_examples / shard.count * pixels * 4 <= budget_mb * 2 ** 20
 
 
-def _batcher(kind, batch_size):
-    """Dataset -> batched Dataset: clips padded with zeros to the longest of their batch."""
-    if kind == CLIP:
+def _batcher(info, batch_size):
+    """Dataset -> batched Dataset: clips padded with zeros to the longest of their batch,
+    and boxes to the most boxes of an image in it."""
+    if info.kind == CLIP or info.has_boxes:
         return lambda examples: examples.padded_batch(batch_size)
     return lambda examples: examples.batch(batch_size)
 

@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
+from input_fns import (BAD_RECORDS_KEY, BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY,
+                       NUM_BOXES_KEY)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The prefix of the error a bad record raises; estimator_models.cli turns it into one line.
@@ -54,6 +55,7 @@ class SourceInfo:
       num_examples: how many examples, or None when unknown without reading them all.
       most_examples: at most how many examples (num_examples when that is known; for a
         part of a source, the whole's count), or None; sizes the in-memory cache.
+      has_boxes: images come with boxes (BOXES_KEY, NUM_BOXES_KEY).
     """
     spec: str
     kind: str
@@ -62,6 +64,7 @@ class SourceInfo:
     class_names: Optional[Tuple[str, ...]] = None
     num_examples: Optional[int] = None
     most_examples: Optional[int] = None
+    has_boxes: bool = False
 
     def __post_init__(self):
         if self.most_examples is None and self.num_examples is not None:
@@ -269,8 +272,11 @@ def clip_features(frames, length=None):
     return {FRAMES_KEY: frames, LENGTH_KEY: tf.cast(length, tf.int32)}
 
 
-def image_features(image):
-    return {IMAGE_KEY: image}
+def image_features(image, boxes=None):
+    """Features of one image [h, w, c], and of its boxes float32 [R, 4] when given."""
+    if boxes is None:
+        return {IMAGE_KEY: image}
+    return {IMAGE_KEY: image, BOXES_KEY: boxes, NUM_BOXES_KEY: tf.shape(boxes)[0]}
 
 
 def shard_files(files, shard):

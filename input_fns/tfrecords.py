@@ -1,6 +1,7 @@
 """TFRecord shards in the schema of DESIGN.md, read as a stream.
 
-  image  tf.train.Example:          image/encoded (PNG/JPEG/GIF/BMP bytes), image/class/label (int64)
+  image  tf.train.Example:          image/encoded (PNG/JPEG/GIF/BMP bytes), image/class/label (int64),
+                                    optional boxes image/object/bbox/{ymin,xmin,ymax,xmax} (floats)
   clip   tf.train.SequenceExample:  context clip/label/index (int64),
                                     feature list image/encoded (one encoded frame per step)
 
@@ -11,7 +12,7 @@ Files ending in `.gz` are read as GZIP.
 The class names, example count and frame shape come from `PREFIX.metadata.json` beside
 the shards when bin/make_tfrecords wrote them (PREFIX: the spec up to `.tfrecord`);
 otherwise from a peek at the first records: the first one's kind and frame shape, and
-the largest label of the first PEEKED_RECORDS.
+the largest label of the first PEEKED_RECORDS. Images have boxes when the first record does.
 """
 
 import json
@@ -26,6 +27,7 @@ from input_fns.errors import UserError
 ENCODED_KEY = 'image/encoded'
 IMAGE_LABEL_KEY = 'image/class/label'
 CLIP_LABEL_KEY = 'clip/label/index'
+BOX_KEYS = tuple(f'image/object/bbox/{edge}' for edge in ('ymin', 'xmin', 'ymax', 'xmax'))
 METADATA_SUFFIX = '.metadata.json'
 PEEKED_RECORDS = 1000
 
@@ -68,7 +70,7 @@ class TFRecordSource(source.Source):
         whose header claims more than `max_image_pixels` pixels, before decoding it."""
         if self.info.kind == CLIP:
             return _decode_clip(payload, channels, max_image_pixels)
-        return _decode_image(payload, channels, max_image_pixels)
+        return _decode_image(payload, channels, max_image_pixels, self.info.has_boxes)
 
 
 def _file_records(path):
@@ -76,13 +78,19 @@ def _file_records(path):
     return source.in_file(path, tf.data.TFRecordDataset(path, compression_type=compression))
 
 
-def _decode_image(serialized, channels, max_image_pixels):
-    parsed = tf.io.parse_single_example(serialized, {
+def _decode_image(serialized, channels, max_image_pixels, with_boxes=False):
+    features = {
         ENCODED_KEY: tf.io.FixedLenFeature([], tf.string),
         IMAGE_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-    })
+    }
+    if with_boxes:
+        features.update({key: tf.io.VarLenFeature(tf.float32) for key in BOX_KEYS})
+    parsed = tf.io.parse_single_example(serialized, features)
     image = preprocess.checked_decode_image(parsed[ENCODED_KEY], channels, max_image_pixels)
-    return source.image_features(image), parsed[IMAGE_LABEL_KEY]
+    boxes = None
+    if with_boxes:
+        boxes = tf.stack([tf.sparse.to_dense(parsed[key]) for key in BOX_KEYS], axis=1)  # [R, 4]
+    return source.image_features(image, boxes), parsed[IMAGE_LABEL_KEY]
 
 
 def _decode_clip(serialized, channels, max_image_pixels):
@@ -120,7 +128,7 @@ def _info_from_metadata(pattern, metadata):
         return source.SourceInfo(
             spec=pattern, kind=metadata['kind'], frame_shape=tuple(shape) if shape else None,
             num_classes=len(metadata['class_names']), class_names=tuple(metadata['class_names']),
-            num_examples=metadata.get('num_examples'))
+            num_examples=metadata.get('num_examples'), has_boxes=bool(metadata.get('has_boxes')))
     except (KeyError, TypeError) as error:
         raise UserError(f'{pattern}: its {METADATA_SUFFIX} lacks {error}') from None
 
@@ -143,8 +151,9 @@ def _peeked_info(pattern, files):
     labels = [label for example in parsed for label in example.context.feature[label_key].int64_list.value]
     if not labels:
         raise UserError(f'{pattern}: the first records have no {label_key} label')
+    has_boxes = kind == IMAGE and BOX_KEYS[0] in parsed[0].context.feature
     return source.SourceInfo(spec=pattern, kind=kind, frame_shape=_first_frame_shape(parsed, kind),
-                             num_classes=int(np.max(labels)) + 1)
+                             num_classes=int(np.max(labels)) + 1, has_boxes=has_boxes)
 
 
 def _first_frame_shape(parsed, kind):

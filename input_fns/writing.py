@@ -21,7 +21,7 @@ import tensorflow as tf
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
 from input_fns.errors import UserError
 # The keys the reader knows, so writer and reader cannot drift apart.
-from input_fns.tfrecords import CLIP_LABEL_KEY, ENCODED_KEY, METADATA_SUFFIX
+from input_fns.tfrecords import BOX_KEYS, CLIP_LABEL_KEY, ENCODED_KEY, METADATA_SUFFIX
 from input_fns.tfrecords import IMAGE_LABEL_KEY as LABEL_KEY
 
 FORMAT_KEY = 'image/format'
@@ -44,7 +44,7 @@ def image_format(encoded):
     return None
 
 
-def image_example(encoded, label, height=None, width=None):
+def image_example(encoded, label, height=None, width=None, boxes=None):
     """One image as a tf.train.Example.
 
     Args:
@@ -52,6 +52,8 @@ def image_example(encoded, label, height=None, width=None):
         encode_pixels).
       label: class index.
       height, width: the image's size, stored when given.
+      boxes: [R, 4] (ymin, xmin, ymax, xmax) in fractions of the image, stored under the
+        TF Object Detection API's image/object/bbox/* keys when given.
     """
     features = {
         ENCODED_KEY: _bytes_feature(encoded),
@@ -62,6 +64,10 @@ def image_example(encoded, label, height=None, width=None):
         features[HEIGHT_KEY] = _int64_feature(height)
     if width is not None:
         features[WIDTH_KEY] = _int64_feature(width)
+    if boxes is not None:
+        edges = np.asarray(boxes, np.float32).reshape(-1, 4).T
+        for key, values in zip(BOX_KEYS, edges):
+            features[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 

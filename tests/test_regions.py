@@ -2,17 +2,20 @@
 features against numpy, a step per cell, and the option trained and served like predict."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, run_bin, train_on_a_few_examples
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
+from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY, glyphs, writing
 from input_fns.errors import UserError
-from test_backbones import served_in_a_fresh_process
+from test_backbones import SERVE, served_in_a_fresh_process
 
 
 def test_grid_cells_tile_the_image_in_raster_order():
@@ -55,3 +58,81 @@ def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, 
                                           os.path.join(model_dir, 'export'))
     np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path),
                                np.stack([row['probabilities'] for row in predicted]), atol=1e-5)
+
+
+# Regions from the data: each image's own boxes (regions=boxes).
+
+BOXES = dict(TINY['cnn_lstm'], sequence='regions', regions='boxes', pooling='attention')
+
+
+@pytest.fixture(scope='module')
+def digits_with_boxes(tmp_path_factory):
+    """200 digits as TFRecord Examples, each with 0 to 4 boxes (the first over the digit)."""
+    images, labels = glyphs.render_digits(200, seed=11)
+    rng = np.random.default_rng(11)
+    path = str(tmp_path_factory.mktemp('boxes') / 'digits.tfrecord')
+    with tf.io.TFRecordWriter(path) as writer:
+        for index, (image, label) in enumerate(zip(images, labels)):
+            corners = rng.uniform(0.0, 0.5, size=(4, 2))
+            boxes = np.concatenate([corners, corners + rng.uniform(0.3, 0.5, size=(4, 2))], axis=1)
+            boxes[0] = [0.1, 0.1, 0.9, 0.9]
+            example = writing.image_example(writing.encode_pixels(image), int(label),
+                                            boxes=boxes[:index % 5])
+            writer.write(example.SerializeToString())
+    return path
+
+
+def batch_arrays(run, data):
+    """The features of `data`'s examples as the eval input_fn batches them: numpy dicts."""
+    batches = run.input_fn(data, tf.estimator.ModeKeys.EVAL)()
+    arrays = [features for features, _ in batches.as_numpy_iterator()]
+    most = max(batch[BOXES_KEY].shape[1] for batch in arrays)
+    boxes = [np.pad(batch[BOXES_KEY], [(0, 0), (0, most - batch[BOXES_KEY].shape[1]), (0, 0)])
+             for batch in arrays]
+    return {IMAGE_KEY: np.concatenate([batch[IMAGE_KEY] for batch in arrays]), BOXES_KEY: np.concatenate(boxes),
+            NUM_BOXES_KEY: np.concatenate([batch[NUM_BOXES_KEY] for batch in arrays])}
+
+
+def serve(export, inputs, tmp_path, signature='serving_default'):
+    np.savez(tmp_path / 'inputs.npz', **inputs)
+    subprocess.run([sys.executable, '-c', SERVE, export, signature, str(tmp_path / 'inputs.npz'),
+                    str(tmp_path / 'outputs.npz')], check=True, capture_output=True)
+    return dict(np.load(tmp_path / 'outputs.npz'))
+
+
+def test_boxes_from_the_data_train_and_serve_like_predict_and_padding_boxes_change_nothing(
+        digits_with_boxes, tmp_path):
+    model_dir = str(tmp_path / 'run')
+    run, before, after = train_on_a_few_examples('cnn_lstm', digits_with_boxes, model_dir, steps=25,
+                                                 overrides=BOXES)
+    assert after < before
+    eval_source = run.sources()[1]
+    inputs = batch_arrays(run, eval_source)
+    counts = inputs[NUM_BOXES_KEY]
+    assert set(counts.tolist()) == {0, 1, 2, 3, 4}
+    predicted = experiment.predict(run, eval_source)
+    for row, count in enumerate(counts):
+        attention = predicted[row]['attention']
+        assert np.all(attention[:max(count, 1)] > 0) and np.all(attention[max(count, 1):] == 0)
+    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                          os.path.join(model_dir, 'export'))
+    served = serve(export, inputs, tmp_path)
+    np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
+                               atol=1e-5)
+    # Junk boxes past each image's count, and more of them: the same answers.
+    junk = np.random.default_rng(5).uniform(0, 1, size=(len(counts), 7, 4)).astype(np.float32)
+    padded = np.concatenate([inputs[BOXES_KEY], junk[:, :3]], axis=1)
+    for row, count in enumerate(counts):
+        padded[row, count:] = junk[row, :7 - count] if count < 4 else junk[row, :3]
+    served_padded = serve(export, dict(inputs, **{BOXES_KEY: padded}), tmp_path)
+    np.testing.assert_allclose(served_padded['logits'], served['logits'], atol=1e-5)
+
+
+def test_regions_from_boxes_need_data_with_boxes(digits_npz, tmp_path):
+    result = run_bin('train', '--model=cnn_lstm', f'--data={digits_npz}', f'--model_dir={tmp_path / "run"}',
+                     '--hparams=sequence=regions,regions=boxes', check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f'error: regions=boxes reads boxes, and {digits_npz}')
+    assert 'has none: TFRecord Examples with image/object/bbox/{ymin,xmin,ymax,xmax} do' in line
+    assert not os.path.exists(tmp_path / 'run' / 'checkpoint')

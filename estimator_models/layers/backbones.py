@@ -32,6 +32,10 @@ DEFAULT_HPARAMS = {
     'backbone_weights': '',
     'backbone_trainable': True,
     'backbone_learning_rate_scale': 1.0,
+    # Momentum of a fine-tuned application's BatchNorm moving statistics. Keras builds
+    # them with 0.999, made for ImageNet's long runs: over a few thousand steps the
+    # statistics then lag far behind the weights, and evaluation (which uses them) fails.
+    'backbone_batch_norm_momentum': 0.99,
 }
 
 
@@ -62,6 +66,9 @@ def apply_backbone(images, params, mode):
         network = small_cnn(params['cnn_filters'])
         return Backbone(network(images), network.weights, trainable, None)
     network = _application(params['backbone'], images.shape[1:3])
+    for layer in network.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = params['backbone_batch_norm_momentum']
     pixels = _PREPROCESSING[params['backbone']](as_rgb(images) * 255.0)   # [N, H, W, 3]
     feature_map = network(pixels, training=training)
     if training:
@@ -159,6 +166,9 @@ def describe(hparams):
 def check_hparams(hparams):
     """Refuses backbone hparams that cannot work, before any data is read."""
     name, path = hparams['backbone'], hparams['backbone_weights']
+    if not 0.0 <= hparams['backbone_batch_norm_momentum'] < 1.0:
+        raise UserError(f'hparam backbone_batch_norm_momentum must lie in [0, 1), '
+                        f'got {hparams["backbone_batch_norm_momentum"]}')
     if name != 'small_cnn':
         small = [f'{key}={hparams[key]}' for key in ('height', 'width')
                  if 0 < hparams[key] < APPLICATION_MIN_SIZE]

@@ -6,7 +6,9 @@ feature map under the box sampled at the centres of REGION_CROP x REGION_CROP eq
 parts of it (bilinearly, with tf.image.crop_and_resize) and flattened: a region keeps a
 little of its layout whatever its size, and reads nothing outside itself.
 
-`grid=RxC` gives every image the same R x C cells, in raster order.
+`regions=grid` gives every image the same `grid=RxC` cells, in raster order;
+`regions=boxes` each image its own boxes from the data (input_fns: BOXES_KEY), a
+variable number per image, masked in the recurrent stack like the frames of clips.
 """
 
 import re
@@ -15,6 +17,7 @@ import tensorflow as tf
 
 from input_fns.errors import UserError
 
+SOURCES = ('grid', 'boxes')
 REGION_CROP = 2
 _GRID = re.compile(r'^([1-9]\d*)x([1-9]\d*)$')
 
@@ -42,6 +45,17 @@ def grid_as_sequence(feature_map, grid):
     cells = grid_boxes(rows, columns)                                       # [R*C, 4]
     boxes = tf.tile(cells[tf.newaxis], [tf.shape(feature_map)[0], 1, 1])    # [B, R*C, 4]
     return regions_as_sequence(feature_map, boxes)
+
+
+def whole_image_when_boxless(boxes, counts):
+    """(float32 [B, R, 4], int32 [B]) -> the same, an image without boxes given one box:
+    the whole image (an empty sequence has no last step to read)."""
+    whole = tf.constant([0.0, 0.0, 1.0, 1.0])
+    boxes = tf.cond(tf.shape(boxes)[1] > 0, lambda: boxes,                  # room when R is 0
+                    lambda: tf.zeros([tf.shape(boxes)[0], 1, 4], boxes.dtype))
+    first = tf.where(tf.equal(counts, 0)[:, tf.newaxis], whole[tf.newaxis], boxes[:, 0])
+    boxes = tf.concat([first[:, tf.newaxis], boxes[:, 1:]], axis=1)
+    return boxes, tf.maximum(counts, 1)
 
 
 def regions_as_sequence(feature_map, boxes):

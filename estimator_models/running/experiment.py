@@ -104,6 +104,7 @@ def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None
     resolved = hparams_lib.resolve(module, overrides, tuple(frame_shape) + (info.num_classes,),
                                    saved['hparams'] if saved else None)
     _check_batch_fits(resolved['batch_size'], eval_source.info.num_examples, eval_source.info.spec)
+    _check_boxes(resolved, train_source, eval_source)
     class_names = saved.get('class_names') if saved else info.class_names
     run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []), data_dir)
     if isinstance(module, user_model_fn.UserModel):
@@ -140,6 +141,16 @@ def _with_saved_specs(saved, data, eval_data, data_dir):
     saved = saved or {}
     return (data or saved.get('data'), eval_data or saved.get('eval_data'),
             data_dir or saved.get('data_dir'))
+
+
+def _check_boxes(hparams, *sources):
+    """A model that reads each image's boxes needs data that has them."""
+    if not receivers.reads_boxes(hparams):
+        return
+    for data in sources:
+        if not data.info.has_boxes:
+            raise UserError(f'regions=boxes reads boxes, and {data.info.spec} has none: TFRecord '
+                            f'Examples with image/object/bbox/{{ymin,xmin,ymax,xmax}} do; or use regions=grid')
 
 
 def _check_batch_fits(batch_size, eval_examples, spec):

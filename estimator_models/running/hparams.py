@@ -198,8 +198,20 @@ def _check(hparams, choices, shape_known):
         backbones.check_hparams(hparams)
     if 'grid' in hparams:
         regions.parse_grid(hparams['grid'])
+    if hparams.get('sequence') == 'regions' and hparams.get('regions') == 'boxes':
+        _check_boxes_fit_pixels(hparams)
     if not 0.0 <= hparams['dropout'] < 1.0:
         raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
+
+
+def _check_boxes_fit_pixels(hparams):
+    """Boxes are fractions of the image as stored: only a stretch keeps them in place."""
+    if hparams['resize'] != 'resize':
+        raise UserError(f'regions=boxes needs resize=resize: resize={hparams["resize"]} would move '
+                        'the image under its boxes')
+    if hparams.get('augment', 'none') != 'none':
+        raise UserError(f'regions=boxes needs augment=none: augment={hparams["augment"]} would move '
+                        'the image under its boxes')
 
 
 def load_run(model_dir):

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from estimator_models.serving import receivers
-from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY
+from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 
 WARMUP_FILE = 'tf_serving_warmup_requests'
 EVAL_RESULT_FILE = 'eval_result.json'
@@ -100,11 +100,16 @@ def warmup_inputs(run, encoded):
             'predict_bytes': {receivers.FRAMES_BYTES_KEY: np.array([[encoded, encoded]], object)},
             receivers.CLASSIFY_SIGNATURE: [example_from_encoded([encoded, encoded])],
         }
-    return {
+    requests = {
         'serving_default': {IMAGE_KEY: pixels},
         'predict_bytes': {receivers.IMAGE_BYTES_KEY: np.array([encoded], object)},
         receivers.CLASSIFY_SIGNATURE: [example_from_encoded([encoded])],
     }
+    if receivers.reads_boxes(run.hparams):
+        for key in ('serving_default', 'predict_bytes'):
+            requests[key].update({BOXES_KEY: np.array([[receivers.WHOLE_IMAGE]], np.float32),
+                                  NUM_BOXES_KEY: np.array([1], np.int32)})
+    return requests
 
 
 def example_from_encoded(encoded_images):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from estimator_models.serving import receivers
-from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, arrays, preprocess
+from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY, arrays, preprocess
 from input_fns.errors import UserError, assertion_text
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
@@ -127,16 +127,28 @@ def file_request(loaded, signature_name, paths):
     if set(inputs) & {'image_bytes', 'frames_bytes'}:
         clips = [[_b64(frame) for frame in clip] for path in paths for clip in _encoded(path, kind)]
         if kind == IMAGE:
-            return {'instances': [clip[0] for clip in clips]}
+            return _with_whole_image_boxes({'image_bytes': [clip[0] for clip in clips]}, inputs)
         longest = max(len(clip) for clip in clips)
         return {'instances': [clip + [{'b64': ''}] * (longest - len(clip)) for clip in clips]}
     pixels, lengths = read_inputs(paths, kind, frame_shape)
+    if kind == IMAGE and BOXES_KEY in inputs:
+        return _with_whole_image_boxes({IMAGE_KEY: pixels.tolist()}, inputs)
     if 'lengths' in inputs:
         return {'inputs': {FRAMES_KEY: pixels.tolist(), 'lengths': lengths.tolist()}}
     if len(set(lengths.tolist())) > 1:
         raise UserError(f'signature {signature_name} takes clips of one length; these have '
                         f'{lengths.min()} to {lengths.max()} frames (use --signature=predict_with_lengths)')
     return {'instances': pixels.tolist()}
+
+
+def _with_whole_image_boxes(columns, inputs):
+    """A request of images `columns`, each with one box over the whole image when the
+    signature takes boxes (files carry none)."""
+    if BOXES_KEY not in inputs:
+        return {'instances': next(iter(columns.values()))}
+    count = len(next(iter(columns.values())))
+    return {'inputs': dict(columns, **{BOXES_KEY: [[receivers.WHOLE_IMAGE]] * count,
+                                       NUM_BOXES_KEY: [1] * count})}
 
 
 def _encoded(path, kind):

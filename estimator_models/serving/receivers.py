@@ -9,6 +9,11 @@ Images:
   serving_default  image        float32 [batch, H, W, C], raw pixels 0..255, model size
   predict_bytes    image_bytes  string  [batch]; PNG, JPEG, GIF or BMP of any size
   classification   inputs       string  [batch] of tf.Example with `image/encoded`
+Images of a model that reads boxes (cnn_lstm regions=boxes), in both predict signatures:
+                   boxes        float32 [batch, R, 4] (ymin, xmin, ymax, xmax), fractions
+                                of the image; past an image's count they are padding
+                   num_boxes    int32   [batch]; 0 reads the whole image as one box
+                   (classification: the Example's image/object/bbox/{ymin,xmin,ymax,xmax})
 Clips:
   serving_default      frames        float32 [batch, T, H, W, C]; every clip T frames long
   predict_with_lengths frames, lengths  as above, plus int32 [batch] true lengths
@@ -28,12 +33,15 @@ of no frames, lengths outside [1, T], and NaN or infinite pixel values.
 
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, preprocess
+from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY, preprocess
 
 # Limits for runs whose hparams predate them (see estimator_models.running.hparams).
 DEFAULT_MAX_FRAMES_SERVED = 512
 
 ENCODED_KEY = 'image/encoded'
+# A box over the whole image, (ymin, xmin, ymax, xmax): what a request without boxes means.
+WHOLE_IMAGE = [0.0, 0.0, 1.0, 1.0]
+BOX_KEYS = tuple(f'image/object/bbox/{edge}' for edge in ('ymin', 'xmin', 'ymax', 'xmax'))
 EXAMPLES_KEY = 'inputs'
 IMAGE_BYTES_KEY = 'image_bytes'
 FRAMES_BYTES_KEY = 'frames_bytes'
@@ -53,22 +61,62 @@ def receivers(kind, hparams):
             hparams.get('max_image_pixels', preprocess.DEFAULT_MAX_IMAGE_PIXELS))
     if kind == CLIP:
         return _clip_receivers(size, hparams.get('max_frames_served', DEFAULT_MAX_FRAMES_SERVED))
-    return _image_receivers(size)
+    return _image_receivers(size, reads_boxes(hparams))
 
 
-def _image_receivers(size):
+def reads_boxes(hparams):
+    """Whether the model takes each image's boxes (cnn_lstm sequence=regions, regions=boxes)."""
+    return hparams.get('sequence') == 'regions' and hparams.get('regions') == 'boxes'
+
+
+def _image_receivers(size, reads_boxes=False):
     examples = tf.compat.v1.placeholder(tf.string, [None], name=EXAMPLES_KEY)
-    parsed = tf.io.parse_example(examples, {ENCODED_KEY: tf.io.FixedLenFeature([], tf.string)})
+    parsed_features = {ENCODED_KEY: tf.io.FixedLenFeature([], tf.string)}
+    if reads_boxes:
+        parsed_features.update({key: tf.io.VarLenFeature(tf.float32) for key in BOX_KEYS})
+    parsed = tf.io.parse_example(examples, parsed_features)
     image_bytes = tf.compat.v1.placeholder_with_default(
         parsed[ENCODED_KEY], [None], name=IMAGE_BYTES_KEY)
     decoded = tf.map_fn(lambda encoded: preprocess.decode_and_fit(encoded, *size), image_bytes,
                         fn_output_signature=tf.float32)
     image = tf.compat.v1.placeholder_with_default(decoded, [None] + list(size[:3]), name=IMAGE_KEY)
-    return {IMAGE_KEY: _checked_pixels(image, IMAGE_KEY)}, {
+    features = {IMAGE_KEY: _checked_pixels(image, IMAGE_KEY)}
+    signatures = {
         'serving_default': {IMAGE_KEY: image},
         'predict_bytes': {IMAGE_BYTES_KEY: image_bytes},
         CLASSIFY_SIGNATURE: {EXAMPLES_KEY: examples},
     }
+    if reads_boxes:
+        boxes, counts = _box_inputs(parsed)
+        features.update({BOXES_KEY: boxes, NUM_BOXES_KEY: _checked_box_counts(counts, boxes, image)})
+        for key in ('serving_default', 'predict_bytes'):
+            signatures[key].update({BOXES_KEY: boxes, NUM_BOXES_KEY: counts})
+    return features, signatures
+
+
+def _box_inputs(parsed):
+    """The `boxes` and `num_boxes` inputs, by default the parsed Examples' boxes."""
+    edges = [tf.RaggedTensor.from_sparse(parsed[key]) for key in BOX_KEYS]
+    parsed_boxes = tf.stack([edge.to_tensor() for edge in edges], axis=-1)  # [B, R, 4]
+    boxes = tf.compat.v1.placeholder_with_default(parsed_boxes, [None, None, 4], name=BOXES_KEY)
+    counts = tf.compat.v1.placeholder_with_default(
+        tf.cast(edges[0].row_lengths(), tf.int32), [None], name=NUM_BOXES_KEY)
+    return boxes, counts
+
+
+def _checked_box_counts(counts, boxes, images):
+    """int32 [B] box counts as they are, once there is one per image and each lies in
+    [0, R] for boxes [B, R, 4]."""
+    checks = [
+        _require(tf.equal(tf.size(counts), tf.shape(images)[0]),
+                 NUM_BOXES_KEY + ': {} counts for {} images', [tf.size(counts), tf.shape(images)[0]]),
+        _require(tf.equal(tf.shape(boxes)[0], tf.shape(images)[0]),
+                 BOXES_KEY + ': boxes for {} images, not {}', [tf.shape(boxes)[0], tf.shape(images)[0]]),
+        _require(tf.reduce_all(tf.logical_and(counts >= 0, counts <= tf.shape(boxes)[1])),
+                 NUM_BOXES_KEY + ': a count outside 0..{} (the boxes given) in {}', [tf.shape(boxes)[1], counts]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(counts)
 
 
 def _clip_receivers(size, max_frames):
