@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from estimator_models.layers import backbones, head, recurrent, sequencing, summaries
-from input_fns import CLIP, FRAMES_KEY, LENGTH_KEY
+from input_fns import CLIP, FRAME_LABELS_KEY, FRAMES_KEY, LENGTH_KEY
 
 KIND = CLIP
 DEFAULT_DATA = 'moving_glyphs'
@@ -25,8 +25,12 @@ DEFAULT_HPARAMS = {
     'frame_differences': True,
     # The per-frame CNN (estimator_models.layers.backbones).
     **backbones.DEFAULT_HPARAMS,
+    # What is classified: the clip, or every frame (from the data's frame labels, with
+    # num_frame_classes classes; 0: as many as the data has).
+    'head': 'clip',
+    'num_frame_classes': 0,
 }
-HPARAM_CHOICES = {'backbone': backbones.BACKBONES}
+HPARAM_CHOICES = {'backbone': backbones.BACKBONES, 'head': ('clip', 'per_frame')}
 
 
 def model_fn(features, labels, mode, params):
@@ -50,6 +54,11 @@ def model_fn(features, labels, mode, params):
     sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
     if params['frame_differences'] and not pixel_differences:
         sequence = with_frame_differences(sequence)                         # [B, T, 2D]
+    if params['head'] == 'per_frame':
+        outputs = recurrent.recurrent_stack(sequence, params, mode, lengths,
+                                            return_sequences=True)          # [B, T, U]
+        logits = tf.keras.layers.Dense(params['num_frame_classes'], name='frame_logits')(outputs)  # [B, T, K]
+        return head.per_frame_head(logits, features.get(FRAME_LABELS_KEY), lengths, mode, params, backbone)
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
     summaries.histograms(mode, params, frame_features=per_frame, final_state=final, logits=logits)

@@ -14,6 +14,9 @@ TF Object Detection API's keys) also carry
   BOXES_KEY: float32 [batch, R, 4]  (ymin, xmin, ymax, xmax) in fractions of the image,
                                     zero boxes past each image's count
   NUM_BOXES_KEY: int32 [batch]      boxes of each image
+Clips whose data labels every frame (npz `frame_labels`, SequenceExample feature list
+`clip/frame_labels`, the embedded moving_glyphs) also carry
+  FRAME_LABELS_KEY: int32 [batch, T] a class per frame, 0 past each clip's length
 
 Labels are int32 [batch] class indices. Pixel scaling happens inside the model, so
 serving clients send the same raw values the input functions produce.
@@ -25,6 +28,7 @@ LENGTH_KEY = 'length'
 BAD_RECORDS_KEY = 'bad_records'
 BOXES_KEY = 'boxes'
 NUM_BOXES_KEY = 'num_boxes'
+FRAME_LABELS_KEY = 'frame_labels'
 
 IMAGE = 'image'
 CLIP = 'clip'

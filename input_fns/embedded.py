@@ -30,10 +30,12 @@ import tensorflow_datasets as tfds
 from input_fns import CLIP, IMAGE, glyphs, moving_glyphs, tfds_source
 from input_fns.errors import UserError
 
-VERSION = tfds.core.Version('2.0.0')
+VERSION = tfds.core.Version('2.1.0')
 RELEASE_NOTES = {
     '2.0.0': 'Built by TFDS as PNG-encoded TFRecords (was a cached .npz); rendered in '
              'seeded chunks; clips store only their true frames.',
+    '2.1.0': 'moving_glyphs: frame_labels, a class per frame (has the glyph wrapped around a '
+             'border yet); the same frames and clip labels as 2.0.0.',
 }
 SPLIT_SEEDS = {'train': 1, 'test': 2}
 _ENCODE_BATCH = 64
@@ -134,16 +136,19 @@ class MovingGlyphs(_EmbeddedBuilder):
         return tfds.features.FeaturesDict({
             'video': tfds.features.Video(shape=(None, size, size, 1)),
             'label': tfds.features.ClassLabel(names=moving_glyphs.CLASS_NAMES),
+            'frame_labels': tfds.features.Sequence(
+                tfds.features.ClassLabel(names=moving_glyphs.FRAME_CLASS_NAMES)),
         })
 
     def _chunk_examples(self, count, seed):
-        frames, lengths, labels = moving_glyphs.render_clips(count, seed)
+        frames, lengths, labels, frame_labels = moving_glyphs.render_clips(count, seed, with_frame_labels=True)
         # Only the true frames: the zeros past a clip's length are padding, not data.
         true_frames = [clip[:length, ..., None] for clip, length in zip(frames, lengths)]
         encoded = encode_pngs(np.concatenate(true_frames))
         ends = np.cumsum(lengths)
-        return [{'video': list(encoded[end - length:end]), 'label': label}
-                for end, length, label in zip(ends, lengths, labels)]
+        return [{'video': list(encoded[end - length:end]), 'label': label,
+                 'frame_labels': clip_frame_labels[:length]}
+                for end, length, label, clip_frame_labels in zip(ends, lengths, labels, frame_labels)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,11 @@ opposite one), so neither its position nor anything else in a single frame
 says where it is heading: only the change between frames does. If the glyph
 had to stay inside the canvas instead, its start position would reveal the
 direction (it must start far from the border it is heading to).
+
+Each frame also has a label of its own, for per-frame models: whether the glyph has
+wrapped around a border yet (at this frame or before). One frame cannot tell: a glyph
+near a border may be about to cross it or have just crossed the other one; the frames
+before it can.
 """
 
 import numpy as np
@@ -15,6 +20,7 @@ from . import glyphs
 NUM_CLASSES = 8
 CLASS_NAMES = ('east', 'north_east', 'north', 'north_west', 'west',
                'south_west', 'south', 'south_east')
+FRAME_CLASS_NAMES = ('not_wrapped_yet', 'wrapped')
 CANVAS_SIZE = 32
 MIN_FRAMES, MAX_FRAMES = 6, 12
 
@@ -33,7 +39,7 @@ def _trajectories(labels, num_frames, canvas_size, rng):
       labels: int64 [N] direction indices, 0 = east, counter-clockwise in
         steps of 45 degrees.
     Returns:
-      float64 [N, num_frames, 2] (y, x) positions in [0, canvas_size).
+      float64 [N, num_frames, 2] (y, x) positions, not yet wrapped into the canvas.
     """
     count = len(labels)
     angle = labels * (np.pi / 4)
@@ -43,8 +49,15 @@ def _trajectories(labels, num_frames, canvas_size, rng):
     start = rng.uniform(0, canvas_size, (count, 2))
     steps = np.arange(num_frames)[None, :, None]
     jitter = rng.normal(0, _POSITION_JITTER, (count, num_frames, 2))
-    positions = start[:, None] + velocity[:, None] * steps + jitter
-    return np.mod(positions, canvas_size)
+    return start[:, None] + velocity[:, None] * steps + jitter
+
+
+def wrapped_so_far(positions, canvas_size):
+    """int64 [N, T]: 1 from the first frame at which the sprite's corner (positions
+    [N, T, 2], unwrapped) has left the canvas it started on, else 0."""
+    canvas = np.floor(positions / canvas_size)
+    left = np.any(canvas != canvas[:, :1], axis=-1)
+    return np.maximum.accumulate(left, axis=1).astype(np.int64)
 
 
 def _subpixel_shift(sprites, fraction):
@@ -85,7 +98,7 @@ def _add_wrapped(canvas, patches, corner):
 
 
 def render_clips(num_clips, seed, min_frames=MIN_FRAMES,
-                 max_frames=MAX_FRAMES, canvas_size=CANVAS_SIZE):
+                 max_frames=MAX_FRAMES, canvas_size=CANVAS_SIZE, with_frame_labels=False):
     """Renders clips of a digit glyph moving in a straight line.
 
     Args:
@@ -98,6 +111,8 @@ def render_clips(num_clips, seed, min_frames=MIN_FRAMES,
         past a clip's length are all zero.
       lengths: int32 [N] in [min_frames, max_frames].
       labels: int64 [N] direction index into CLASS_NAMES.
+      frame_labels (only `with_frame_labels`): int64 [N, max_frames] index into
+        FRAME_CLASS_NAMES; 0 past a clip's length.
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, NUM_CLASSES, num_clips, dtype=np.int64)
@@ -105,7 +120,8 @@ def render_clips(num_clips, seed, min_frames=MIN_FRAMES,
                            dtype=np.int32)
     digits = rng.integers(0, glyphs.NUM_CLASSES, num_clips)
     sprites = glyphs.render_glyphs(digits, rng, _SPRITE_SIZE)
-    positions = _trajectories(labels, max_frames, canvas_size, rng)
+    unwrapped = _trajectories(labels, max_frames, canvas_size, rng)
+    positions = np.mod(unwrapped, canvas_size)
     corner = np.floor(positions).astype(np.int64)
     fraction = positions - corner
     frames = np.zeros((num_clips, max_frames, canvas_size, canvas_size),
@@ -121,4 +137,8 @@ def render_clips(num_clips, seed, min_frames=MIN_FRAMES,
                        corner[live, t])
         np.clip(canvas, 0.0, 1.0, out=canvas)
         frames[live, t] = (canvas * 255 + 0.5).astype(np.uint8)
-    return frames, lengths, labels
+    if not with_frame_labels:
+        return frames, lengths, labels
+    frame_labels = wrapped_so_far(unwrapped, canvas_size)
+    frame_labels[np.arange(max_frames)[None] >= lengths[:, None]] = 0
+    return frames, lengths, labels, frame_labels

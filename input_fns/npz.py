@@ -9,7 +9,8 @@ or not in C order are rewritten once, uncompressed, into the cache directory.
 Accepted arrays: `x` `(N,H,W[,C])` images or `(N,T,H,W[,C])` clips, uint8 or float on the
 0..255 scale, and `y` `(N,)` integer labels; or the same with suffixes `_train`/`_test`
 (Keras' `mnist.npz`); optional `lengths` (clips; frames past a clip's length are
-padding) and `class_names`. Only labels, lengths and class names are read into memory.
+padding), `frame_labels` `(N,T)` (clips: a class per frame) and `class_names`. Only
+labels, lengths, frame labels and class names are read into memory.
 """
 
 import dataclasses
@@ -75,25 +76,30 @@ def open_npz(path, kind=None):
 class NpzSource(source.Source):
     """One split of a .npz: rows of x, y (and lengths) read as fixed-length records."""
 
-    def __init__(self, inputs, labels, lengths, info):
+    def __init__(self, inputs, labels, lengths, info, frame_labels=None):
         self.inputs, self.labels, self.lengths, self.info = inputs, labels, lengths, info
+        self.frame_labels = frame_labels
 
     def records(self, shard, shuffle_seed):
         del shuffle_seed  # One file: its order is the order of the rows.
-        rows = tf.data.Dataset.zip((self.inputs.rows(), self.labels.rows(), self.lengths.rows()))
+        columns = (self.inputs, self.labels, self.lengths) + ((self.frame_labels,) if self.frame_labels else ())
+        rows = tf.data.Dataset.zip(tuple(column.rows() for column in columns))
         records = source.flattened(source.in_file(self.inputs.path, rows))
         return source.shard_records(records, 1, shard)
 
     def decode(self, payload, channels, max_image_pixels=None):
         # Raw pixels have the channels they have (the factory fits them), and no header.
         del channels, max_image_pixels
-        pixels, label, length = payload
+        pixels, label, length = payload[:3]
         pixels = tf.reshape(tf.io.decode_raw(pixels, tf.as_dtype(self.inputs.dtype)), self.inputs.row_shape)
         label = tf.io.decode_raw(label, tf.as_dtype(self.labels.dtype))[0]
         length = tf.io.decode_raw(length, tf.as_dtype(self.lengths.dtype))[0]
         if self.info.kind == CLIP:
             tf.debugging.assert_positive(length, message='clip length must be positive')
-            return source.clip_features(pixels[:length], length), label
+            frame_labels = None
+            if self.frame_labels:
+                frame_labels = tf.io.decode_raw(payload[3], tf.as_dtype(self.frame_labels.dtype))[:length]
+            return source.clip_features(pixels[:length], length, frame_labels), label
         return source.image_features(pixels), label
 
 
@@ -110,13 +116,28 @@ def _split(path, archive, members, suffix, kind, class_names):
     _check_inputs(path, inputs, kind)
     _check_labels(path, label_values, inputs.count)
     lengths = _lengths(path, archive, members.get(lengths_key), inputs, kind)
+    frame_labels, num_frame_classes = _frame_labels(path, archive, members.get('frame_labels' + suffix),
+                                                    inputs, kind)
     frame_shape = _frame_shape(inputs.row_shape[1:] if kind == CLIP else inputs.row_shape)
     info = source.SourceInfo(
         spec=path, kind=kind, frame_shape=frame_shape,
         num_classes=len(class_names) if class_names else int(label_values.max()) + 1,
-        class_names=class_names, num_examples=inputs.count)
+        class_names=class_names, num_examples=inputs.count, num_frame_classes=num_frame_classes)
     row_shape = (inputs.row_shape[0],) + frame_shape if kind == CLIP else frame_shape
-    return NpzSource(dataclasses.replace(inputs, row_shape=row_shape), labels, lengths, info)
+    return NpzSource(dataclasses.replace(inputs, row_shape=row_shape), labels, lengths, info, frame_labels)
+
+
+def _frame_labels(path, archive, member, inputs, kind):
+    """(the frame_labels column as a RawArray, its number of classes), or (None, 0)."""
+    if kind != CLIP or member is None:
+        return None, 0
+    values = _load(archive, member)
+    if values.shape != (inputs.count, inputs.row_shape[0]) or not np.issubdtype(values.dtype, np.integer):
+        raise UserError(f'{path}: frame_labels must be integers shaped {(inputs.count, inputs.row_shape[0])}, '
+                        f'got {values.dtype} {values.shape}')
+    if values.min() < 0:
+        raise UserError(f'{path}: negative frame label {values.min()}')
+    return _raw_array(path, archive, member), int(values.max()) + 1
 
 
 def _guessed_kind(row_shape):

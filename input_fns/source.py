@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from input_fns import (BAD_RECORDS_KEY, BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY,
-                       NUM_BOXES_KEY)
+from input_fns import (BAD_RECORDS_KEY, BOXES_KEY, CLIP, FRAME_LABELS_KEY, FRAMES_KEY, IMAGE, IMAGE_KEY,
+                       LENGTH_KEY, NUM_BOXES_KEY)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The prefix of the error a bad record raises; estimator_models.cli turns it into one line.
@@ -56,6 +56,8 @@ class SourceInfo:
       most_examples: at most how many examples (num_examples when that is known; for a
         part of a source, the whole's count), or None; sizes the in-memory cache.
       has_boxes: images come with boxes (BOXES_KEY, NUM_BOXES_KEY).
+      num_frame_classes: clips come with a label per frame (FRAME_LABELS_KEY) in
+        [0, num_frame_classes); 0 when they do not.
     """
     spec: str
     kind: str
@@ -65,6 +67,7 @@ class SourceInfo:
     num_examples: Optional[int] = None
     most_examples: Optional[int] = None
     has_boxes: bool = False
+    num_frame_classes: int = 0
 
     def __post_init__(self):
         if self.most_examples is None and self.num_examples is not None:
@@ -265,11 +268,19 @@ def _zeros_like_spec(spec):
     return tf.zeros(shape, spec.dtype)
 
 
-def clip_features(frames, length=None):
-    """Features of one clip: frames [t, h, w, c] and its length (default t)."""
+def clip_features(frames, length=None, frame_labels=None):
+    """Features of one clip: frames [t, h, w, c], its length (default t) and, when given,
+    its frame labels [t] (checked to be one per frame)."""
     if length is None:
         length = tf.shape(frames)[0]
-    return {FRAMES_KEY: frames, LENGTH_KEY: tf.cast(length, tf.int32)}
+    features = {FRAMES_KEY: frames, LENGTH_KEY: tf.cast(length, tf.int32)}
+    if frame_labels is not None:
+        frame_labels = tf.cast(frame_labels, tf.int32)
+        check = tf.debugging.assert_equal(tf.size(frame_labels), tf.cast(length, tf.int32),
+                                          message='frame labels: not one per frame')
+        with tf.control_dependencies([check]):
+            features[FRAME_LABELS_KEY] = tf.identity(frame_labels)
+    return features
 
 
 def image_features(image, boxes=None):

@@ -58,6 +58,8 @@ KNOWN_FEATURES = {
 }
 _GENERIC_INPUTS = ('image', 'video')
 _GENERIC_LABEL = 'label'
+# A clip dataset's per-frame labels: a Sequence of ClassLabel under this key (moving_glyphs).
+FRAME_LABELS_FEATURE = 'frame_labels'
 _VERSION = re.compile(r'\d+\.\d+\.\d+')
 
 
@@ -136,9 +138,11 @@ class TfdsSource(source.Source):
             for instruction in split_info.file_instructions]
         self._parser = tfds.core.example_parser.ExampleParser(
             builder.info.features.get_serialized_info())
+        self._frame_labels_key = FRAME_LABELS_FEATURE if kind == CLIP and _has_frame_labels(builder) else None
         self.info = source.SourceInfo(
             spec=spec, kind=kind, frame_shape=frame_shape, num_classes=label.num_classes,
-            class_names=tuple(label.names), num_examples=split_info.num_examples)
+            class_names=tuple(label.names), num_examples=split_info.num_examples,
+            num_frame_classes=_frame_classes(builder) if self._frame_labels_key else 0)
         self._first_frame_shape = frame_shape
 
     def first_frame_shape(self):
@@ -180,9 +184,23 @@ class TfdsSource(source.Source):
         parsed = self._parser.parse_example(payload)
         encoded, label = parsed[self.input_key], parsed[self.label_key]
         if self.info.kind == CLIP:
-            return source.clip_features(decode_frames(encoded, channels, max_image_pixels)), label
+            frame_labels = parsed[self._frame_labels_key] if self._frame_labels_key else None
+            frames = decode_frames(encoded, channels, max_image_pixels)
+            return source.clip_features(frames, frame_labels=frame_labels), label
         image = preprocess.checked_decode_image(encoded, channels, max_image_pixels)
         return source.image_features(image), label
+
+
+def _has_frame_labels(builder):
+    """Whether the builder labels every frame: a `frame_labels` sequence of class labels."""
+    features = builder.info.features
+    feature = features[FRAME_LABELS_FEATURE] if FRAME_LABELS_FEATURE in features.keys() else None
+    return (isinstance(feature, tfds.features.Sequence)
+            and isinstance(feature.feature, tfds.features.ClassLabel))
+
+
+def _frame_classes(builder):
+    return builder.info.features[FRAME_LABELS_FEATURE].feature.num_classes
 
 
 def _instruction_records(path, skip, take):

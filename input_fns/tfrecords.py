@@ -3,7 +3,8 @@
   image  tf.train.Example:          image/encoded (PNG/JPEG/GIF/BMP bytes), image/class/label (int64),
                                     optional boxes image/object/bbox/{ymin,xmin,ymax,xmax} (floats)
   clip   tf.train.SequenceExample:  context clip/label/index (int64),
-                                    feature list image/encoded (one encoded frame per step)
+                                    feature list image/encoded (one encoded frame per step),
+                                    optional feature list clip/frame_labels (int64, one per frame)
 
 Files are matched by glob (any file system TensorFlow has: local, gs://, ...), read in
 parallel with an interleave whose order the seed fixes, and decoded in the graph.
@@ -12,7 +13,8 @@ Files ending in `.gz` are read as GZIP.
 The class names, example count and frame shape come from `PREFIX.metadata.json` beside
 the shards when bin/make_tfrecords wrote them (PREFIX: the spec up to `.tfrecord`);
 otherwise from a peek at the first records: the first one's kind and frame shape, and
-the largest label of the first PEEKED_RECORDS. Images have boxes when the first record does.
+the largest label of the first PEEKED_RECORDS. Images have boxes, and clips frame labels,
+when the first record does.
 """
 
 import json
@@ -27,6 +29,7 @@ from input_fns.errors import UserError
 ENCODED_KEY = 'image/encoded'
 IMAGE_LABEL_KEY = 'image/class/label'
 CLIP_LABEL_KEY = 'clip/label/index'
+FRAME_LABELS_KEY = 'clip/frame_labels'
 BOX_KEYS = tuple(f'image/object/bbox/{edge}' for edge in ('ymin', 'xmin', 'ymax', 'xmax'))
 METADATA_SUFFIX = '.metadata.json'
 PEEKED_RECORDS = 1000
@@ -69,7 +72,7 @@ class TFRecordSource(source.Source):
         [T, h, w, channels], and its label; fails (a bad record) on an encoded image
         whose header claims more than `max_image_pixels` pixels, before decoding it."""
         if self.info.kind == CLIP:
-            return _decode_clip(payload, channels, max_image_pixels)
+            return _decode_clip(payload, channels, max_image_pixels, self.info.num_frame_classes > 0)
         return _decode_image(payload, channels, max_image_pixels, self.info.has_boxes)
 
 
@@ -93,13 +96,16 @@ def _decode_image(serialized, channels, max_image_pixels, with_boxes=False):
     return source.image_features(image, boxes), parsed[IMAGE_LABEL_KEY]
 
 
-def _decode_clip(serialized, channels, max_image_pixels):
+def _decode_clip(serialized, channels, max_image_pixels, with_frame_labels=False):
+    sequence_features = {ENCODED_KEY: tf.io.FixedLenSequenceFeature([], tf.string)}
+    if with_frame_labels:
+        sequence_features[FRAME_LABELS_KEY] = tf.io.FixedLenSequenceFeature([], tf.int64)
     context, sequence = tf.io.parse_single_sequence_example(
         serialized,
         context_features={CLIP_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)},
-        sequence_features={ENCODED_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+        sequence_features=sequence_features)
     frames = decode_frames(sequence[ENCODED_KEY], channels, max_image_pixels)
-    return source.clip_features(frames), context[CLIP_LABEL_KEY]
+    return source.clip_features(frames, frame_labels=sequence.get(FRAME_LABELS_KEY)), context[CLIP_LABEL_KEY]
 
 
 def decode_frames(encoded_frames, channels, max_image_pixels=preprocess.DEFAULT_MAX_IMAGE_PIXELS):
@@ -128,7 +134,8 @@ def _info_from_metadata(pattern, metadata):
         return source.SourceInfo(
             spec=pattern, kind=metadata['kind'], frame_shape=tuple(shape) if shape else None,
             num_classes=len(metadata['class_names']), class_names=tuple(metadata['class_names']),
-            num_examples=metadata.get('num_examples'), has_boxes=bool(metadata.get('has_boxes')))
+            num_examples=metadata.get('num_examples'), has_boxes=bool(metadata.get('has_boxes')),
+            num_frame_classes=int(metadata.get('num_frame_classes', 0)))
     except (KeyError, TypeError) as error:
         raise UserError(f'{pattern}: its {METADATA_SUFFIX} lacks {error}') from None
 
@@ -153,7 +160,18 @@ def _peeked_info(pattern, files):
         raise UserError(f'{pattern}: the first records have no {label_key} label')
     has_boxes = kind == IMAGE and BOX_KEYS[0] in parsed[0].context.feature
     return source.SourceInfo(spec=pattern, kind=kind, frame_shape=_first_frame_shape(parsed, kind),
-                             num_classes=int(np.max(labels)) + 1, has_boxes=has_boxes)
+                             num_classes=int(np.max(labels)) + 1, has_boxes=has_boxes,
+                             num_frame_classes=_peeked_frame_classes(parsed, kind))
+
+
+def _peeked_frame_classes(parsed, kind):
+    """1 + the largest frame label of the first records, when the first clip has them; else 0."""
+    if kind != CLIP or FRAME_LABELS_KEY not in parsed[0].feature_lists.feature_list:
+        return 0
+    labels = [label for example in parsed
+              for frame in example.feature_lists.feature_list[FRAME_LABELS_KEY].feature
+              for label in frame.int64_list.value]
+    return int(max(labels, default=0)) + 1
 
 
 def _first_frame_shape(parsed, kind):

@@ -3,6 +3,7 @@ changes its output, and with max_frames=1 (the single-frame baseline) nothing af
 the first frame does."""
 
 import numpy as np
+import pytest
 
 from conftest import train_on_a_few_examples
 from estimator_models.running import experiment
@@ -26,10 +27,11 @@ def test_loss_falls_on_a_small_batch(clips_npz, tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
-def test_padding_never_changes_predictions(clips_npz, tmp_path):
+@pytest.mark.parametrize('pooling', ['last', 'mean', 'max', 'attention'])
+def test_padding_never_changes_predictions(clips_npz, tmp_path, pooling):
     run, _, _ = train_on_a_few_examples(
         'temporal_cnn_lstm', clips_npz, str(tmp_path), steps=2,
-        overrides={**FAST, 'bidirectional': 'true'})
+        overrides={**FAST, 'bidirectional': 'true', 'pooling': pooling})
     rng = np.random.default_rng(0)
     short, noise, long = _random_clips(rng, 1, 6), _random_clips(rng, 1, 6), _random_clips(rng, 1, 12)
     # The six-frame clip alone, then padded with six frames of noise and batched next
@@ -37,6 +39,7 @@ def test_padding_never_changes_predictions(clips_npz, tmp_path):
     [alone] = experiment.predict(run, _clips(short, [6]))
     padded = experiment.predict(
         run, _clips(np.concatenate([np.concatenate([short, noise], axis=1), long]), [6, 12]))[0]
+    np.testing.assert_allclose(padded['logits'], alone['logits'], atol=1e-5)
     np.testing.assert_allclose(padded['probabilities'], alone['probabilities'], atol=1e-6)
 
 

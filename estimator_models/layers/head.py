@@ -8,6 +8,7 @@ three models differ only in how they compute logits.
 import tensorflow as tf
 
 from estimator_models.layers import summaries
+from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 TOP_K = 5
@@ -54,10 +55,65 @@ def classification_head(logits, labels, mode, params, attention=None, backbone=N
     tf.compat.v1.summary.scalar('accuracy', batch_accuracy)
     tf.compat.v1.summary.scalar('learning_rate', learning_rate)
     tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
-    scaffold = None
-    if backbone is not None and backbone.init_fn is not None:
-        scaffold = tf.compat.v1.train.Scaffold(init_fn=backbone.init_fn)
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=scaffold)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
+
+
+def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
+    """Builds the EstimatorSpec of a classifier of every frame of a clip.
+
+    Args:
+      logits: float32 [B, T, K].
+      frame_labels: int32 [B, T] class per frame, anything past a clip's length (None in
+        PREDICT mode).
+      lengths: int32 [B] true clip lengths: only frames before them count, in the loss
+        and in every metric.
+      mode, params, backbone: as classification_head's.
+
+    Returns:
+      tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B, T],
+      `probabilities` float32 [B, T, K] and `logits`; its `accuracy` is over true frames.
+    """
+    predictions = {
+        'classes': tf.argmax(logits, axis=-1),
+        'probabilities': tf.nn.softmax(logits, name='probabilities'),
+        'logits': logits,
+    }
+    if mode == ModeKeys.PREDICT:
+        return tf.estimator.EstimatorSpec(mode, predictions=predictions)
+    if frame_labels is None:
+        raise UserError('head=per_frame needs frame labels, and this data has none')
+    true_frames = tf.sequence_mask(lengths, maxlen=tf.shape(logits)[1], dtype=tf.float32)  # [B, T]
+    in_range = tf.debugging.assert_less(
+        tf.boolean_mask(frame_labels, true_frames > 0), tf.cast(tf.shape(logits)[-1], frame_labels.dtype),
+        message='a frame label beyond num_frame_classes')
+    with tf.control_dependencies([in_range]):
+        frame_labels = tf.identity(frame_labels)
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(frame_labels, logits, weights=true_frames)
+    if mode == ModeKeys.EVAL:
+        return tf.estimator.EstimatorSpec(mode, loss=loss, predictions=predictions, eval_metric_ops={
+            'accuracy': frame_accuracy(frame_labels, predictions['classes'], true_frames),
+            'num_examples': example_count(lengths),
+            'num_frames': running_total(tf.cast(tf.reduce_sum(true_frames), tf.int64), 'num_frames'),
+        })
+    train_op, learning_rate, gradient_norm = _train_op(loss, params, backbone)
+    correct = tf.cast(tf.equal(predictions['classes'], tf.cast(frame_labels, tf.int64)), tf.float32)
+    tf.compat.v1.summary.scalar('accuracy', tf.reduce_sum(correct * true_frames) / tf.reduce_sum(true_frames))
+    tf.compat.v1.summary.scalar('learning_rate', learning_rate)
+    tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
+
+
+def frame_accuracy(frame_labels, classes, true_frames):
+    """The accuracy metric over true frames only: (value, update_op); frame_labels and
+    classes [B, T], true_frames float32 [B, T], 1 on a clip's frames and 0 on padding."""
+    return tf.compat.v1.metrics.accuracy(frame_labels, classes, weights=true_frames)
+
+
+def _scaffold(backbone):
+    """A Scaffold that loads the backbone's weights into a new run, or None."""
+    if backbone is None or backbone.init_fn is None:
+        return None
+    return tf.compat.v1.train.Scaffold(init_fn=backbone.init_fn)
 
 
 def _eval_metrics(logits, labels, predictions):
@@ -77,11 +133,16 @@ def _eval_metrics(logits, labels, predictions):
 
 def example_count(labels):
     """A metric counting the examples evaluated: (value, update_op)."""
-    count = tf.compat.v1.Variable(
-        0, dtype=tf.int64, trainable=False, name='num_examples',
+    return running_total(tf.size(labels, out_type=tf.int64), 'num_examples')
+
+
+def running_total(amount, name):
+    """A metric summing int64 `amount` over the evaluation: (value, update_op)."""
+    total = tf.compat.v1.Variable(
+        0, dtype=tf.int64, trainable=False, name=name,
         collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES, tf.compat.v1.GraphKeys.METRIC_VARIABLES])
-    update = count.assign_add(tf.size(labels, out_type=tf.int64))
-    return count.read_value(), update
+    update = total.assign_add(amount)
+    return total.read_value(), update
 
 
 def learning_rate_schedule(global_step, params):

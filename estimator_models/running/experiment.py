@@ -105,6 +105,7 @@ def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None
                                    saved['hparams'] if saved else None)
     _check_batch_fits(resolved['batch_size'], eval_source.info.num_examples, eval_source.info.spec)
     _check_boxes(resolved, train_source, eval_source)
+    _fill_frame_classes(resolved, train_source, eval_source)
     class_names = saved.get('class_names') if saved else info.class_names
     run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []), data_dir)
     if isinstance(module, user_model_fn.UserModel):
@@ -151,6 +152,19 @@ def _check_boxes(hparams, *sources):
         if not data.info.has_boxes:
             raise UserError(f'regions=boxes reads boxes, and {data.info.spec} has none: TFRecord '
                             f'Examples with image/object/bbox/{{ymin,xmin,ymax,xmax}} do; or use regions=grid')
+
+
+def _fill_frame_classes(hparams, *sources):
+    """A per-frame head needs data that labels every frame; unset, num_frame_classes
+    comes from it."""
+    if hparams.get('head') != 'per_frame':
+        return
+    for data in sources:
+        if not data.info.num_frame_classes:
+            raise UserError(f'head=per_frame needs a label per frame, and {data.info.spec} has none: '
+                            f'.npz frame_labels (N,T), SequenceExample clip/frame_labels, or moving_glyphs')
+    if not hparams['num_frame_classes']:
+        hparams['num_frame_classes'] = max(data.info.num_frame_classes for data in sources)
 
 
 def _check_batch_fits(batch_size, eval_examples, spec):

@@ -77,7 +77,7 @@ COMMON_CHOICES = {
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
                  'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units', 'step')
 NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb',
-                     'backbone_learning_rate_scale')
+                     'backbone_learning_rate_scale', 'num_frame_classes')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',

@@ -94,12 +94,15 @@ def warmup_inputs(run, encoded):
     pixels = np.zeros([1, height, width, channels], np.float32)
     if run.module.KIND == CLIP:
         frames = pixels[:, np.newaxis].repeat(2, axis=1)
-        return {
+        requests = {
             'serving_default': {FRAMES_KEY: frames},
             receivers.LENGTHS_SIGNATURE: {FRAMES_KEY: frames, receivers.LENGTHS_KEY: np.array([2], np.int32)},
             'predict_bytes': {receivers.FRAMES_BYTES_KEY: np.array([[encoded, encoded]], object)},
             receivers.CLASSIFY_SIGNATURE: [example_from_encoded([encoded, encoded])],
         }
+        if run.hparams.get('head') == 'per_frame':
+            del requests[receivers.CLASSIFY_SIGNATURE]
+        return requests
     requests = {
         'serving_default': {IMAGE_KEY: pixels},
         'predict_bytes': {receivers.IMAGE_BYTES_KEY: np.array([encoded], object)},

@@ -60,7 +60,11 @@ def receivers(kind, hparams):
     size = (hparams['height'], hparams['width'], hparams['channels'], hparams['resize'],
             hparams.get('max_image_pixels', preprocess.DEFAULT_MAX_IMAGE_PIXELS))
     if kind == CLIP:
-        return _clip_receivers(size, hparams.get('max_frames_served', DEFAULT_MAX_FRAMES_SERVED))
+        features, signatures = _clip_receivers(size, hparams.get('max_frames_served', DEFAULT_MAX_FRAMES_SERVED))
+        if hparams.get('head') == 'per_frame':
+            # Classify answers one list of classes per input; a clip has one per frame.
+            del signatures[CLASSIFY_SIGNATURE]
+        return features, signatures
     return _image_receivers(size, reads_boxes(hparams))
 
 
