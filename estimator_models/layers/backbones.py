@@ -28,6 +28,8 @@ HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 
 DEFAULT_HPARAMS = {
     'backbone': 'small_cnn',
+    # small_cnn: BatchNorm after each convolution.
+    'cnn_batch_norm': False,
     # The application's ImageNet `.h5` (include_top=False); empty: random weights.
     'backbone_weights': '',
     'backbone_trainable': True,
@@ -63,18 +65,17 @@ def apply_backbone(images, params, mode):
     trainable = params['backbone_trainable']
     training = mode == tf.estimator.ModeKeys.TRAIN and trainable
     if params['backbone'] == 'small_cnn':
-        network = small_cnn(params['cnn_filters'])
-        return Backbone(network(images), network.weights, trainable, None)
+        network = small_cnn(params['cnn_filters'], batch_norm=params.get('cnn_batch_norm', False))
+        feature_map = network(images, training=training)
+        _collect_batch_norm_updates(network, images, training)
+        return Backbone(feature_map, network.weights, trainable, None)
     network = _application(params['backbone'], images.shape[1:3])
     for layer in network.layers:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.momentum = params['backbone_batch_norm_momentum']
     pixels = _PREPROCESSING[params['backbone']](as_rgb(images) * 255.0)   # [N, H, W, 3]
     feature_map = network(pixels, training=training)
-    if training:
-        # Keras keeps BatchNorm's moving-average updates to itself; the head runs UPDATE_OPS.
-        for update in network.get_updates_for(pixels):
-            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
+    _collect_batch_norm_updates(network, pixels, training)
     init_fn = None
     if params['backbone_weights'] and mode == tf.estimator.ModeKeys.TRAIN:
         init_fn = weights_loader(network.weights, params['backbone'], params['backbone_weights'],
@@ -82,8 +83,9 @@ def apply_backbone(images, params, mode):
     return Backbone(feature_map, network.weights, trainable, init_fn)
 
 
-def small_cnn(filters, name='cnn'):
-    """A stack of [3x3 conv + ReLU, 2x2 max-pool] blocks, one per entry of `filters`.
+def small_cnn(filters, name='cnn', batch_norm=False):
+    """A stack of [3x3 conv + ReLU, 2x2 max-pool] blocks, one per entry of `filters`;
+    with `batch_norm`, [3x3 conv, BatchNorm, ReLU, 2x2 max-pool].
 
     The returned Keras model maps float32 [N, H, W, C] (pixels in 0..1) to a feature
     map [N, H / 2^k, W / 2^k, filters[-1]] (k = len(filters), sizes rounded down).
@@ -91,10 +93,25 @@ def small_cnn(filters, name='cnn'):
     """
     layers = []
     for index, channels in enumerate(filters):
-        layers.append(tf.keras.layers.Conv2D(
-            channels, 3, padding='same', activation='relu', name=f'{name}_conv_{index}'))
+        if batch_norm:
+            # BatchNorm's offset does what the convolution's bias would.
+            layers += [tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False,
+                                              name=f'{name}_conv_{index}'),
+                       tf.keras.layers.BatchNormalization(name=f'{name}_batch_norm_{index}'),
+                       tf.keras.layers.ReLU(name=f'{name}_relu_{index}')]
+        else:
+            layers.append(tf.keras.layers.Conv2D(
+                channels, 3, padding='same', activation='relu', name=f'{name}_conv_{index}'))
         layers.append(tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}'))
     return tf.keras.Sequential(layers, name=name)
+
+
+def _collect_batch_norm_updates(network, inputs, training):
+    """Keras keeps BatchNorm's moving-average updates to itself; the head runs UPDATE_OPS."""
+    if not training:
+        return
+    for update in network.get_updates_for(inputs):
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
 
 
 def as_rgb(images):

@@ -43,7 +43,7 @@ def classification_head(logits, labels, mode, params, attention=None, backbone=N
         # The SavedModel signatures over these predictions: estimator_models.serving.receivers.
         return tf.estimator.EstimatorSpec(mode, predictions=predictions)
 
-    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    loss = cross_entropy(labels, logits, params.get('label_smoothing', 0.0))
     if mode == ModeKeys.EVAL:
         return tf.estimator.EstimatorSpec(
             mode, loss=loss, predictions=predictions,
@@ -88,7 +88,7 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
         message='a frame label beyond num_frame_classes')
     with tf.control_dependencies([in_range]):
         frame_labels = tf.identity(frame_labels)
-    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(frame_labels, logits, weights=true_frames)
+    loss = cross_entropy(frame_labels, logits, params.get('label_smoothing', 0.0), weights=true_frames)
     if mode == ModeKeys.EVAL:
         return tf.estimator.EstimatorSpec(mode, loss=loss, predictions=predictions, eval_metric_ops={
             'accuracy': frame_accuracy(frame_labels, predictions['classes'], true_frames),
@@ -101,6 +101,16 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
     tf.compat.v1.summary.scalar('learning_rate', learning_rate)
     tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0, weights=1.0):
+    """Mean softmax cross-entropy of int labels [...] against logits [..., K], weighted;
+    with `label_smoothing` s the target is 1 - s + s/K on the label and s/K elsewhere."""
+    if not label_smoothing:
+        return tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    targets = tf.one_hot(labels, tf.shape(logits)[-1])
+    return tf.compat.v1.losses.softmax_cross_entropy(targets, logits, weights=weights,
+                                                     label_smoothing=label_smoothing)
 
 
 def frame_accuracy(frame_labels, classes, true_frames):
@@ -186,7 +196,22 @@ def _train_op(loss, params, backbone=None):
                 learning_rate * params['backbone_learning_rate_scale'], name='Adam_backbone')
             train_op = tf.group(train_op, backbone_optimizer.apply_gradients(
                 updates[len(head_variables):]))
+    if params.get('weight_decay'):
+        rates = [learning_rate] * len(head_variables) + [
+            learning_rate * params['backbone_learning_rate_scale']] * len(backbone_variables)
+        with tf.control_dependencies([train_op]):
+            train_op = decoupled_weight_decay(variables, rates, params['weight_decay'], finite)
     return train_op, learning_rate, gradient_norm
+
+
+def decoupled_weight_decay(variables, rates, weight_decay, finite=True):
+    """AdamW's decay, kept apart from the gradient (Loshchilov and Hutter 2019): every
+    kernel (rank 2 or more) shrinks by its learning rate x weight_decay of itself; biases
+    and BatchNorm scales and offsets do not. Nothing shrinks on a step that was skipped
+    as not finite. Returns the op."""
+    keep = tf.cast(finite, tf.float32)
+    return tf.group([variable.assign_sub(keep * rate * weight_decay * variable)
+                     for variable, rate in zip(variables, rates) if variable.shape.rank >= 2])
 
 
 def _trained_variables(params, backbone):

@@ -46,6 +46,10 @@ COMMON_DEFAULTS = {
     'lr_schedule': 'cosine',
     'warmup_steps': 100,
     'clip_norm': 5.0,
+    # Regularisation (estimator_models.layers.head): targets 1 - s + s/K on the label and
+    # s/K elsewhere; AdamW-style decay of the kernels, apart from the gradient.
+    'label_smoothing': 0.0,
+    'weight_decay': 0.0,
     # Input (input_fns.dataset): examples in the training shuffle buffer; whether records
     # that cannot be read are dropped and counted instead of stopping the run.
     'shuffle_buffer': 10000,
@@ -77,12 +81,12 @@ COMMON_CHOICES = {
 POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
                  'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units', 'step')
 NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb',
-                     'backbone_learning_rate_scale', 'num_frame_classes')
+                     'backbone_learning_rate_scale', 'num_frame_classes', 'weight_decay')
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
                  'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
-                 'rnn_implementation', 'cache_train_mb', 'augment')
+                 'rnn_implementation', 'cache_train_mb', 'augment', 'label_smoothing', 'weight_decay')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
@@ -200,8 +204,9 @@ def _check(hparams, choices, shape_known):
         regions.parse_grid(hparams['grid'])
     if hparams.get('sequence') == 'regions' and hparams.get('regions') == 'boxes':
         _check_boxes_fit_pixels(hparams)
-    if not 0.0 <= hparams['dropout'] < 1.0:
-        raise UserError(f'hparam dropout must lie in [0, 1), got {hparams["dropout"]}')
+    for key in ('dropout', 'label_smoothing'):
+        if not 0.0 <= hparams[key] < 1.0:
+            raise UserError(f'hparam {key} must lie in [0, 1), got {hparams[key]}')
 
 
 def _check_boxes_fit_pixels(hparams):
