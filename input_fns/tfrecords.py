@@ -29,7 +29,7 @@ from input_fns.errors import UserError
 ENCODED_KEY = 'image/encoded'
 IMAGE_LABEL_KEY = 'image/class/label'
 CLIP_LABEL_KEY = 'clip/label/index'
-FRAME_LABELS_KEY = 'clip/frame_labels'
+CLIP_FRAME_LABELS_KEY = 'clip/frame_labels'
 BOX_KEYS = tuple(f'image/object/bbox/{edge}' for edge in ('ymin', 'xmin', 'ymax', 'xmax'))
 METADATA_SUFFIX = '.metadata.json'
 PEEKED_RECORDS = 1000
@@ -99,13 +99,14 @@ def _decode_image(serialized, channels, max_image_pixels, with_boxes=False):
 def _decode_clip(serialized, channels, max_image_pixels, with_frame_labels=False):
     sequence_features = {ENCODED_KEY: tf.io.FixedLenSequenceFeature([], tf.string)}
     if with_frame_labels:
-        sequence_features[FRAME_LABELS_KEY] = tf.io.FixedLenSequenceFeature([], tf.int64)
+        sequence_features[CLIP_FRAME_LABELS_KEY] = tf.io.FixedLenSequenceFeature([], tf.int64)
     context, sequence = tf.io.parse_single_sequence_example(
         serialized,
         context_features={CLIP_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)},
         sequence_features=sequence_features)
     frames = decode_frames(sequence[ENCODED_KEY], channels, max_image_pixels)
-    return source.clip_features(frames, frame_labels=sequence.get(FRAME_LABELS_KEY)), context[CLIP_LABEL_KEY]
+    frame_labels = sequence.get(CLIP_FRAME_LABELS_KEY)
+    return source.clip_features(frames, frame_labels=frame_labels), context[CLIP_LABEL_KEY]
 
 
 def decode_frames(encoded_frames, channels, max_image_pixels=preprocess.DEFAULT_MAX_IMAGE_PIXELS):
@@ -166,10 +167,10 @@ def _peeked_info(pattern, files):
 
 def _peeked_frame_classes(parsed, kind):
     """1 + the largest frame label of the first records, when the first clip has them; else 0."""
-    if kind != CLIP or FRAME_LABELS_KEY not in parsed[0].feature_lists.feature_list:
+    if kind != CLIP or CLIP_FRAME_LABELS_KEY not in parsed[0].feature_lists.feature_list:
         return 0
     labels = [label for example in parsed
-              for frame in example.feature_lists.feature_list[FRAME_LABELS_KEY].feature
+              for frame in example.feature_lists.feature_list[CLIP_FRAME_LABELS_KEY].feature
               for label in frame.int64_list.value]
     return int(max(labels, default=0)) + 1
 

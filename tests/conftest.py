@@ -102,3 +102,35 @@ def digits_export(tmp_path_factory, digits_npz):
 def clips_export(tmp_path_factory, clips_npz):
     """(run, SavedModel path, held-out examples) of a temporal_cnn_lstm trained 3 steps."""
     return briefly_trained_export('temporal_cnn_lstm', clips_npz, tmp_path_factory)
+
+
+# A process that only loads the SavedModel and calls one signature: what a server does.
+SERVE = '''
+import sys
+import numpy as np
+import tensorflow as tf
+signature = tf.saved_model.load(sys.argv[1]).signatures[sys.argv[2]]
+inputs = dict(np.load(sys.argv[3]))
+outputs = signature(**{key: tf.constant(value) for key, value in inputs.items()})
+np.savez(sys.argv[4], **{key: value.numpy() for key, value in outputs.items()})
+'''
+
+
+def serve_in_a_fresh_process(export, inputs, tmp_path, signature='serving_default'):
+    """{output name: numpy value} of `signature` of the SavedModel at `export` called with
+    `inputs` ({input name: numpy value}) in a fresh Python process."""
+    np.savez(tmp_path / 'inputs.npz', **inputs)
+    subprocess.run([sys.executable, '-c', SERVE, export, signature, str(tmp_path / 'inputs.npz'),
+                    str(tmp_path / 'outputs.npz')], check=True, capture_output=True)
+    return dict(np.load(tmp_path / 'outputs.npz'))
+
+
+def served_in_a_fresh_process(export, run, examples, tmp_path):
+    """The export's outputs for in-memory `examples` (LabelledArrays) as raw pixels: clips
+    through predict_with_lengths, images through serving_default."""
+    if run.module.KIND == 'clip':
+        signature, inputs = 'predict_with_lengths', {'frames': examples.inputs.astype(np.float32),
+                                                     'lengths': examples.lengths.astype(np.int32)}
+    else:
+        signature, inputs = 'serving_default', {'image': examples.inputs.astype(np.float32)}
+    return serve_in_a_fresh_process(export, inputs, tmp_path, signature)

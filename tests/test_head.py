@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import head
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
-from test_backbones import served_in_a_fresh_process
 
 
 def in_a_graph(build):
@@ -59,5 +58,5 @@ def test_batch_norm_smoothing_and_decay_train_and_serve_like_predict(digits_npz,
                                           os.path.join(model_dir, 'export'))
     examples = held_out_arrays(run, 8)
     predicted = np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
-    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path), predicted,
+    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities'], predicted,
                                atol=1e-5)

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, run_bin, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import head
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, receivers
 from input_fns import embedded, moving_glyphs
-from test_backbones import served_in_a_fresh_process
 
 PER_FRAME = dict(TINY['temporal_cnn_lstm'], head='per_frame', learning_rate='0.005')
 
@@ -51,7 +50,7 @@ def test_per_frame_head_trains_and_serves_like_estimator_predict(clips_with_fram
     predicted = experiment.predict(run, examples)
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                           os.path.join(model_dir, 'export'))
-    served = served_in_a_fresh_process(export, run, examples, tmp_path)           # [8, T, 2]
+    served = served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities']  # [8, T, 2]
     assert served.shape == examples.inputs.shape[:2] + (2,)
     for row, length in enumerate(examples.lengths):
         np.testing.assert_allclose(served[row, :length], predicted[row]['probabilities'][:length], atol=1e-5)

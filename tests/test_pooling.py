@@ -2,14 +2,12 @@
 numpy, padding that never counts, and every option trained, exported and served alike."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import pooling
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
@@ -63,16 +61,6 @@ def eval_image_tags(model_dir):
     return tags
 
 
-SERVE = '''
-import sys
-import numpy as np
-import tensorflow as tf
-signature = tf.saved_model.load(sys.argv[1]).signatures[sys.argv[2]]
-inputs = dict(np.load(sys.argv[3]))
-outputs = signature(**{key: tf.constant(value) for key, value in inputs.items()})
-np.savez(sys.argv[4], **{key: value.numpy() for key, value in outputs.items()})
-'''
-
 
 @pytest.mark.parametrize('model, how', [
     ('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('temporal_cnn_lstm', 'attention'),
@@ -87,15 +75,7 @@ def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, digit
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                           os.path.join(model_dir, 'export'))
     examples = held_out_arrays(run, 8)
-    if run.module.KIND == 'clip':
-        signature, inputs = 'predict_with_lengths', {'frames': examples.inputs.astype(np.float32),
-                                                     'lengths': examples.lengths.astype(np.int32)}
-    else:
-        signature, inputs = 'serving_default', {'image': examples.inputs.astype(np.float32)}
-    np.savez(tmp_path / 'inputs.npz', **inputs)
-    subprocess.run([sys.executable, '-c', SERVE, export, signature, str(tmp_path / 'inputs.npz'),
-                    str(tmp_path / 'outputs.npz')], check=True, capture_output=True)
-    served = np.load(tmp_path / 'outputs.npz')
+    served = served_in_a_fresh_process(export, run, examples, tmp_path)
     predicted = experiment.predict(run, examples)
     np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
                                atol=1e-5)

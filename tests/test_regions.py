@@ -2,20 +2,18 @@
 features against numpy, a step per cell, and the option trained and served like predict."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, train_on_a_few_examples
+from conftest import (TINY, held_out_arrays, run_bin, serve_in_a_fresh_process, served_in_a_fresh_process,
+                      train_on_a_few_examples)
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
 from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY, glyphs, writing
 from input_fns.errors import UserError
-from test_backbones import SERVE, served_in_a_fresh_process
 
 
 def test_grid_cells_tile_the_image_in_raster_order():
@@ -56,7 +54,7 @@ def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, 
     assert predicted[0]['attention'].shape == (steps_read,)
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                           os.path.join(model_dir, 'export'))
-    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path),
+    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities'],
                                np.stack([row['probabilities'] for row in predicted]), atol=1e-5)
 
 
@@ -93,13 +91,6 @@ def batch_arrays(run, data):
             NUM_BOXES_KEY: np.concatenate([batch[NUM_BOXES_KEY] for batch in arrays])}
 
 
-def serve(export, inputs, tmp_path, signature='serving_default'):
-    np.savez(tmp_path / 'inputs.npz', **inputs)
-    subprocess.run([sys.executable, '-c', SERVE, export, signature, str(tmp_path / 'inputs.npz'),
-                    str(tmp_path / 'outputs.npz')], check=True, capture_output=True)
-    return dict(np.load(tmp_path / 'outputs.npz'))
-
-
 def test_boxes_from_the_data_train_and_serve_like_predict_and_padding_boxes_change_nothing(
         digits_with_boxes, tmp_path):
     model_dir = str(tmp_path / 'run')
@@ -116,7 +107,7 @@ def test_boxes_from_the_data_train_and_serve_like_predict_and_padding_boxes_chan
         assert np.all(attention[:max(count, 1)] > 0) and np.all(attention[max(count, 1):] == 0)
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                           os.path.join(model_dir, 'export'))
-    served = serve(export, inputs, tmp_path)
+    served = serve_in_a_fresh_process(export, inputs, tmp_path)
     np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
                                atol=1e-5)
     # Junk boxes past each image's count, and more of them: the same answers.
@@ -124,7 +115,7 @@ def test_boxes_from_the_data_train_and_serve_like_predict_and_padding_boxes_chan
     padded = np.concatenate([inputs[BOXES_KEY], junk[:, :3]], axis=1)
     for row, count in enumerate(counts):
         padded[row, count:] = junk[row, :7 - count] if count < 4 else junk[row, :3]
-    served_padded = serve(export, dict(inputs, **{BOXES_KEY: padded}), tmp_path)
+    served_padded = serve_in_a_fresh_process(export, dict(inputs, **{BOXES_KEY: padded}), tmp_path)
     np.testing.assert_allclose(served_padded['logits'], served['logits'], atol=1e-5)
 
 

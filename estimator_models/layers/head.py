@@ -32,11 +32,7 @@ def classification_head(logits, labels, mode, params, attention=None, backbone=N
       tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B],
       `probabilities` float32 [B, K], `logits` float32 [B, K] and, given, `attention`.
     """
-    predictions = {
-        'classes': tf.argmax(logits, axis=-1),
-        'probabilities': tf.nn.softmax(logits, name='probabilities'),
-        'logits': logits,
-    }
+    predictions = _class_predictions(logits)
     if attention is not None:
         predictions['attention'] = attention
     if mode == ModeKeys.PREDICT:
@@ -49,13 +45,9 @@ def classification_head(logits, labels, mode, params, attention=None, backbone=N
             mode, loss=loss, predictions=predictions,
             eval_metric_ops=_eval_metrics(logits, labels, predictions))
 
-    train_op, learning_rate, gradient_norm = _train_op(loss, params, backbone)
     batch_accuracy = tf.reduce_mean(tf.cast(
         tf.equal(predictions['classes'], tf.cast(labels, tf.int64)), tf.float32))
-    tf.compat.v1.summary.scalar('accuracy', batch_accuracy)
-    tf.compat.v1.summary.scalar('learning_rate', learning_rate)
-    tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
+    return _training_spec(loss, batch_accuracy, params, backbone)
 
 
 def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
@@ -73,11 +65,7 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
       tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B, T],
       `probabilities` float32 [B, T, K] and `logits`; its `accuracy` is over true frames.
     """
-    predictions = {
-        'classes': tf.argmax(logits, axis=-1),
-        'probabilities': tf.nn.softmax(logits, name='probabilities'),
-        'logits': logits,
-    }
+    predictions = _class_predictions(logits)
     if mode == ModeKeys.PREDICT:
         return tf.estimator.EstimatorSpec(mode, predictions=predictions)
     if frame_labels is None:
@@ -95,12 +83,27 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
             'num_examples': example_count(lengths),
             'num_frames': running_total(tf.cast(tf.reduce_sum(true_frames), tf.int64), 'num_frames'),
         })
-    train_op, learning_rate, gradient_norm = _train_op(loss, params, backbone)
     correct = tf.cast(tf.equal(predictions['classes'], tf.cast(frame_labels, tf.int64)), tf.float32)
-    tf.compat.v1.summary.scalar('accuracy', tf.reduce_sum(correct * true_frames) / tf.reduce_sum(true_frames))
+    batch_accuracy = tf.reduce_sum(correct * true_frames) / tf.reduce_sum(true_frames)
+    return _training_spec(loss, batch_accuracy, params, backbone)
+
+
+def _class_predictions(logits):
+    """`classes` (argmax over the last axis), `probabilities` and `logits` of logits [..., K]."""
+    return {
+        'classes': tf.argmax(logits, axis=-1),
+        'probabilities': tf.nn.softmax(logits, name='probabilities'),
+        'logits': logits,
+    }
+
+
+def _training_spec(loss, batch_accuracy, params, backbone):
+    """The TRAIN EstimatorSpec: the train op, its summaries, and the backbone's loader."""
+    train_op, learning_rate, gradient_norm = _train_op(loss, params, backbone)
+    tf.compat.v1.summary.scalar('accuracy', batch_accuracy)
     tf.compat.v1.summary.scalar('learning_rate', learning_rate)
     tf.compat.v1.summary.scalar('gradient_norm', gradient_norm)
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
+    return tf.estimator.EstimatorSpec(ModeKeys.TRAIN, loss=loss, train_op=train_op, scaffold=_scaffold(backbone))
 
 
 def cross_entropy(labels, logits, label_smoothing=0.0, weights=1.0):

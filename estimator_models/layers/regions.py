@@ -18,6 +18,8 @@ import tensorflow as tf
 from input_fns.errors import UserError
 
 SOURCES = ('grid', 'boxes')
+# A box over the whole image, (ymin, xmin, ymax, xmax): what an image without boxes reads.
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 REGION_CROP = 2
 _GRID = re.compile(r'^([1-9]\d*)x([1-9]\d*)$')
 
@@ -50,7 +52,7 @@ def grid_as_sequence(feature_map, grid):
 def whole_image_when_boxless(boxes, counts):
     """(float32 [B, R, 4], int32 [B]) -> the same, an image without boxes given one box:
     the whole image (an empty sequence has no last step to read)."""
-    whole = tf.constant([0.0, 0.0, 1.0, 1.0])
+    whole = tf.constant(WHOLE_IMAGE)
     boxes = tf.cond(tf.shape(boxes)[1] > 0, lambda: boxes,                  # room when R is 0
                     lambda: tf.zeros([tf.shape(boxes)[0], 1, 4], boxes.dtype))
     first = tf.where(tf.equal(counts, 0)[:, tf.newaxis], whole[tf.newaxis], boxes[:, 0])

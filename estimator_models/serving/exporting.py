@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from estimator_models.layers import regions
 from estimator_models.serving import receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 
@@ -72,7 +73,7 @@ def _write_saved_model(run, checkpoint_path, path):
             builder.save()
             blank_png = session.run(blank_image)
     os.makedirs(os.path.join(path, 'assets.extra'))
-    write_warmup_requests(os.path.join(path, 'assets.extra', WARMUP_FILE), run, blank_png)
+    write_warmup_requests(os.path.join(path, 'assets.extra', WARMUP_FILE), run, blank_png, signature_inputs)
 
 
 def versions(export_base):
@@ -87,32 +88,24 @@ def _next_version(export_base):
     return max([int(time.time())] + [version + 1 for version in versions(export_base)])
 
 
-def warmup_inputs(run, encoded):
-    """One small request per signature, of blank images (`encoded`: one as PNG bytes):
-    {signature key: {input name: numpy value}}, or a list of tf.Example for classify."""
+def warmup_inputs(run, encoded, signature_inputs):
+    """One small request per signature of `signature_inputs` (receivers' {signature key:
+    {input name: tensor}}), of a blank image or a clip of two (`encoded`: one as PNG
+    bytes): {signature key: {input name: numpy value}}, or a list of tf.Example for classify."""
     height, width, channels = (run.hparams[key] for key in ('height', 'width', 'channels'))
     pixels = np.zeros([1, height, width, channels], np.float32)
-    if run.module.KIND == CLIP:
-        frames = pixels[:, np.newaxis].repeat(2, axis=1)
-        requests = {
-            'serving_default': {FRAMES_KEY: frames},
-            receivers.LENGTHS_SIGNATURE: {FRAMES_KEY: frames, receivers.LENGTHS_KEY: np.array([2], np.int32)},
-            'predict_bytes': {receivers.FRAMES_BYTES_KEY: np.array([[encoded, encoded]], object)},
-            receivers.CLASSIFY_SIGNATURE: [example_from_encoded([encoded, encoded])],
-        }
-        if run.hparams.get('head') == 'per_frame':
-            del requests[receivers.CLASSIFY_SIGNATURE]
-        return requests
-    requests = {
-        'serving_default': {IMAGE_KEY: pixels},
-        'predict_bytes': {receivers.IMAGE_BYTES_KEY: np.array([encoded], object)},
-        receivers.CLASSIFY_SIGNATURE: [example_from_encoded([encoded])],
+    values = {
+        IMAGE_KEY: pixels,
+        receivers.IMAGE_BYTES_KEY: np.array([encoded], object),
+        FRAMES_KEY: pixels[:, np.newaxis].repeat(2, axis=1),
+        receivers.LENGTHS_KEY: np.array([2], np.int32),
+        receivers.FRAMES_BYTES_KEY: np.array([[encoded, encoded]], object),
+        BOXES_KEY: np.array([[regions.WHOLE_IMAGE]], np.float32),
+        NUM_BOXES_KEY: np.array([1], np.int32),
     }
-    if receivers.reads_boxes(run.hparams):
-        for key in ('serving_default', 'predict_bytes'):
-            requests[key].update({BOXES_KEY: np.array([[receivers.WHOLE_IMAGE]], np.float32),
-                                  NUM_BOXES_KEY: np.array([1], np.int32)})
-    return requests
+    example = example_from_encoded([encoded, encoded] if run.module.KIND == CLIP else [encoded])
+    return {key: [example] if key == receivers.CLASSIFY_SIGNATURE else {name: values[name] for name in inputs}
+            for key, inputs in signature_inputs.items()}
 
 
 def example_from_encoded(encoded_images):
@@ -121,10 +114,10 @@ def example_from_encoded(encoded_images):
         receivers.ENCODED_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded_images))}))
 
 
-def write_warmup_requests(path, run, encoded):
+def write_warmup_requests(path, run, encoded, signature_inputs):
     """assets.extra/tf_serving_warmup_requests: a PredictionLog for each signature."""
     with tf.io.TFRecordWriter(path) as writer:
-        for key, inputs in warmup_inputs(run, encoded).items():
+        for key, inputs in warmup_inputs(run, encoded, signature_inputs).items():
             spec = model_pb2.ModelSpec(signature_name=key)
             if key == receivers.CLASSIFY_SIGNATURE:
                 request = classification_pb2.ClassificationRequest(

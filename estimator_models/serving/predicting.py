@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
+from estimator_models.layers import regions
 from estimator_models.serving import receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY, arrays, preprocess
 from input_fns.errors import UserError, assertion_text
@@ -147,7 +148,7 @@ def _with_whole_image_boxes(columns, inputs):
     if BOXES_KEY not in inputs:
         return {'instances': next(iter(columns.values()))}
     count = len(next(iter(columns.values())))
-    return {'inputs': dict(columns, **{BOXES_KEY: [[receivers.WHOLE_IMAGE]] * count,
+    return {'inputs': dict(columns, **{BOXES_KEY: [list(regions.WHOLE_IMAGE)] * count,
                                        NUM_BOXES_KEY: [1] * count})}
 
 

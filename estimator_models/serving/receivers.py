@@ -34,14 +34,12 @@ of no frames, lengths outside [1, T], and NaN or infinite pixel values.
 import tensorflow as tf
 
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY, preprocess
+from input_fns.tfrecords import BOX_KEYS
 
 # Limits for runs whose hparams predate them (see estimator_models.running.hparams).
 DEFAULT_MAX_FRAMES_SERVED = 512
 
 ENCODED_KEY = 'image/encoded'
-# A box over the whole image, (ymin, xmin, ymax, xmax): what a request without boxes means.
-WHOLE_IMAGE = [0.0, 0.0, 1.0, 1.0]
-BOX_KEYS = tuple(f'image/object/bbox/{edge}' for edge in ('ymin', 'xmin', 'ymax', 'xmax'))
 EXAMPLES_KEY = 'inputs'
 IMAGE_BYTES_KEY = 'image_bytes'
 FRAMES_BYTES_KEY = 'frames_bytes'
