@@ -13,13 +13,18 @@ INSTALL_REQUIRES = [
     'tensorboard-plugin-profile==2.15.0',
     'numpy==1.26.4',
     # 4.25 has a compiled implementation for Python 3.11; 3.20.3 only a pure-Python one there.
-    'protobuf==4.25.5; python_version >= "3.11"',
+    'protobuf==4.25.8; python_version >= "3.11"',
     'protobuf==3.20.3; python_version < "3.11"',
     'tensorflow-datasets==4.9.4',
     'tensorflow-metadata==1.15.0; python_version >= "3.11"',
     'tensorflow-metadata==1.14.0; python_version < "3.11"',
     'tensorflow-serving-api==2.15.1',
     'absl-py==1.4.0',
+    # ONNX export, verification and serving (bin/export --format=onnx); onnxruntime 1.32
+    # is built for Python 3.11 and newer only.
+    'tf2onnx==1.17.0; python_version >= "3.11"',
+    'onnx==1.17.0; python_version >= "3.11"',
+    'onnxruntime==1.32.0; python_version >= "3.11"',
 ]
 
 setuptools.setup(

@@ -64,7 +64,11 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
     Returns:
       tf.estimator.EstimatorSpec whose predictions are `classes` int64 [B, T],
       `probabilities` float32 [B, T, K] and `logits`; its `accuracy` is over true frames.
+      Frames past a clip's length answer logits 0 (class 0, uniform probabilities), so
+      every implementation of the recurrent stack and every export agrees on them too.
     """
+    is_true_frame = tf.sequence_mask(lengths, maxlen=tf.shape(logits)[1])[..., tf.newaxis]  # [B, T, 1]
+    logits = tf.where(is_true_frame, logits, tf.zeros_like(logits))
     predictions = _class_predictions(logits)
     if mode == ModeKeys.PREDICT:
         return tf.estimator.EstimatorSpec(mode, predictions=predictions)

@@ -42,8 +42,9 @@ def pool_steps(outputs, mask, pooling, attention_units):
 
 def attention_weights(outputs, mask, units):
     """score_t = v . tanh(W h_t + b); softmax over the true steps: float32 [B, T], exactly
-    0 on padding (its score is -inf before the softmax)."""
+    0 on padding (its score is the lowest float32 before the softmax: exp underflows to 0.
+    Not -inf, which an ONNX export turns into NaN)."""
     hidden = tf.keras.layers.Dense(units, activation='tanh', name='attention_hidden')(outputs)
     scores = tf.keras.layers.Dense(1, use_bias=False, name='attention_score')(hidden)[..., 0]
-    scores = tf.where(mask, scores, tf.fill(tf.shape(scores), float('-inf')))  # [B, T]
+    scores = tf.where(mask, scores, tf.fill(tf.shape(scores), scores.dtype.min))  # [B, T]
     return tf.nn.softmax(scores, axis=-1)

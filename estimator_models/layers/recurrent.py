@@ -7,18 +7,25 @@ between them on resume or warm start:
   keras  Keras' LSTM/GRU layers: a while loop of small ops per step.
   fused  one op per layer on the CPU (estimator_models.layers.kernels), LSTM only.
   cudnn  cuDNN's kernel (CudnnRNNV3) on a GPU, LSTM only.
+  unmasked  Keras' layers run without a mask over the end-padded steps, each sequence's
+         output gathered at its last true step, the backward direction run on each
+         sequence reversed by its length (estimator_models.layers.unmasked_recurrent).
+         End padding cannot reach earlier steps, so the true steps' outputs are the
+         masked layers'; and tf2onnx maps this loop to ONNX's LSTM and GRU ops, which it
+         cannot do for a masked one. ONNX exports build their graph with it.
   auto   cudnn where a GPU is visible, else fused where its kernel builds, else keras;
          GRU always runs on keras.
 
-Serving graphs (PREDICT mode) always use keras: TensorFlow Serving has no custom ops.
+Serving graphs (PREDICT mode) use keras (TensorFlow Serving has no custom ops), or
+unmasked when it is asked for by name (the ONNX export does).
 """
 
 import tensorflow as tf
 
-from estimator_models.layers import fused_recurrent, kernels, pooling
+from estimator_models.layers import fused_recurrent, kernels, pooling, unmasked_recurrent
 from input_fns.errors import UserError
 
-IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn')
+IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn', 'unmasked')
 _LSTM_LAYERS = {'fused': fused_recurrent.FusedLSTM, 'cudnn': fused_recurrent.CudnnLSTM}
 
 
@@ -61,6 +68,8 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
     """
     training = mode == tf.estimator.ModeKeys.TRAIN
     chosen = implementation(hparams, mode)
+    if chosen == 'unmasked':
+        return unmasked_recurrent.recurrent_stack(sequence, hparams, training, lengths, return_sequences)
     mask = None
     if lengths is not None:
         mask = tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
@@ -88,6 +97,8 @@ def implementation(hparams, mode=None):
     """The implementation a graph of `mode` runs: `rnn_implementation` with `auto` resolved."""
     check_cell(hparams)
     requested = hparams.get('rnn_implementation', 'auto')
+    if requested == 'unmasked':
+        return requested
     if mode == tf.estimator.ModeKeys.PREDICT or hparams['cell'] != 'lstm':
         return 'keras'
     if requested == 'auto':

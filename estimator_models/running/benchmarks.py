@@ -2,11 +2,14 @@
 
 Serving latency: an exported SavedModel, loaded in-process, for each of its signatures.
 
-Two runtimes are timed:
-  session   a tf.compat.v1.Session feeding and fetching the SignatureDef's tensors by
-            name: what TensorFlow Serving's SavedModelBundle does for every request.
-  function  the signature functions of tf.saved_model.load, as bin/predict and Python
-            callers use them.
+Two runtimes are timed, and a third when an ONNX file of the same model is given:
+  session      a tf.compat.v1.Session feeding and fetching the SignatureDef's tensors by
+               name: what TensorFlow Serving's SavedModelBundle does for every request.
+  function     the signature functions of tf.saved_model.load, as bin/predict and Python
+               callers use them.
+  onnxruntime  an onnxruntime InferenceSession of the ONNX export (bin/export
+               --format=onnx) on the CPU, fed the raw-pixel signature's inputs (clips
+               with their lengths).
 """
 
 import resource
@@ -15,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from estimator_models.serving import exporting, predicting, receivers
+from estimator_models.serving import exporting, onnx_serving, predicting, receivers
 from input_fns import CLIP, writing
 
 BENCHMARK_FRAMES = 9  # a typical clip of the embedded data (6 to 12 frames)
@@ -72,7 +75,7 @@ def function_callers(loaded):
     return {key: caller(function) for key, function in loaded.signatures.items()}
 
 
-def serving_latency(saved_model, batch_sizes=(1, 32), calls=200, warmup_calls=10):
+def serving_latency(saved_model, batch_sizes=(1, 32), calls=200, onnx_file=None, warmup_calls=10):
     """Rows of {runtime, signature, batch_size, p50_ms, p99_ms, mean_ms, calls}."""
     saved_model_dir = predicting.resolve_version(saved_model)
     loaded = tf.saved_model.load(saved_model_dir)
@@ -85,12 +88,30 @@ def serving_latency(saved_model, batch_sizes=(1, 32), calls=200, warmup_calls=10
                 if runtime == 'function':
                     inputs = {name: tf.constant(value) for name, value in inputs.items()}
                 milliseconds = _time_calls(callers[runtime][key], inputs, calls, warmup_calls)
-                rows.append({'runtime': runtime, 'signature': key, 'batch_size': batch_size,
-                             'calls': calls,
-                             'p50_ms': float(np.percentile(milliseconds, 50)),
-                             'p99_ms': float(np.percentile(milliseconds, 99)),
-                             'mean_ms': float(milliseconds.mean())})
+                rows.append(_row(runtime, key, batch_size, calls, milliseconds))
+    if onnx_file:
+        rows += _onnx_rows(onnx_file, inputs_by_batch_size, calls, warmup_calls)
     return rows
+
+
+def _onnx_rows(onnx_file, inputs_by_batch_size, calls, warmup_calls):
+    """onnxruntime's rows, on the inputs of the signature whose names the file takes."""
+    inference_session = onnx_serving.session(onnx_file)
+    key = receivers.LENGTHS_SIGNATURE if 'lengths' in {item.name for item in inference_session.get_inputs()} \
+        else 'serving_default'
+    rows = []
+    for batch_size, inputs in inputs_by_batch_size.items():
+        milliseconds = _time_calls(lambda feeds: onnx_serving.run_onnx(inference_session, feeds),
+                                   inputs[key], calls, warmup_calls)
+        rows.append(_row('onnxruntime', key, batch_size, calls, milliseconds))
+    return rows
+
+
+def _row(runtime, signature, batch_size, calls, milliseconds):
+    return {'runtime': runtime, 'signature': signature, 'batch_size': batch_size, 'calls': calls,
+            'p50_ms': float(np.percentile(milliseconds, 50)),
+            'p99_ms': float(np.percentile(milliseconds, 99)),
+            'mean_ms': float(milliseconds.mean())}
 
 
 def _time_calls(call, inputs, calls, warmup_calls):

@@ -23,7 +23,7 @@ from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
     preemption, training_benchmark)
-from estimator_models.serving import predicting  # noqa: E402
+from estimator_models.serving import onnx_export, onnx_serving, predicting  # noqa: E402
 from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
 
@@ -72,6 +72,8 @@ def _define_train_flags():
                         'Regex of the variables to warm-start, matched from the start of their names.')
     flags.DEFINE_float('forget_bias', 1.0, 'forget_bias of the TF1 LSTMCell of a --warm_start_from '
                        'checkpoint (folded into the converted bias).')
+    flags.DEFINE_list('export_formats', ['saved_model'], 'saved_model, or saved_model,onnx: also an ONNX '
+                      'file beside each SavedModel, in EXPORT_DIR/onnx/<its version>, verified against it.')
     flags.DEFINE_bool('xla', False, 'Compile the training graph with XLA (measured slower on the CPU: '
                       'BENCHMARKS.md).')
     flags.DEFINE_string('profile_steps', None,
@@ -88,6 +90,14 @@ def _define_evaluate_flags():
 
 def _define_export_flags():
     flags.DEFINE_string('model_dir', None, 'A trained model_dir.')
+    flags.DEFINE_enum('format', 'saved_model', ['saved_model', 'onnx'],
+                      'saved_model (for TensorFlow Serving), or onnx: EXPORT_DIR/<version>/model.onnx '
+                      '(default EXPORT_DIR: MODEL_DIR/export/onnx), verified against the SavedModel '
+                      'of the same checkpoint.')
+    flags.DEFINE_string('data', None, f'With --format=onnx: data spec whose first '
+                        f'{onnx_export.VERIFY_EXAMPLES} examples verify the file; default: seeded '
+                        'random pixels (and clip lengths).')
+    flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared; default: the run\'s.')
     flags.DEFINE_string('export_dir', None,
                         'Base directory; the SavedModel goes to EXPORT_DIR/<version>. '
                         'Default: MODEL_DIR/export/latest.')
@@ -104,6 +114,9 @@ def _define_convert_checkpoint_flags():
 
 def _define_predict_flags():
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
+    flags.DEFINE_string('onnx', None, 'An ONNX file of bin/export --format=onnx, run by onnxruntime '
+                        'instead of --saved_model (signatures serving_default and, for clips, '
+                        'predict_with_lengths).')
     flags.DEFINE_multi_string('input', None, 'Input file: image, .npz, TFRecord (*.tfrecord*), or (clips) a directory of frames.')
     flags.DEFINE_string('request', None, 'A TensorFlow Serving REST request body (JSON file): '
                         '{"instances": [...]}, {"inputs": ...} or {"examples": [...]}.')
@@ -121,8 +134,10 @@ def _define_make_tfrecords_flags():
 
 
 def _define_benchmark_flags():
-    flags.DEFINE_bool('serving', False, 'Measure serving latency of --saved_model.')
+    flags.DEFINE_bool('serving', False, 'Measure serving latency of --saved_model (and --onnx).')
     flags.DEFINE_string('saved_model', None, 'A SavedModel directory, or a base directory of versions.')
+    flags.DEFINE_string('onnx', None, 'With --serving: also time this ONNX file (of the same model) '
+                        'in onnxruntime.')
     flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes to measure.')
     flags.DEFINE_integer('calls', 200, 'Timed calls per signature and batch size.')
     flags.DEFINE_string('json_out', None, 'Also write the result as JSON to this file.')
@@ -204,12 +219,14 @@ def train(argv):
     checkpoint_every = checkpoint_every or max(1, train_steps // 5)
     warm_settings = _warm_start(run)
     tf.keras.utils.set_random_seed(FLAGS.seed)
+    onnx_line = (f'  ONNX files:                   {os.path.join(export_dir, onnx_export.ONNX_DIR)}\n'
+                 if 'onnx' in FLAGS.export_formats else '')
     print(f'training {run.model} for {train_steps} steps on {_described(train_source)}, '
           f'evaluating on {_described(eval_source)}\n'
           f'  checkpoints and train events: {model_dir}\n'
           f'  eval events:                  {os.path.join(model_dir, "eval")}\n'
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
-          f'{os.path.join(export_dir, "latest")}\n'
+          f'{os.path.join(export_dir, "latest")}\n{onnx_line}'
           f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}\n'
           f'  runs on: {_described_compute(run)}', flush=True)
     if run.hparams.get('backbone', 'small_cnn') != 'small_cnn':
@@ -224,7 +241,7 @@ def train(argv):
                 run, train_source, eval_source, train_steps, FLAGS.seed, export_dir,
                 checkpoint_every, FLAGS.distribution, profile_steps, warm_settings,
                 preemption.hooks(watch, model_dir, FLAGS.save_every_secs) if task.writes_run else (),
-                FLAGS.xla, task)
+                FLAGS.xla, task, FLAGS.export_formats)
         except preemption.Stopped as stopped:
             preemption.report(stopped)
             sys.exit(stopped.exit_code)
@@ -237,7 +254,7 @@ def train(argv):
         return
     print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
           f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
-          f'  tensorboard --logdir {shlex.quote(model_dir)}')
+          f'{onnx_line}  tensorboard --logdir {shlex.quote(model_dir)}')
 
 
 def _cluster_task_done(task, model_dir, export_dir):
@@ -261,10 +278,22 @@ def _checked_training_flags():
         raise UserError(f'--save_every_secs must be 0 (off) or more, got {FLAGS.save_every_secs}')
     if FLAGS.warm_start_from:
         warm_start.checkpoint_path(FLAGS.warm_start_from)
+    _checked_export_formats()
     train_steps = FLAGS.train_steps or registry.get(FLAGS.model).DEFAULT_TRAIN_STEPS
     profile_steps = (monitoring.parse_profile_steps(FLAGS.profile_steps, train_steps)
                      if FLAGS.profile_steps else None)
     return FLAGS.train_steps, FLAGS.checkpoint_every, profile_steps
+
+
+def _checked_export_formats():
+    formats = FLAGS.export_formats
+    unknown = sorted(set(formats) - {'saved_model', 'onnx'})
+    if unknown:
+        raise UserError(f'--export_formats: unknown format {unknown[0]} (saved_model, onnx)')
+    if 'saved_model' not in formats:
+        raise UserError('--export_formats must list saved_model: an ONNX file is verified against it')
+    if 'onnx' in formats:
+        onnx_export.check_available()
 
 
 def _warm_start(run):
@@ -301,6 +330,16 @@ def export(argv):
             print(f'{name}\t{shape}\t{dtype}')
         return
     run = experiment.load_run(FLAGS.model_dir)
+    if FLAGS.data_dir:
+        run.data_dir = FLAGS.data_dir
+    if FLAGS.format == 'onnx':
+        onnx_export.check_available()
+        export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, 'export', onnx_export.ONNX_DIR)
+        eval_source = run.evaluation_source(FLAGS.data) if FLAGS.data else None
+        path = experiment.export_onnx(run, export_dir, eval_source)
+        print(f'verified: {os.path.join(os.path.dirname(path), onnx_export.VERIFICATION_FILE)}')
+        print(path)
+        return
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, 'export', 'latest')
     print(experiment.export(run, export_dir))
 
@@ -317,10 +356,13 @@ def convert_checkpoint(argv):
 
 def predict(argv):
     del argv
-    _require('saved_model')
+    if bool(FLAGS.saved_model) == bool(FLAGS.onnx):
+        raise UserError('give either --saved_model or --onnx')
     if bool(FLAGS.input) == bool(FLAGS.request):
         raise UserError('give either --input files or a --request body')
-    loaded = predicting.load(FLAGS.saved_model)
+    if FLAGS.onnx:
+        onnx_export.check_available()
+    loaded = onnx_serving.load(FLAGS.onnx) if FLAGS.onnx else predicting.load(FLAGS.saved_model)
     if FLAGS.request:
         body = _read_json(FLAGS.request)
     else:
@@ -402,7 +444,10 @@ def benchmark(argv):
         raise UserError(f'--batch_sizes must be integers, got {",".join(FLAGS.batch_sizes)}') from None
     if FLAGS.calls < 1 or min(batch_sizes) < 1:
         raise UserError('--calls and --batch_sizes must be positive')
-    rows = benchmarks.serving_latency(FLAGS.saved_model, batch_sizes, FLAGS.calls)
+    if FLAGS.onnx:
+        onnx_export.check_available()
+        onnx_serving.load(FLAGS.onnx)  # a bad file is one line before any timing
+    rows = benchmarks.serving_latency(FLAGS.saved_model, batch_sizes, FLAGS.calls, FLAGS.onnx)
     print(f'serving latency of {predicting.resolve_version(FLAGS.saved_model)} '
           f'(in-process, {os.cpu_count()} CPU cores)')
     print(benchmarks.markdown_table(rows))

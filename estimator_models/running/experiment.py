@@ -16,7 +16,7 @@ from estimator_models import registry
 from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import cluster, monitoring, progress
-from estimator_models.serving import exporting, receivers
+from estimator_models.serving import exporting, onnx_export, receivers
 from input_fns import dataset, specs
 from input_fns.errors import UserError
 
@@ -262,19 +262,26 @@ def usable_cores():
     return cores
 
 
-def exporters(run, export_dir):
+def exporters(run, export_dir, export_formats=('saved_model',), eval_source=None):
+    """The exporters after each evaluation: SavedModels in export_dir/best and /latest,
+    each with an ONNX file beside it (verified on `eval_source`) if 'onnx' is in
+    `export_formats`."""
+    after_export = None
+    if 'onnx' in export_formats:
+        after_export = onnx_export.beside_saved_models(run, export_dir, eval_source)
     return [
         progress.EvalReporter(),
-        exporting.ServingExporter('best', run, export_dir, BEST_EXPORTS_KEPT, only_if_better=True),
-        exporting.ServingExporter('latest', run, export_dir, LATEST_EXPORTS_KEPT),
+        exporting.ServingExporter('best', run, export_dir, BEST_EXPORTS_KEPT, only_if_better=True,
+                                  after_export=after_export),
+        exporting.ServingExporter('latest', run, export_dir, LATEST_EXPORTS_KEPT, after_export=after_export),
     ]
 
 
 def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export_dir,
                        checkpoint_every, distribution='none', profile_steps=None, warm_start_from=None,
-                       extra_hooks=(), xla=False, task=cluster.Task()):
+                       extra_hooks=(), xla=False, task=cluster.Task(), export_formats=('saved_model',)):
     """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
-    checkpoint, tracing the global steps `profile_steps` (first, last) if given, starting
+    checkpoint (a SavedModel, and an ONNX file beside it if 'onnx' is in `export_formats`), tracing the global steps `profile_steps` (first, last) if given, starting
     a new run from the WarmStartSettings `warm_start_from` if given, with `extra_hooks`
     in the training loop, its graphs compiled by XLA with `xla`. Returns the last eval
     result (None if there was nothing left to train, and in a cluster, where this
@@ -293,7 +300,8 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
         hooks=monitoring.training_hooks(config, run.hparams, profile_steps, task.writes_run)
         + list(extra_hooks))
     eval_spec = tf.estimator.EvalSpec(
-        run.input_fn(eval_source, ModeKeys.EVAL), steps=None, exporters=exporters(run, export_dir),
+        run.input_fn(eval_source, ModeKeys.EVAL), steps=None,
+        exporters=exporters(run, export_dir, export_formats, eval_source),
         start_delay_secs=0, throttle_secs=0 if task.is_local else CLUSTER_EVAL_POLL_SECS)
     while True:
         try:
@@ -352,6 +360,15 @@ def export(run, export_dir):
     if checkpoint is None:
         raise UserError(f'no checkpoint in {run.model_dir}')
     return exporting.export_saved_model(run, checkpoint, export_dir)
+
+
+def export_onnx(run, export_dir, eval_source=None):
+    """Exports the latest checkpoint as export_dir/<version>/model.onnx, verified against
+    its SavedModel on `eval_source` (default: seeded random inputs); returns that path."""
+    checkpoint = tf.train.latest_checkpoint(run.model_dir)
+    if checkpoint is None:
+        raise UserError(f'no checkpoint in {run.model_dir}')
+    return onnx_export.export_onnx(run, checkpoint, export_dir, eval_source=eval_source)
 
 
 def predict(run, data):

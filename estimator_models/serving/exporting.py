@@ -32,7 +32,7 @@ def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
     in assets.extra/eval_result.json.
     """
     os.makedirs(export_base, exist_ok=True)
-    version = _next_version(export_base)
+    version = next_version(export_base)
     final_path = os.path.join(export_base, str(version))
     temporary_path = os.path.join(export_base, f'temp-{version}')
     try:
@@ -83,7 +83,7 @@ def versions(export_base):
     return sorted(int(name) for name in os.listdir(export_base) if name.isdigit())
 
 
-def _next_version(export_base):
+def next_version(export_base):
     """Seconds since the epoch, like the Estimator's versions, but always increasing."""
     return max([int(time.time())] + [version + 1 for version in versions(export_base)])
 
@@ -146,14 +146,17 @@ class ServingExporter(tf.estimator.Exporter):
     """Exports after an evaluation into EXPORT_DIR/<name>/<version>, keeping the newest
     `keep` versions. With `only_if_better`, it exports only when the eval accuracy beats
     every export already there (read back from their assets.extra, so it survives restarts).
+    `after_export(saved_model_path, checkpoint_path)`, when given, runs after each export
+    (the ONNX export beside it).
     """
 
-    def __init__(self, name, run, export_dir, keep, only_if_better=False):
+    def __init__(self, name, run, export_dir, keep, only_if_better=False, after_export=None):
         self._name = name
         self._run = run
         self._base = os.path.join(export_dir, name)
         self._keep = keep
         self._only_if_better = only_if_better
+        self._after_export = after_export
 
     @property
     def name(self):
@@ -165,6 +168,8 @@ class ServingExporter(tf.estimator.Exporter):
         path = export_saved_model(self._run, checkpoint_path, self._base, eval_result)
         for version in versions(self._base)[:-self._keep]:
             shutil.rmtree(os.path.join(self._base, str(version)), ignore_errors=True)
+        if self._after_export is not None:
+            self._after_export(path, checkpoint_path)
         return path
 
     def _beats_existing(self, eval_result):
