@@ -7,9 +7,9 @@ their end and a step's output depends only on the steps before it:
 
   forward    the layer over the padded sequence; its output at each sequence's last
              true step is the masked layer's final output.
-  backward   the layer over each sequence reversed within its length
-             (tf.reverse_sequence), so the padding stays at the end; reversed back the
-             same way, its outputs line up with the forward ones.
+  backward   the layer over each sequence reversed within its length, so the padding
+             stays at the end; reversed back the same way, its outputs line up with the
+             forward ones.
 
 The layers keep Keras' names (`rnn_0/lstm_cell/kernel`,
 `bidirectional_rnn_0/backward_rnn_0/lstm_cell/kernel`, ...), so this form restores
@@ -84,9 +84,23 @@ class UnmaskedBidirectional(tf.keras.layers.Layer):
 
     def call(self, inputs, lengths):
         forward = self.forward_layer(inputs)                                          # [B, T, U]
-        reversed_inputs = tf.reverse_sequence(inputs, lengths, seq_axis=1, batch_axis=0)
-        backward = self.backward_layer(reversed_inputs)                               # [B, T, U], last step first
+        backward = self.backward_layer(reversed_within_lengths(inputs, lengths))     # [B, T, U], last step first
         if not self.return_sequences:
             return tf.concat([at_last_step(forward, lengths), at_last_step(backward, lengths)], axis=-1)
-        backward = tf.reverse_sequence(backward, lengths, seq_axis=1, batch_axis=0)   # time order
+        backward = reversed_within_lengths(backward, lengths)                         # time order
         return tf.concat([forward, backward], axis=-1)
+
+
+def reversed_within_lengths(sequences, lengths):
+    """float32 [B, T, D] -> [B, T, D]: each row's first lengths[b] steps in reverse order,
+    the rest in place; its own inverse.
+
+    tf.reverse_sequence computes the same, but tf2onnx 1.17 folds a reverse_sequence
+    around an LSTM into a bidirectional ONNX LSTM without the lengths, which reverses
+    the padding in too; a gather is left as it is.
+    """
+    steps = tf.range(tf.shape(sequences)[1])[tf.newaxis, :]                     # [1, T]
+    lengths = lengths[:, tf.newaxis]                                             # [B, 1]
+    sources = tf.where(steps < lengths, lengths - 1 - steps, steps)              # [B, T]
+    rows = tf.broadcast_to(tf.range(tf.shape(sequences)[0])[:, tf.newaxis], tf.shape(sources))
+    return tf.gather_nd(sequences, tf.stack([rows, sources], axis=-1))

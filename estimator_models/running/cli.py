@@ -254,7 +254,8 @@ def train(argv):
         return
     print(f'done: accuracy {result["accuracy"]:.4f} at step {result["global_step"]}\n'
           f'  checkpoints: {model_dir}\n  SavedModels: {export_dir}/best, {export_dir}/latest\n'
-          f'{onnx_line}  tensorboard --logdir {shlex.quote(model_dir)}')
+          + (f'  ONNX files: {export_dir}/{onnx_export.ONNX_DIR}\n' if onnx_line else '')
+          + f'  tensorboard --logdir {shlex.quote(model_dir)}')
 
 
 def _cluster_task_done(task, model_dir, export_dir):

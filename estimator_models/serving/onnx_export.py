@@ -198,7 +198,7 @@ def write_onnx(graph_def, inputs, outputs, path):
     `inputs` and `outputs` ({name: tensor name}); refuses ops ONNX cannot express."""
     from tf2onnx import optimizer, tf_loader, tfonnx  # imported here: it takes seconds to load
     import onnx
-    logging.getLogger('tf2onnx').setLevel(int(os.environ.get('ONNX_DEBUG_LEVEL', logging.CRITICAL)))
+    logging.getLogger('tf2onnx').setLevel(logging.CRITICAL)
     input_names, output_names = list(inputs.values()), list(outputs.values())
     renames = {tensor: name for name, tensor in {**inputs, **outputs}.items()}
     with tf.Graph().as_default():
@@ -236,12 +236,11 @@ def verify(run, saved_model, model_path, eval_source=None):
     """Runs the same inputs through the SavedModel and the ONNX file; returns the figures,
     or raises UserError with them when the two disagree."""
     feeds, described = verification_inputs(run, eval_source)
-    signature = tf.saved_model.load(saved_model).signatures[saved_model_signature(run.module.KIND)]
-    expected = signature(**{name: tf.constant(value) for name, value in feeds.items()})
+    expected = _saved_model_outputs(saved_model, saved_model_signature(run.module.KIND), feeds)
     onnx_outputs = onnx_serving.run_onnx(onnx_serving.session(model_path), feeds)
-    difference = float(np.max(np.abs(onnx_outputs['probabilities'] - expected['probabilities'].numpy())))
+    difference = float(np.max(np.abs(onnx_outputs['probabilities'] - expected['probabilities'])))
     argmax_differences = int(np.sum(np.argmax(onnx_outputs['probabilities'], -1)
-                                    != np.argmax(expected['probabilities'].numpy(), -1)))
+                                    != np.argmax(expected['probabilities'], -1)))
     if difference > TOLERANCE or argmax_differences:
         raise UserError(f'the ONNX model disagrees with the SavedModel on {described}: largest '
                         f'probability difference {difference:.3g} (allowed {TOLERANCE:g}), '
@@ -249,6 +248,19 @@ def verify(run, saved_model, model_path, eval_source=None):
     return {'inputs': described, 'examples': int(len(next(iter(feeds.values())))),
             'largest_probability_difference': difference, 'argmax_differences': argmax_differences,
             'tolerance': TOLERANCE}
+
+
+def _saved_model_outputs(saved_model, signature_key, feeds):
+    """{output name: numpy value} of one signature of the SavedModel, run in a graph and
+    session of its own (TensorFlow Serving's way): exporters run inside a training
+    session's hook, where eager execution would land in the finalized training graph."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], saved_model)
+        signature = meta_graph.signature_def[signature_key]
+        names = sorted(signature.outputs)
+        values = session.run([signature.outputs[name].name for name in names],
+                             {signature.inputs[name].name: value for name, value in feeds.items()})
+    return dict(zip(names, values))
 
 
 def verification_inputs(run, eval_source=None, count=VERIFY_EXAMPLES, seed=0):
@@ -280,8 +292,16 @@ def _eval_inputs(run, eval_source, count):
     """The first `count` examples of eval data, as ONNX inputs."""
     input_fn = run.input_fn(eval_source, tf.estimator.ModeKeys.PREDICT, num_examples=count)
     names = {_FEATURE_KEYS.get(name, name): name for name in input_signature(run.module.KIND, run.hparams)}
-    batches = [{names[key]: value for key, value in features.items() if key in names}
-               for features, _ in input_fn().as_numpy_iterator()]
+    batches = []
+    with tf.Graph().as_default():  # a graph of its own, as in _saved_model_outputs
+        next_batch = tf.compat.v1.data.make_one_shot_iterator(input_fn()).get_next()
+        with tf.compat.v1.Session() as session:
+            while True:
+                try:
+                    features, _ = session.run(next_batch)
+                except tf.errors.OutOfRangeError:
+                    break
+                batches.append({names[key]: value for key, value in features.items() if key in names})
     return {name: _concatenated([batch[name] for batch in batches]) for name in batches[0]}
 
 
