@@ -21,6 +21,7 @@ ONNX_EXPORTS = {
     'pixel_row_gru_mean': ('pixel_row_lstm', dict(TINY['pixel_row_lstm'], cell='gru', pooling='mean')),
     'cnn_lstm_bidirectional_2_layers_attention': (
         'cnn_lstm', dict(TINY['cnn_lstm'], bidirectional='true', rnn_layers='2', pooling='attention')),
+    'cnn_lstm_regions_grid': ('cnn_lstm', dict(TINY['cnn_lstm'], sequence='regions', regions='grid')),
     'temporal_cnn_lstm': ('temporal_cnn_lstm', TINY['temporal_cnn_lstm']),
     'temporal_cnn_lstm_bidirectional_max': (
         'temporal_cnn_lstm', dict(TINY['temporal_cnn_lstm'], bidirectional='true', pooling='max')),

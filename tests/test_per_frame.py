@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import TINY, held_out_arrays, run_bin, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import head
 from estimator_models.running import experiment
-from estimator_models.serving import exporting, receivers
+from estimator_models.serving import exporting, onnx_export, onnx_serving, receivers
 from input_fns import embedded, moving_glyphs
 
 PER_FRAME = dict(TINY['temporal_cnn_lstm'], head='per_frame', learning_rate='0.005')
@@ -54,6 +54,14 @@ def test_per_frame_head_trains_and_serves_like_estimator_predict(clips_with_fram
     assert served.shape == examples.inputs.shape[:2] + (2,)
     for row, length in enumerate(examples.lengths):
         np.testing.assert_allclose(served[row, :length], predicted[row]['probabilities'][:length], atol=1e-5)
+    # Frames past a clip's end answer uniform probabilities, in the SavedModel and in ONNX.
+    padding = np.arange(served.shape[1])[None, :] >= examples.lengths[:, None]
+    np.testing.assert_allclose(served[padding], 0.5)
+    onnx_file = onnx_export.export_onnx(run, tf.train.latest_checkpoint(model_dir), str(tmp_path / 'onnx'),
+                                        saved_model=export)
+    answered = onnx_serving.run_onnx(onnx_serving.session(onnx_file), {
+        'frames': examples.inputs.astype(np.float32), 'lengths': examples.lengths.astype(np.int32)})
+    np.testing.assert_allclose(answered['probabilities'], served, atol=1e-4)
     loaded = tf.saved_model.load(export)
     assert receivers.CLASSIFY_SIGNATURE not in loaded.signatures
 
