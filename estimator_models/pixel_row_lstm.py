@@ -10,6 +10,9 @@ DEFAULT_DATA = 'glyph_digits'
 DEFAULT_TRAIN_STEPS = 5000
 DEFAULT_HPARAMS = {
     'scan': 'rows',  # 'columns' reads the image left to right instead
+    # Measured on 8,000 handwriting-like digits (README, hparams): light warps gain 0.7
+    # points over none and 0.3 over strong.
+    'augment': 'light',
 }
 HPARAM_CHOICES = {'scan': ('rows', 'columns')}
 

@@ -119,7 +119,7 @@ def render_clips(num_clips, seed, min_frames=MIN_FRAMES,
     lengths = rng.integers(min_frames, max_frames + 1, num_clips,
                            dtype=np.int32)
     digits = rng.integers(0, glyphs.NUM_CLASSES, num_clips)
-    sprites = glyphs.render_glyphs(digits, rng, _SPRITE_SIZE)
+    sprites = glyphs.render_glyphs(digits, rng, _SPRITE_SIZE, handwriting=False)
     unwrapped = _trajectories(labels, max_frames, canvas_size, rng)
     positions = np.mod(unwrapped, canvas_size)
     corner = np.floor(positions).astype(np.int64)

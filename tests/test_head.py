@@ -60,3 +60,9 @@ def test_batch_norm_smoothing_and_decay_train_and_serve_like_predict(digits_npz,
     predicted = np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
     np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities'], predicted,
                                atol=1e-5)
+
+
+def test_weight_decay_trains_a_model_without_a_backbone(digits_npz, tmp_path):
+    _, before, after = train_on_a_few_examples('pixel_row_lstm', digits_npz, str(tmp_path / 'run'), steps=20,
+                                               overrides=dict(TINY['pixel_row_lstm'], weight_decay='0.01'))
+    assert after < before

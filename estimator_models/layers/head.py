@@ -204,8 +204,9 @@ def _train_op(loss, params, backbone=None):
             train_op = tf.group(train_op, backbone_optimizer.apply_gradients(
                 updates[len(head_variables):]))
     if params.get('weight_decay'):
+        # Only models with a backbone have its scale (pixel_row_lstm has none).
         rates = [learning_rate] * len(head_variables) + [
-            learning_rate * params['backbone_learning_rate_scale']] * len(backbone_variables)
+            learning_rate * params.get('backbone_learning_rate_scale', 1.0)] * len(backbone_variables)
         with tf.control_dependencies([train_op]):
             train_op = decoupled_weight_decay(variables, rates, params['weight_decay'], finite)
     return train_op, learning_rate, gradient_norm

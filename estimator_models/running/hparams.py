@@ -163,6 +163,8 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
         _check(resolved, choices, shape_known=True)
         return resolved
     resolved = {**defaults, **parsed}
+    if resolved.get('sequence') == 'regions' and resolved.get('regions') == 'boxes' and 'augment' not in parsed:
+        resolved['augment'] = 'none'  # a model's default warps would move the image under its boxes
     for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
         if not resolved[key]:
             resolved[key] = int(value)
