@@ -16,9 +16,11 @@ from estimator_models.running import experiment  # noqa: E402
 from estimator_models.serving import exporting  # noqa: E402
 from input_fns import arrays, glyphs, moving_glyphs, npz  # noqa: E402
 
+# Small models on the data as it is: a few steps must fit a batch, which random warps would
+# slow (augmentation has its own tests, tests/test_augment.py).
 TINY = {
-    'pixel_row_lstm': {'rnn_units': '16', 'batch_size': '16'},
-    'cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'batch_size': '16'},
+    'pixel_row_lstm': {'rnn_units': '16', 'batch_size': '16', 'augment': 'none'},
+    'cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'batch_size': '16', 'augment': 'none'},
     'temporal_cnn_lstm': {'rnn_units': '16', 'cnn_filters': '[8,16]', 'frame_features': '16',
                           'batch_size': '16'},
 }

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY, run_bin
-from estimator_models import pixel_row_lstm
+from estimator_models import cnn_lstm, pixel_row_lstm
 from estimator_models.running import hparams as hparams_lib
 from input_fns import (FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, augment, dataset, embedded, glyphs,
                        moving_glyphs, npz)
@@ -203,9 +203,14 @@ def test_only_augmented_training_builds_warping_ops(sources, augmentation, built
 
 def test_augment_is_a_checked_hparam_that_a_resumed_run_may_change():
     saved = hparams_lib.resolve(pixel_row_lstm, {}, data_shape=(28, 28, 1, 10))
-    assert saved['augment'] == 'none'
+    assert saved['augment'] == 'light'                                    # the model's measured default
     resumed = hparams_lib.resolve(pixel_row_lstm, {'augment': 'strong'}, saved=saved)
     assert resumed['augment'] == 'strong'
+    # A run saved before the default changed keeps what it trained with.
+    assert hparams_lib.resolve(pixel_row_lstm, {}, saved=dict(saved, augment='none'))['augment'] == 'none'
+    # Warps would move an image under its boxes: reading boxes turns the default off.
+    boxes = hparams_lib.resolve(cnn_lstm, {'sequence': 'regions', 'regions': 'boxes'}, data_shape=(28, 28, 1, 10))
+    assert boxes['augment'] == 'none'
     with pytest.raises(UserError, match='augment=.heavy. must be one of none, light, strong'):
         hparams_lib.resolve(pixel_row_lstm, {'augment': 'heavy'}, data_shape=(28, 28, 1, 10))
     with pytest.raises(ValueError, match='must be one of'):

@@ -58,7 +58,7 @@ def test_pixel_row_lstm_starts_from_a_tf1_cell_with_its_logits_then_learns(
         request, cell, extra, digits_npz, tmp_path):
     legacy = request.getfixturevalue(f'legacy_{cell}')
     overrides = {'cell': cell, 'rnn_units': '16', 'batch_size': '16', 'learning_rate': '0.01',
-                 'warmup_steps': '1', **extra}
+                 'warmup_steps': '1', 'augment': 'none', **extra}
     run, estimator, eval_input = _warm_started('pixel_row_lstm', legacy.model_dir, digits_npz,
                                                str(tmp_path), overrides)
     examples = held_out_arrays(run, 16)
@@ -79,7 +79,8 @@ def test_a_gru_cell_into_keras_default_gru_says_which_hparam_fits(legacy_gru, di
 
 def test_temporal_cnn_lstm_starts_with_the_cnn_of_a_cnn_lstm_run(digits_npz, clips_npz, tmp_path):
     cnn_dir = str(tmp_path / 'cnn_lstm')
-    train_on_a_few_examples('cnn_lstm', digits_npz, cnn_dir, 3, TINY['cnn_lstm'])
+    # A CNN without BatchNorm on both sides: the clip model takes its kernels and biases.
+    train_on_a_few_examples('cnn_lstm', digits_npz, cnn_dir, 3, dict(TINY['cnn_lstm'], cnn_batch_norm='false'))
     overrides = {**TINY['temporal_cnn_lstm'], 'frame_differences': 'false', 'cnn_filters': '[8,16]'}
     _warm_started('temporal_cnn_lstm', cnn_dir, clips_npz, str(tmp_path / 'temporal'), overrides, 'cnn/')
     source, started = tf.train.latest_checkpoint(cnn_dir), str(tmp_path / 'temporal' / 'model.ckpt-0')

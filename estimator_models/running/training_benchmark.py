@@ -81,7 +81,7 @@ def _pixel_row_twin(hparams):
 
 def _cnn_lstm_twin(hparams):
     image, pixels = _image_input(hparams)
-    feature_map = _cnn_blocks(pixels, hparams['cnn_filters'])
+    feature_map = _cnn_blocks(pixels, hparams['cnn_filters'], hparams['cnn_batch_norm'])
     return image, _as_sequence(feature_map, hparams['sequence']), None
 
 
@@ -104,15 +104,20 @@ def _temporal_twin(hparams):
 def _frame_network(frame_shape, hparams):
     """One frame [H, W, C'] -> its feature vector [D]: the CNN, flattened, then dense."""
     frame = tf.keras.Input(frame_shape)
-    flat = tf.keras.layers.Flatten()(_cnn_blocks(frame, hparams['cnn_filters']))
+    flat = tf.keras.layers.Flatten()(_cnn_blocks(frame, hparams['cnn_filters'], hparams['cnn_batch_norm']))
     features = tf.keras.layers.Dense(hparams['frame_features'], activation='relu')(flat)
     return tf.keras.Model(frame, features, name='frame_network')
 
 
-def _cnn_blocks(images, filters):
-    """[N, H, W, C] -> [N, H / 2^k, W / 2^k, filters[-1]]: 3x3 conv + ReLU, 2x2 max-pool."""
+def _cnn_blocks(images, filters, batch_norm=False):
+    """[N, H, W, C] -> [N, H / 2^k, W / 2^k, filters[-1]]: 3x3 conv + ReLU, 2x2 max-pool;
+    with `batch_norm` (cnn_batch_norm), BatchNorm between the bias-free conv and the ReLU."""
     for channels in filters:
-        images = tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu')(images)
+        if batch_norm:
+            images = tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False)(images)
+            images = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(images))
+        else:
+            images = tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu')(images)
         images = tf.keras.layers.MaxPool2D(2)(images)
     return images
 
@@ -150,6 +155,11 @@ def _recurrent_stack(sequence, hparams, lengths=None):
         if hparams['dropout']:
             outputs = tf.keras.layers.Dropout(hparams['dropout'])(outputs)
     return outputs
+
+
+def trainable_parameter_count(model):
+    """Trainable parameters of a Keras model (BatchNorm's moving statistics are not)."""
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
 def estimator_parameter_count(model_name, hparams):
@@ -449,7 +459,7 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         'overrides': dict(overrides),
         'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
         'cores': experiment.usable_cores(),
-        'parameters': twin.count_params(),
+        'parameters': trainable_parameter_count(twin),
         'project': project,
         'keras': keras,
         'ratio': round(project['examples_per_sec'] / keras['examples_per_sec'], 3),
@@ -469,8 +479,8 @@ def _rounded(value, digits):
 def _check_parameters(model_name, hparams, twin):
     """The twin must be the project's model, however the hparams set it."""
     expected = estimator_parameter_count(model_name, hparams)
-    if twin.count_params() != expected:
-        raise RuntimeError(f'the Keras twin of {model_name} has {twin.count_params()} parameters, '
+    if trainable_parameter_count(twin) != expected:
+        raise RuntimeError(f'the Keras twin of {model_name} has {trainable_parameter_count(twin)} parameters, '
                            f'the project\'s model {expected}')
 
 
