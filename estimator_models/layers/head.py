@@ -67,14 +67,13 @@ def per_frame_head(logits, frame_labels, lengths, mode, params, backbone=None):
       Frames past a clip's length answer logits 0 (class 0, uniform probabilities), so
       every implementation of the recurrent stack and every export agrees on them too.
     """
-    is_true_frame = tf.sequence_mask(lengths, maxlen=tf.shape(logits)[1])[..., tf.newaxis]  # [B, T, 1]
-    logits = tf.where(is_true_frame, logits, tf.zeros_like(logits))
+    true_frames = tf.sequence_mask(lengths, maxlen=tf.shape(logits)[1], dtype=tf.float32)  # [B, T]
+    logits = tf.where(true_frames[..., tf.newaxis] > 0, logits, tf.zeros_like(logits))
     predictions = _class_predictions(logits)
     if mode == ModeKeys.PREDICT:
         return tf.estimator.EstimatorSpec(mode, predictions=predictions)
     if frame_labels is None:
         raise UserError('head=per_frame needs frame labels, and this data has none')
-    true_frames = tf.sequence_mask(lengths, maxlen=tf.shape(logits)[1], dtype=tf.float32)  # [B, T]
     in_range = tf.debugging.assert_less(
         tf.boolean_mask(frame_labels, true_frames > 0), tf.cast(tf.shape(logits)[-1], frame_labels.dtype),
         message='a frame label beyond num_frame_classes')

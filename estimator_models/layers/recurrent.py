@@ -125,11 +125,7 @@ def _recurrent_layer(hparams, chosen, return_sequences, name):
             return fused_recurrent.Bidirectional(layer_class, units, name, return_sequences,
                                                  name=f'bidirectional_{name}')
         return layer_class(units, return_sequences=return_sequences, name=name)
-    if hparams['cell'] == 'gru':
-        layer = tf.keras.layers.GRU(units, reset_after=hparams['gru_reset_after'],
-                                    return_sequences=return_sequences, name=name)
-    else:
-        layer = tf.keras.layers.LSTM(units, return_sequences=return_sequences, name=name)
+    layer = unmasked_recurrent.keras_layer(hparams, name, return_sequences)
     if hparams['bidirectional']:
         layer = tf.keras.layers.Bidirectional(layer, name=f'bidirectional_{name}')
     return layer

@@ -44,7 +44,7 @@ def recurrent_stack(sequence, hparams, training, lengths=None, return_sequences=
             layer = UnmaskedBidirectional(hparams, name, layer_sequences, name=f'bidirectional_{name}')
             outputs = layer(outputs, lengths)
         else:
-            outputs = _keras_layer(hparams, name)(outputs)                         # [B, T, U]
+            outputs = keras_layer(hparams, name)(outputs)                          # [B, T, U]
             if not layer_sequences:
                 outputs = at_last_step(outputs, lengths)                           # [B, U]
         if hparams['dropout']:
@@ -59,12 +59,13 @@ def at_last_step(outputs, lengths):
     return tf.gather_nd(outputs, tf.stack([rows, lengths - 1], axis=1))
 
 
-def _keras_layer(hparams, name):
-    """A Keras LSTM or GRU layer returning every step, named as the masked stack names it."""
+def keras_layer(hparams, name, return_sequences=True):
+    """The Keras LSTM or GRU layer of `cell`, `rnn_units` and `gru_reset_after`, named
+    `name`: both forms of the stack build their layers here, so their variables match."""
     if hparams['cell'] == 'gru':
         return tf.keras.layers.GRU(hparams['rnn_units'], reset_after=hparams['gru_reset_after'],
-                                   return_sequences=True, name=name)
-    return tf.keras.layers.LSTM(hparams['rnn_units'], return_sequences=True, name=name)
+                                   return_sequences=return_sequences, name=name)
+    return tf.keras.layers.LSTM(hparams['rnn_units'], return_sequences=return_sequences, name=name)
 
 
 class UnmaskedBidirectional(tf.keras.layers.Layer):
@@ -79,8 +80,8 @@ class UnmaskedBidirectional(tf.keras.layers.Layer):
     def __init__(self, hparams, layer_name, return_sequences, **kwargs):
         super().__init__(**kwargs)
         self.return_sequences = return_sequences
-        self.forward_layer = _keras_layer(hparams, f'forward_{layer_name}')
-        self.backward_layer = _keras_layer(hparams, f'backward_{layer_name}')
+        self.forward_layer = keras_layer(hparams, f'forward_{layer_name}')
+        self.backward_layer = keras_layer(hparams, f'backward_{layer_name}')
 
     def call(self, inputs, lengths):
         forward = self.forward_layer(inputs)                                          # [B, T, U]

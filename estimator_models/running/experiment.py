@@ -345,9 +345,7 @@ def evaluate(run, data, steps=None):
 def checkpoint_variables(model_dir):
     """[(name, shape, dtype name)] of the variables in model_dir's latest checkpoint: the
     names plain tf.compat.v1.train.Saver code restores them by."""
-    checkpoint = tf.train.latest_checkpoint(model_dir)
-    if checkpoint is None:
-        raise UserError(f'no checkpoint in {model_dir}')
+    checkpoint = _latest_checkpoint(model_dir)
     reader = tf.train.load_checkpoint(checkpoint)
     dtypes = reader.get_variable_to_dtype_map()
     return checkpoint, [(name, shape, dtypes[name].name)
@@ -356,19 +354,21 @@ def checkpoint_variables(model_dir):
 
 def export(run, export_dir):
     """Exports the latest checkpoint under export_dir/<version>; returns that path."""
-    checkpoint = tf.train.latest_checkpoint(run.model_dir)
-    if checkpoint is None:
-        raise UserError(f'no checkpoint in {run.model_dir}')
-    return exporting.export_saved_model(run, checkpoint, export_dir)
+    return exporting.export_saved_model(run, _latest_checkpoint(run.model_dir), export_dir)
 
 
 def export_onnx(run, export_dir, eval_source=None):
     """Exports the latest checkpoint as export_dir/<version>/model.onnx, verified against
     its SavedModel on `eval_source` (default: seeded random inputs); returns that path."""
-    checkpoint = tf.train.latest_checkpoint(run.model_dir)
+    return onnx_export.export_onnx(run, _latest_checkpoint(run.model_dir), export_dir, eval_source=eval_source)
+
+
+def _latest_checkpoint(model_dir):
+    """The path of model_dir's latest checkpoint; a UserError when it has none."""
+    checkpoint = tf.train.latest_checkpoint(model_dir)
     if checkpoint is None:
-        raise UserError(f'no checkpoint in {run.model_dir}')
-    return onnx_export.export_onnx(run, checkpoint, export_dir, eval_source=eval_source)
+        raise UserError(f'no checkpoint in {model_dir}')
+    return checkpoint
 
 
 def predict(run, data):

@@ -12,6 +12,7 @@ import os
 import re
 
 from estimator_models.layers import backbones, pooling, recurrent, regions
+from estimator_models.serving import receivers
 from input_fns import augment, preprocess
 from input_fns.errors import UserError
 
@@ -163,7 +164,7 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
         _check(resolved, choices, shape_known=True)
         return resolved
     resolved = {**defaults, **parsed}
-    if resolved.get('sequence') == 'regions' and resolved.get('regions') == 'boxes' and 'augment' not in parsed:
+    if receivers.reads_boxes(resolved) and 'augment' not in parsed:
         resolved['augment'] = 'none'  # a model's default warps would move the image under its boxes
     for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
         if not resolved[key]:
@@ -204,7 +205,7 @@ def _check(hparams, choices, shape_known):
         backbones.check_hparams(hparams)
     if 'grid' in hparams:
         regions.parse_grid(hparams['grid'])
-    if hparams.get('sequence') == 'regions' and hparams.get('regions') == 'boxes':
+    if receivers.reads_boxes(hparams):
         _check_boxes_fit_pixels(hparams)
     for key in ('dropout', 'label_smoothing'):
         if not 0.0 <= hparams[key] < 1.0:

@@ -10,8 +10,8 @@ the names of the SavedModel's raw-pixel signature:
                   pooling=attention), shaped as the SavedModel's
 
 The graph is the PREDICT graph of the model_fn with the recurrent stack in its
-`unmasked` form (estimator_models.layers.unmasked_recurrent), which tf2onnx maps to
-ONNX's LSTM and GRU ops. Before the file is kept, VERIFY_EXAMPLES inputs (from eval data
+`unmasked` form (estimator_models.layers.unmasked_recurrent), whose LSTM layers tf2onnx
+maps to ONNX's LSTM op (GRU layers become a generic Loop). Before the file is kept, VERIFY_EXAMPLES inputs (from eval data
 when given, else seeded random pixels and clip lengths) run through it in onnxruntime and
 through the SavedModel of the same checkpoint in TensorFlow; a larger probability
 difference than TOLERANCE or a different argmax removes it. verification.json beside it
@@ -209,7 +209,7 @@ def write_onnx(graph_def, inputs, outputs, path):
             onnx_graph = tfonnx.process_tf_graph(graph, opset=OPSET, input_names=input_names,
                                                  output_names=output_names, tensors_to_rename=renames)
         except Exception as error:  # tf2onnx raises whatever its op handlers raise
-            raise UserError(f'cannot convert the serving graph to ONNX: {_first_line(error)}') from None
+            raise UserError(f'cannot convert the serving graph to ONNX: {onnx_serving.first_line(error)}') from None
     model = optimizer.optimize_graph(onnx_graph).make_model('estimator_lstm_pipeline serving graph')
     unconverted = sorted({node.op_type for node in _all_nodes(model.graph)
                           if not onnx.defs.has(node.op_type, node.domain)})
@@ -225,11 +225,6 @@ def _all_nodes(graph):
         for attribute in node.attribute:
             for subgraph in [attribute.g] + list(attribute.graphs):
                 yield from _all_nodes(subgraph)
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def verify(run, saved_model, model_path, eval_source=None):

@@ -46,8 +46,7 @@ def load(path):
     try:
         inference_session = session(path)
     except Exception as error:  # onnxruntime raises its own classes for unreadable models
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f'cannot load {path} as an ONNX model: {message}') from None
+        raise UserError(f'cannot load {path} as an ONNX model: {first_line(error)}') from None
     specs = {item.name: tf.TensorSpec([None if isinstance(size, str) or size is None else size
                                        for size in item.shape], _ONNX_DTYPES.get(item.type, tf.string), item.name)
              for item in inference_session.get_inputs()}
@@ -88,8 +87,15 @@ class OnnxSignature:
         try:
             outputs = run_onnx(self._session, feeds)
         except Exception as error:  # onnxruntime's own error classes
-            raise ValueError(str(error).strip().splitlines()[0]) from None
+            raise ValueError(first_line(error)) from None
         return {name: tf.constant(value) for name, value in outputs.items()}
+
+
+def first_line(error):
+    """The first line of an exception's message (onnxruntime and tf2onnx write several),
+    or its class name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def checked_inputs(feeds):
