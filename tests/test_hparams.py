@@ -36,6 +36,7 @@ def test_explicit_input_size_wins_over_the_data():
     ({'cell': 'transformer'}, 'must be one of'),
     ({'scan': 'diagonal'}, 'must be one of'),
     ({'dropout': '1.5'}, 'dropout must lie'),
+    ({'input_dropout': '-0.1'}, 'input_dropout must lie'),
     ({'bidirectional': 'maybe'}, 'not a valid bool'),
     ({'summary_images_every': '-1'}, 'summary_images_every must be 0 or more'),
 ])

@@ -52,6 +52,32 @@ def test_padding_past_the_length_never_changes_the_output(overrides, units):
     np.testing.assert_allclose(truncated, clean[:1], atol=1e-6)
 
 
+def _stack_outputs(checkpoint, overrides, mode, sequences):
+    """The stack's [B, U] outputs for `mode`, from `checkpoint` (written first if absent)."""
+    with tf.Graph().as_default():
+        outputs = recurrent.recurrent_stack(tf.constant(sequences), _stack_hparams(overrides), mode)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as session:
+            if tf.compat.v1.train.checkpoint_exists(checkpoint):
+                saver.restore(session, checkpoint)
+            else:
+                session.run(tf.compat.v1.global_variables_initializer())
+                saver.save(session, checkpoint)
+            return session.run(outputs)
+
+
+@pytest.mark.parametrize('placement', ['input_dropout', 'dropout'])
+def test_dropout_drops_in_training_only(tmp_path, placement):
+    """Both placements change a training step's outputs and leave evaluation's alone."""
+    sequences = np.random.default_rng(1).normal(size=(4, 6, 5)).astype(np.float32)
+    checkpoint = str(tmp_path / 'stack')
+    plain = _stack_outputs(checkpoint, {}, EVAL, sequences)
+    evaluated = _stack_outputs(checkpoint, {placement: 0.5}, EVAL, sequences)
+    trained = _stack_outputs(checkpoint, {placement: 0.5}, TRAIN, sequences)
+    np.testing.assert_array_equal(evaluated, plain)
+    assert np.abs(trained - plain).max() > 1e-3
+
+
 def _outputs_and_gradients(checkpoint, overrides, sequences, lengths, save):
     """Builds the stack, restores `checkpoint` (or initialises and saves it when `save`),
     and returns its final outputs and the gradients of a fixed function of them with

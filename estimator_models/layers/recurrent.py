@@ -53,6 +53,7 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
       sequence: float32 [B, T, F].
       hparams: dict with `cell` ('lstm' | 'gru'), `rnn_units`, `rnn_layers`,
         `bidirectional`, `dropout` (applied between layers and to the output),
+        `input_dropout` (applied to the sequence before the first layer),
         `gru_reset_after` (GRU: reset gate after the recurrent matmul, Keras' default,
         or before it, as TF1's GRUCell) and `rnn_implementation`.
       mode: a tf.estimator.ModeKeys; dropout is active in TRAIN.
@@ -68,6 +69,9 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
     """
     training = mode == tf.estimator.ModeKeys.TRAIN
     chosen = implementation(hparams, mode)
+    if hparams.get('input_dropout'):
+        sequence = tf.keras.layers.Dropout(
+            hparams['input_dropout'], name='rnn_input_dropout')(sequence, training=training)
     if chosen == 'unmasked':
         return unmasked_recurrent.recurrent_stack(sequence, hparams, training, lengths, return_sequences)
     mask = None

@@ -34,6 +34,7 @@ COMMON_DEFAULTS = {
     'rnn_layers': 1,
     'bidirectional': False,
     'dropout': 0.0,
+    'input_dropout': 0.0,
     # How an LSTM runs (estimator_models.layers.recurrent): auto | keras | fused | cudnn.
     # Every choice reads the same checkpoints, so it may change on resume.
     'rnn_implementation': 'auto',
@@ -86,7 +87,7 @@ NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cach
 # List hparams of the built-in models (layer sizes), whose entries must be positive.
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
-                 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
+                 'input_dropout', 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
                  'rnn_implementation', 'cache_train_mb', 'augment', 'label_smoothing', 'weight_decay')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
@@ -207,7 +208,7 @@ def _check(hparams, choices, shape_known):
         regions.parse_grid(hparams['grid'])
     if receivers.reads_boxes(hparams):
         _check_boxes_fit_pixels(hparams)
-    for key in ('dropout', 'label_smoothing'):
+    for key in ('dropout', 'input_dropout', 'label_smoothing'):
         if not 0.0 <= hparams[key] < 1.0:
             raise UserError(f'hparam {key} must lie in [0, 1), got {hparams[key]}')
 

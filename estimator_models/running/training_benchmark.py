@@ -142,6 +142,8 @@ def _recurrent_stack(sequence, hparams, lengths=None):
     """[B, T, F] -> [B, U] (x2 if bidirectional), masked past `lengths` [B] if given."""
     mask = None if lengths is None else tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
     outputs = sequence
+    if hparams['input_dropout']:
+        outputs = tf.keras.layers.Dropout(hparams['input_dropout'])(outputs)
     for index in range(hparams['rnn_layers']):
         return_sequences = index < hparams['rnn_layers'] - 1
         if hparams['cell'] == 'gru':
