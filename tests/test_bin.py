@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import held_out_arrays, run_bin
+from estimator_models.layers import precision
 from estimator_models.running import experiment
 from input_fns import arrays, specs
 
@@ -71,6 +72,7 @@ def test_train_prints_and_fills_its_output_directories(digits_run):
     assert f'step {STEPS}/{STEPS}' in result.stdout
     # This machine has a compiler: auto picks the fused kernel, and says so.
     assert 'LSTM: fused (rnn_implementation=auto)' in result.stdout
+    assert f'training in {precision.resolved({"precision": "auto"})} (precision=auto)' in result.stdout
     assert 'Traceback' not in result.stderr
     for exporter in ('best', 'latest'):
         base = os.path.join(model_dir, 'export', exporter)

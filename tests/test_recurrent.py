@@ -15,7 +15,8 @@ TRAIN, EVAL, PREDICT = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.EVAL, 
 
 
 def _stack_hparams(overrides):
-    return {**hparams.COMMON_DEFAULTS, 'rnn_units': 8, **overrides}
+    # Implementations are compared in float32 (bfloat16 training: tests/test_precision.py).
+    return {**hparams.COMMON_DEFAULTS, 'rnn_units': 8, 'precision': 'float32', **overrides}
 
 
 def _final_outputs(feeds, overrides):

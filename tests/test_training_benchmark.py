@@ -5,6 +5,7 @@ import pytest
 
 from conftest import run_bin
 from estimator_models import registry
+from estimator_models.layers import precision
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import training_benchmark
 from input_fns import CLIP, glyphs, moving_glyphs
@@ -60,7 +61,9 @@ def test_a_tiny_benchmark_reports_both_sides():
         assert result[side]['examples_per_sec_min'] <= result[side]['examples_per_sec_max']
         assert result[side]['gflops_per_sec'] > 0
     assert result['model'] == 'pixel_row_lstm'
-    assert result['hparams'] == {'batch_size': 8, 'rnn_units': 8, 'rnn_implementation': 'keras'}
+    assert result['hparams'] == {'batch_size': 8, 'rnn_units': 8, 'rnn_implementation': 'keras',
+                                 'precision': 'auto'}
+    assert result['project_precision'] == precision.resolved({'precision': 'auto'})
     assert result['ratio'] > 0 and result['matmul_gflops_per_sec'] > 0
     assert result['matmul_shape'] == [8, 28 + 8, 32]
     assert result['flops_per_example'] > 0 and result['peak_rss_mb'] > 0

@@ -19,6 +19,7 @@ from typing import Callable, List, NamedTuple, Optional
 
 import tensorflow as tf
 
+from estimator_models.layers import precision
 from input_fns.errors import UserError
 
 BACKBONES = ('small_cnn', 'resnet50', 'mobilenet_v2')
@@ -65,8 +66,9 @@ def apply_backbone(images, params, mode):
     trainable = params['backbone_trainable']
     training = mode == tf.estimator.ModeKeys.TRAIN and trainable
     if params['backbone'] == 'small_cnn':
-        network = small_cnn(params['cnn_filters'], batch_norm=params.get('cnn_batch_norm', False))
-        feature_map = network(images, training=training)
+        network = small_cnn(params['cnn_filters'], batch_norm=params.get('cnn_batch_norm', False),
+                            compute_dtype=precision.compute_dtype(params, mode))
+        feature_map = tf.cast(network(images, training=training), tf.float32)
         _collect_batch_norm_updates(network, images, training)
         return Backbone(feature_map, network.weights, trainable, None)
     network = _application(params['backbone'], images.shape[1:3])
@@ -83,26 +85,31 @@ def apply_backbone(images, params, mode):
     return Backbone(feature_map, network.weights, trainable, init_fn)
 
 
-def small_cnn(filters, name='cnn', batch_norm=False):
+def small_cnn(filters, name='cnn', batch_norm=False, compute_dtype=tf.float32):
     """A stack of [3x3 conv + ReLU, 2x2 max-pool] blocks, one per entry of `filters`;
     with `batch_norm`, [3x3 conv, BatchNorm, ReLU, 2x2 max-pool].
 
     The returned Keras model maps float32 [N, H, W, C] (pixels in 0..1) to a feature
-    map [N, H / 2^k, W / 2^k, filters[-1]] (k = len(filters), sizes rounded down).
-    Built fresh on each call, with fixed layer names, so checkpoints keep their keys.
+    map [N, H / 2^k, W / 2^k, filters[-1]] (k = len(filters), sizes rounded down) of
+    `compute_dtype` (with tf.bfloat16 its variables stay float32, so every precision
+    reads the same checkpoints: estimator_models.layers.precision). Built fresh on each
+    call, with fixed layer names, so checkpoints keep their keys.
     """
+    # A per-layer policy, not Keras' global one: the rest of the graph stays float32.
+    policy = tf.keras.mixed_precision.Policy(
+        'mixed_bfloat16' if compute_dtype == tf.bfloat16 else 'float32')
     layers = []
     for index, channels in enumerate(filters):
         if batch_norm:
             # BatchNorm's offset does what the convolution's bias would.
             layers += [tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False,
-                                              name=f'{name}_conv_{index}'),
-                       tf.keras.layers.BatchNormalization(name=f'{name}_batch_norm_{index}'),
-                       tf.keras.layers.ReLU(name=f'{name}_relu_{index}')]
+                                              name=f'{name}_conv_{index}', dtype=policy),
+                       tf.keras.layers.BatchNormalization(name=f'{name}_batch_norm_{index}', dtype=policy),
+                       tf.keras.layers.ReLU(name=f'{name}_relu_{index}', dtype=policy)]
         else:
-            layers.append(tf.keras.layers.Conv2D(
-                channels, 3, padding='same', activation='relu', name=f'{name}_conv_{index}'))
-        layers.append(tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}'))
+            layers.append(tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu',
+                                                 name=f'{name}_conv_{index}', dtype=policy))
+        layers.append(tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}', dtype=policy))
     return tf.keras.Sequential(layers, name=name)
 
 

@@ -19,10 +19,13 @@ import tensorflow as tf
 from estimator_models.layers import kernels
 
 
-@tf.RegisterGradient('LstmSequence')
-def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
+# The op's gradient with the recurrent kernel's gradient product in bfloat16, chosen per
+# op with gradient_override_map under precision=mixed_bfloat16.
+_BFLOAT16_GRADIENT = 'LstmSequenceMixedBfloat16'
+
+
+def _gradients(op, grad_h, product_dtype):
     """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs."""
-    del grad_c, grad_gates
     _, recurrent_kernel, mask = op.inputs
     h, c, gates = op.outputs
     grad_x_proj = kernels.load().lstm_sequence_grad(recurrent_kernel, mask, c, gates, grad_h)  # [T, B, 4U]
@@ -30,9 +33,22 @@ def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
     # Step t multiplied h_{t-1} (zeros before the first step) by the kernel: one matmul
     # over all steps gives the whole gradient.
     h_previous = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)              # [T, B, U]
-    grad_recurrent = tf.matmul(tf.reshape(h_previous, [-1, units]),
-                               tf.reshape(grad_x_proj, [-1, 4 * units]), transpose_a=True)  # [U, 4U]
-    return grad_x_proj, grad_recurrent, None
+    grad_recurrent = tf.matmul(tf.cast(tf.reshape(h_previous, [-1, units]), product_dtype),
+                               tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), product_dtype),
+                               transpose_a=True)                                 # [U, 4U]
+    return grad_x_proj, tf.cast(grad_recurrent, tf.float32), None
+
+
+@tf.RegisterGradient('LstmSequence')
+def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
+    del grad_c, grad_gates
+    return _gradients(op, grad_h, tf.float32)
+
+
+@tf.RegisterGradient(_BFLOAT16_GRADIENT)
+def _lstm_sequence_gradient_bfloat16(op, grad_h, grad_c, grad_gates):
+    del grad_c, grad_gates
+    return _gradients(op, grad_h, tf.bfloat16)
 
 
 class _SequenceLSTM(tf.keras.layers.Layer):
@@ -77,13 +93,24 @@ class _SequenceLSTM(tf.keras.layers.Layer):
 
 
 class FusedLSTM(_SequenceLSTM):
-    """Keras' LSTM computed by the fused CPU kernel."""
+    """Keras' LSTM computed by the fused CPU kernel. With `projection_dtype` tf.bfloat16
+    (precision=mixed_bfloat16) the input projection of all steps and the recurrent
+    kernel's gradient product run in bfloat16; the recurrent steps stay float32."""
+
+    def __init__(self, units, projection_dtype=tf.float32, **kwargs):
+        super().__init__(units, **kwargs)
+        self.projection_dtype = projection_dtype
 
     def _run(self, time_major, step_mask):
         steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
-        projected = tf.matmul(tf.reshape(time_major, [-1, time_major.shape[-1]]), self.cell.kernel)
-        projected = tf.reshape(projected + self.cell.bias, [steps, batch, 4 * self.units])  # [T, B, 4U]
-        outputs, _, _ = kernels.load().lstm_sequence(projected, self.cell.recurrent_kernel, step_mask)
+        inputs = tf.reshape(time_major, [-1, time_major.shape[-1]])                  # [T*B, F]
+        projected = tf.matmul(tf.cast(inputs, self.projection_dtype),
+                              tf.cast(self.cell.kernel, self.projection_dtype))     # [T*B, 4U]
+        projected = tf.reshape(tf.cast(projected, tf.float32) + self.cell.bias,
+                               [steps, batch, 4 * self.units])                        # [T, B, 4U]
+        overrides = {'LstmSequence': _BFLOAT16_GRADIENT} if self.projection_dtype == tf.bfloat16 else {}
+        with tf.compat.v1.get_default_graph().gradient_override_map(overrides):
+            outputs, _, _ = kernels.load().lstm_sequence(projected, self.cell.recurrent_kernel, step_mask)
         # A masked step carried the state, so the last step holds each row's final state.
         return outputs, outputs[-1]
 

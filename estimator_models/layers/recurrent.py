@@ -20,9 +20,11 @@ Serving graphs (PREDICT mode) use keras (TensorFlow Serving has no custom ops), 
 unmasked when it is asked for by name (the ONNX export does).
 """
 
+import functools
+
 import tensorflow as tf
 
-from estimator_models.layers import fused_recurrent, kernels, pooling, unmasked_recurrent
+from estimator_models.layers import fused_recurrent, kernels, pooling, precision, unmasked_recurrent
 from input_fns.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn', 'unmasked')
@@ -80,7 +82,7 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
     outputs = sequence
     for index in range(hparams['rnn_layers']):
         layer_sequences = return_sequences or index < hparams['rnn_layers'] - 1
-        layer = _recurrent_layer(hparams, chosen, layer_sequences, name=f'rnn_{index}')
+        layer = _recurrent_layer(hparams, mode, chosen, layer_sequences, name=f'rnn_{index}')
         outputs = layer(outputs, mask=mask, training=training)
         if hparams['dropout']:
             outputs = tf.keras.layers.Dropout(
@@ -120,11 +122,13 @@ def implementation(hparams, mode=None):
     return requested
 
 
-def _recurrent_layer(hparams, chosen, return_sequences, name):
+def _recurrent_layer(hparams, mode, chosen, return_sequences, name):
     """One layer of the stack, named as Keras names it, so checkpoints keep their keys."""
     units = hparams['rnn_units']
     if chosen in _LSTM_LAYERS:
         layer_class = _LSTM_LAYERS[chosen]
+        if chosen == 'fused':
+            layer_class = functools.partial(layer_class, projection_dtype=precision.compute_dtype(hparams, mode))
         if hparams['bidirectional']:
             return fused_recurrent.Bidirectional(layer_class, units, name, return_sequences,
                                                  name=f'bidirectional_{name}')

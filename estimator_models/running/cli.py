@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import registry  # noqa: E402
-from estimator_models.layers import backbones, recurrent  # noqa: E402
+from estimator_models.layers import backbones, precision, recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
@@ -372,12 +372,14 @@ def predict(argv):
 
 
 def _described_compute(run):
-    """'2 cores, LSTM: fused (rnn_implementation=auto)[, XLA]' for the progress header."""
+    """'2 cores, LSTM: fused (rnn_implementation=auto), training in mixed_bfloat16
+    (precision=auto)[, XLA]' for the progress header."""
     parts = [f'{experiment.usable_cores()} cores']
     if run.module in registry.MODELS.values():
         requested = run.hparams['rnn_implementation']
         parts.append(f'{run.hparams["cell"].upper()}: {recurrent.implementation(run.hparams)} '
                      f'(rnn_implementation={requested})')
+        parts.append(f'training in {precision.resolved(run.hparams)} (precision={run.hparams["precision"]})')
     if FLAGS.distribution == 'mirrored':
         gpus = len(tf.config.list_physical_devices('GPU'))
         parts.append(f'mirrored on {gpus} GPUs' if gpus else 'mirrored: no GPU, so one replica on the CPU')

@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from estimator_models.layers import backbones, pooling, recurrent, regions
+from estimator_models.layers import backbones, pooling, precision, recurrent, regions
 from estimator_models.serving import receivers
 from input_fns import augment, preprocess
 from input_fns.errors import UserError
@@ -38,6 +38,10 @@ COMMON_DEFAULTS = {
     # How an LSTM runs (estimator_models.layers.recurrent): auto | keras | fused | cudnn.
     # Every choice reads the same checkpoints, so it may change on resume.
     'rnn_implementation': 'auto',
+    # Training arithmetic (estimator_models.layers.precision): auto | float32 | mixed_bfloat16.
+    # auto trains in bfloat16 where the CPU has bfloat16 instructions: measured 1.4x faster
+    # for the CNN models and 1.05x for pixel_row_lstm, at the same accuracy (README).
+    'precision': 'auto',
     # Pooling of the last layer's outputs over the true steps (estimator_models.layers.pooling):
     # last | mean | max | attention, and the width of attention's scoring layer.
     'pooling': 'last',
@@ -75,6 +79,7 @@ COMMON_CHOICES = {
     'resize': preprocess.RESIZE_POLICIES,
     'cell': ('lstm', 'gru'),
     'rnn_implementation': recurrent.IMPLEMENTATIONS,
+    'precision': precision.PRECISIONS,
     'pooling': pooling.POOLINGS,
     'lr_schedule': ('cosine', 'constant'),
     'augment': augment.AUGMENTATIONS,
@@ -88,7 +93,8 @@ NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cach
 LAYER_SIZE_LISTS = ('cnn_filters',)
 TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
                  'input_dropout', 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
-                 'rnn_implementation', 'cache_train_mb', 'augment', 'label_smoothing', 'weight_decay')
+                 'rnn_implementation', 'cache_train_mb', 'augment', 'label_smoothing', 'weight_decay',
+                 'precision')
 DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')

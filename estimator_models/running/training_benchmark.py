@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_models import registry
-from estimator_models.layers import head
+from estimator_models.layers import head, precision
 from estimator_models.running import experiment, monitoring
 from estimator_models.running import hparams as hparams_lib
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, glyphs, moving_glyphs
@@ -456,8 +456,10 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
     project, keras = (_side(rates[side], flops, matmul) for side in ('project', 'keras'))
     return {
         'model': model_name,
-        'hparams': {key: hparams[key] for key in ('batch_size', 'rnn_units', 'rnn_implementation')
+        'hparams': {key: hparams[key] for key in ('batch_size', 'rnn_units', 'rnn_implementation', 'precision')
                     if key in hparams},
+        # The twin is float32, as a Keras model is unless told otherwise.
+        'project_precision': precision.resolved(hparams),
         'overrides': dict(overrides),
         'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
         'cores': experiment.usable_cores(),
