@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import held_out_arrays, run_bin
 from estimator_models.layers import precision
+from estimator_models.running import cli
 from estimator_models.running import experiment
 from input_fns import arrays, specs
 
@@ -213,3 +214,13 @@ def test_make_tfrecords_converts_a_source_and_never_writes_over_one(clips_npz, t
     np.testing.assert_array_equal(written.lengths, original.lengths)
     again = run_bin('make_tfrecords', f'--input={clips_npz}', f'--output={prefix}', check=False)
     assert again.returncode == 2 and 'already exists' in again.stderr.strip().splitlines()[-1]
+
+
+def test_a_graph_execution_error_is_told_by_its_message_not_its_header():
+    with tf.Graph().as_default():
+        pixels = tf.compat.v1.placeholder(tf.float32)
+        checked = tf.debugging.check_numerics(pixels, 'pixels are not finite')
+        with tf.compat.v1.Session() as session, pytest.raises(tf.errors.OpError) as raised:
+            session.run(checked, {pixels: float('nan')})
+    assert raised.value.message.startswith('Graph execution error')
+    assert cli._first_line(raised.value.message) == 'pixels are not finite : Tensor had NaN values'

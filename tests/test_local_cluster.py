@@ -105,6 +105,8 @@ def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, cli
                     f'--hparams={TINY_CLIPS}')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'synchronous all-reduce training' in result.stdout
+    # precision=auto trains a cluster in float32 (bfloat16 convolutions fail there).
+    assert 'training in float32 (precision=auto)' in result.stdout
     assert experiment.checkpoint_step(model_dir) == 30
     read = {}
     for task, name in (('chief-0', 'chief'), ('worker-0', 'worker 0')):

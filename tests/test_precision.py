@@ -9,7 +9,7 @@ import tensorflow as tf
 from conftest import train_on_a_few_examples
 from estimator_models import cnn_lstm
 from estimator_models.layers import fused_recurrent, precision
-from estimator_models.running import hparams
+from estimator_models.running import cluster, experiment, hparams
 from estimator_models.serving import receivers
 from input_fns.errors import UserError
 
@@ -101,3 +101,12 @@ def test_cnn_lstm_learns_in_bfloat16(digits_npz, tmp_path):
 def test_an_unknown_precision_is_one_line():
     with pytest.raises(UserError, match='precision'):
         hparams.resolve(cnn_lstm, {'precision': 'float16'}, data_shape=(28, 28, 1, 10))
+
+
+def test_a_cluster_trains_float32_and_refuses_bfloat16_in_one_line():
+    chief = cluster.Task(type='chief', cluster={'chief': ['localhost:1'], 'worker': ['localhost:2']})
+    assert experiment.training_precision({'precision': 'auto'}, chief) == 'float32'
+    assert experiment.training_precision({'precision': 'float32'}, chief) == 'float32'
+    with pytest.raises(UserError, match='precision=mixed_bfloat16 cannot train in a TF_CONFIG cluster'):
+        experiment.training_precision({'precision': 'mixed_bfloat16'}, chief)
+    assert experiment.training_precision({'precision': 'auto'}) == precision.resolved({'precision': 'auto'})

@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import registry  # noqa: E402
-from estimator_models.layers import backbones, precision, recurrent  # noqa: E402
+from estimator_models.layers import backbones, recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
@@ -228,7 +228,7 @@ def train(argv):
           f'  SavedModels:                  {os.path.join(export_dir, "best")}, '
           f'{os.path.join(export_dir, "latest")}\n{onnx_line}'
           f'  watch it: tensorboard --logdir {shlex.quote(model_dir)}\n'
-          f'  runs on: {_described_compute(run)}', flush=True)
+          f'  runs on: {_described_compute(run, task)}', flush=True)
     if run.hparams.get('backbone', 'small_cnn') != 'small_cnn':
         print(f'  backbone: {backbones.describe(run.hparams)}', flush=True)
     if not task.is_local:
@@ -371,15 +371,16 @@ def predict(argv):
     print(json.dumps(predicting.run_request(loaded, FLAGS.signature, body)))
 
 
-def _described_compute(run):
+def _described_compute(run, task):
     """'2 cores, LSTM: fused (rnn_implementation=auto), training in mixed_bfloat16
-    (precision=auto)[, XLA]' for the progress header."""
+    (precision=auto)[, XLA]' for the progress header of `task` (a cluster.Task)."""
     parts = [f'{experiment.usable_cores()} cores']
     if run.module in registry.MODELS.values():
         requested = run.hparams['rnn_implementation']
         parts.append(f'{run.hparams["cell"].upper()}: {recurrent.implementation(run.hparams)} '
                      f'(rnn_implementation={requested})')
-        parts.append(f'training in {precision.resolved(run.hparams)} (precision={run.hparams["precision"]})')
+        parts.append(f'training in {experiment.training_precision(run.hparams, task)} '
+                     f'(precision={run.hparams["precision"]})')
     if FLAGS.distribution == 'mirrored':
         gpus = len(tf.config.list_physical_devices('GPU'))
         parts.append(f'mirrored on {gpus} GPUs' if gpus else 'mirrored: no GPU, so one replica on the CPU')
@@ -550,8 +551,13 @@ def _op_error_line(error):
 
 
 def _first_line(message):
-    """An OpError's message without the graph function it came from."""
-    return re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', message.strip()).splitlines()[0]
+    """An OpError's message without the graph function it came from; for a session's
+    "Graph execution error", the message after the traceback of the failing node."""
+    lines = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', message.strip()).splitlines()
+    node_lines = [index for index, line in enumerate(lines) if line.startswith('Node: ')]
+    if lines[0].startswith('Graph execution error') and node_lines and node_lines[-1] + 1 < len(lines):
+        return lines[node_lines[-1] + 1].strip()
+    return lines[0]
 
 
 def _fail(message, code=2):

@@ -13,6 +13,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from estimator_models import registry
+from estimator_models.layers import precision
 from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import cluster, monitoring, progress
@@ -201,8 +202,22 @@ def warm_start_settings(run, source, variables_regex='.*', forget_bias=1.0):
     return warm_start.settings(source, model_variables(run), variables_regex, run.model_dir, forget_bias)
 
 
-def make_estimator(run, config=None, train_steps=0, warm_start_from=None):
+def training_precision(hparams, task=cluster.Task()):
+    """`precision` as this process trains (estimator_models.layers.precision), with `auto`
+    resolved: always float32 in a TF_CONFIG cluster, whose distributed sessions hand a
+    fused bfloat16 convolution to kernels that refuse it."""
+    if task.is_local:
+        return precision.resolved(hparams)
+    if hparams.get('precision') == 'mixed_bfloat16':
+        raise UserError('precision=mixed_bfloat16 cannot train in a TF_CONFIG cluster (its distributed '
+                        'sessions have no bfloat16 fused convolution); use precision=auto or float32')
+    return 'float32'
+
+
+def make_estimator(run, config=None, train_steps=0, warm_start_from=None, task=cluster.Task()):
     params = dict(run.hparams, train_steps=train_steps)
+    if 'precision' in params:
+        params['precision'] = training_precision(run.hparams, task)
     return tf.compat.v1.estimator.Estimator(
         model_fn=monitoring.instrumented(run.module.model_fn), model_dir=run.model_dir,
         config=config, params=params, warm_start_from=warm_start_from)
@@ -293,7 +308,7 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
     if task.writes_run:
         hparams_lib.save_run(run.model_dir, run.record())
     config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla, task)
-    estimator = make_estimator(run, config, train_steps, warm_start_from)
+    estimator = make_estimator(run, config, train_steps, warm_start_from, task)
     shuffle_seed = seed + checkpoint_step(run.model_dir)
     train_spec = tf.estimator.TrainSpec(
         run.input_fn(train_source, ModeKeys.TRAIN, shuffle_seed), max_steps=train_steps,
