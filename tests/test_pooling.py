@@ -62,6 +62,11 @@ def eval_image_tags(model_dir):
 
 
 
+# The loss is evaluated after 25 steps, which BatchNorm's moving statistics (momentum
+# 0.99) trail far behind (tests/test_head.py trains and serves BatchNorm).
+FEW_STEPS = dict(TINY, cnn_lstm=dict(TINY['cnn_lstm'], cnn_batch_norm='false'))
+
+
 @pytest.mark.parametrize('model, how', [
     ('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('temporal_cnn_lstm', 'attention'),
     ('pixel_row_lstm', 'attention'), ('cnn_lstm', 'attention')])
@@ -69,7 +74,7 @@ def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, digit
     data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
     model_dir = str(tmp_path / 'run')
     run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
-                                                 overrides=dict(TINY[model], pooling=how))
+                                                 overrides=dict(FEW_STEPS[model], pooling=how))
     assert after < before
     assert ('attention/0' in eval_image_tags(model_dir)) == (how == 'attention')
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
