@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_models import registry
-from estimator_models.layers import head, precision
+from estimator_models.layers import head
 from estimator_models.running import experiment, monitoring
 from estimator_models.running import hparams as hparams_lib
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, glyphs, moving_glyphs
@@ -459,7 +459,7 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         'hparams': {key: hparams[key] for key in ('batch_size', 'rnn_units', 'rnn_implementation', 'precision')
                     if key in hparams},
         # The twin is float32, as a Keras model is unless told otherwise.
-        'project_precision': precision.resolved(hparams),
+        'project_precision': experiment.training_precision(hparams),
         'overrides': dict(overrides),
         'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
         'cores': experiment.usable_cores(),
