@@ -16,7 +16,7 @@ from input_fns.errors import UserError
 
 LEGACY = 'examples.legacy_pixel_rnn:model_fn'
 ModeKeys = tf.estimator.ModeKeys
-STEPS = 30
+STEPS = 60
 
 
 def _legacy_run(tmp_path_factory, digits_npz, cell):

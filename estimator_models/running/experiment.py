@@ -7,9 +7,11 @@ import dataclasses
 import functools
 import math
 import os
+import random
 import re
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from estimator_models import registry
@@ -219,8 +221,26 @@ def make_estimator(run, config=None, train_steps=0, warm_start_from=None, task=c
     if 'precision' in params:
         params['precision'] = training_precision(run.hparams, task)
     return tf.compat.v1.estimator.Estimator(
-        model_fn=monitoring.instrumented(run.module.model_fn), model_dir=run.model_dir,
+        model_fn=_keras_seeded(monitoring.instrumented(run.module.model_fn)), model_dir=run.model_dir,
         config=config, params=params, warm_start_from=warm_start_from)
+
+
+def _keras_seeded(model_fn):
+    """Wraps a model_fn so that each graph it builds draws the same Keras seeds from the
+    run's seed. A Keras initializer or dropout layer made without a seed takes one from
+    Python's `random` (NumPy's for a few legacy ops), not from the graph's seed, so
+    without this the same RunConfig seed started from different weights in each process.
+    The caller's random state is put back afterwards."""
+    def model_fn_seeded(features, labels, mode, params, config):
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(config.tf_random_seed)
+        np.random.seed(config.tf_random_seed)
+        try:
+            return model_fn(features, labels, mode, params)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+    return model_fn_seeded
 
 
 def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False, task=cluster.Task()):

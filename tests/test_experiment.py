@@ -1,0 +1,49 @@
+"""Runs are reproducible from their seed: the same seed builds the same weights and takes
+the same training step, in one process or another, whatever else drew random numbers."""
+
+import random
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import TINY
+from estimator_models.running import experiment
+
+ModeKeys = tf.estimator.ModeKeys
+
+
+def _checkpoints_after_one_step(data, model_dir, seed):
+    """{checkpoint step: {variable name: value}} of cnn_lstm trained one step with `seed`."""
+    run, train_source, _ = experiment.prepare_training('cnn_lstm', model_dir, data, None, TINY['cnn_lstm'])
+    estimator = experiment.make_estimator(run, experiment.run_config(model_dir, seed=seed, checkpoint_every=1), 1)
+    estimator.train(run.input_fn(train_source, ModeKeys.TRAIN, seed=seed, num_examples=32), max_steps=1)
+    return {step: {name: tf.train.load_variable(f'{model_dir}/model.ckpt-{step}', name)
+                   for name, _ in tf.train.list_variables(f'{model_dir}/model.ckpt-{step}')}
+            for step in (0, 1)}
+
+
+def test_the_same_seed_starts_from_the_same_weights_and_takes_the_same_step(digits_npz, tmp_path):
+    first = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'first'), seed=3)
+    random.random(), np.random.random()  # what a caller draws between two runs changes nothing
+    second = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'second'), seed=3)
+    for step in (0, 1):
+        assert first[step].keys() == second[step].keys()
+        for name, value in first[step].items():
+            np.testing.assert_array_equal(value, second[step][name], err_msg=f'{name} at step {step}')
+
+
+def test_another_seed_starts_from_other_weights(digits_npz, tmp_path):
+    first = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'first'), seed=3)[0]
+    other = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'other'), seed=4)[0]
+    for name in ('cnn/cnn_conv_0/kernel', 'rnn_0/lstm_cell/recurrent_kernel', 'logits/kernel'):
+        assert not np.array_equal(first[name], other[name]), name
+
+
+def test_seeding_keras_leaves_the_callers_random_state_alone(digits_npz, tmp_path):
+    random.seed(11)
+    np.random.seed(11)
+    expected = random.random(), np.random.random()
+    random.seed(11)
+    np.random.seed(11)
+    _checkpoints_after_one_step(digits_npz, str(tmp_path / 'run'), seed=3)
+    assert (random.random(), np.random.random()) == expected
