@@ -1,6 +1,6 @@
-"""precision=mixed_bfloat16: a training graph convolves and projects the LSTM's inputs
-in bfloat16 on float32 variables, learns, and leaves evaluation, serving and
-checkpoints as float32 runs have them."""
+"""precision=mixed_bfloat16: a training graph convolves, projects the LSTM's inputs and
+multiplies by its recurrent kernel in bfloat16 on float32 variables, learns, and leaves
+evaluation, serving and checkpoints as float32 runs have them."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import train_on_a_few_examples
 from estimator_models import cnn_lstm
-from estimator_models.layers import fused_recurrent, precision
+from estimator_models.layers import fused_recurrent, kernels, precision
 from estimator_models.running import cluster, experiment, hparams
 from estimator_models.serving import receivers
 from input_fns.errors import UserError
@@ -66,14 +66,15 @@ def test_a_bfloat16_training_graph_convolves_and_projects_in_bfloat16_and_others
 
 
 def test_bfloat16_products_stay_close_to_float32_and_train_float32_variables():
-    """The input projection and the recurrent kernel's gradient product in bfloat16."""
+    """The input projection, the recurrent products and the recurrent kernel's gradient
+    product in bfloat16."""
     rng = np.random.default_rng(0)
     sequences = rng.normal(size=(8, 7, 40)).astype(np.float32)
     weights = [rng.normal(size=shape, scale=0.2).astype(np.float32) for shape in ((40, 64), (16, 64), (64,))]
     results = []
     for dtype in (tf.float32, tf.bfloat16):
         with tf.Graph().as_default() as graph:
-            layer = fused_recurrent.FusedLSTM(16, projection_dtype=dtype, name='rnn_0')
+            layer = fused_recurrent.FusedLSTM(16, arithmetic_dtype=dtype, name='rnn_0')
             outputs = layer(tf.constant(sequences))
             variables = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
             gradients = tf.gradients(tf.reduce_sum(tf.sin(outputs * 3)), variables)
@@ -91,6 +92,88 @@ def test_bfloat16_products_stay_close_to_float32_and_train_float32_variables():
     for rounded_gradient, exact_gradient in zip(rounded[1:], exact[1:]):
         scale = np.abs(exact_gradient).max()
         np.testing.assert_allclose(rounded_gradient, exact_gradient, atol=0.05 * scale)
+
+
+def _bfloat16(array):
+    """`array` rounded to bfloat16 (to nearest even, as the kernel rounds), as float64."""
+    return tf.cast(tf.cast(array, tf.bfloat16), tf.float64).numpy()
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _reference_steps(x_proj, kernel, mask, h, c):
+    """Each step of the fused op's forward pass in float64 numpy, from the op's own state
+    before it (h, c [T, B, U]), h_{t-1} and the kernel rounded to bfloat16 for the step's
+    product: (h, c, gates [T, B, 4U]) as the op should have written them."""
+    units = kernel.shape[0]
+    steps = []
+    for t, (x_t, mask_t) in enumerate(zip(x_proj, mask)):
+        h_prev, c_prev = (h[t - 1], c[t - 1]) if t else (np.zeros_like(h[0]), np.zeros_like(c[0]))
+        z = _bfloat16(h_prev) @ _bfloat16(kernel) + x_t
+        i, f, o = _sigmoid(z[:, :units]), _sigmoid(z[:, units:2 * units]), _sigmoid(z[:, 3 * units:])
+        g = np.tanh(z[:, 2 * units:3 * units])
+        counts = mask_t[:, None] != 0
+        c_t = np.where(counts, f * c_prev + i * g, c_prev)
+        steps.append((np.where(counts, o * np.tanh(c_t), h_prev), c_t, np.concatenate([i, f, g, o], axis=1)))
+    return [np.stack(parts) for parts in zip(*steps)]
+
+
+def _reference_gradient(kernel, mask, c, gates, grad_h, grad_x_proj):
+    """Each step of the fused op's backward pass in float64 numpy, the gradient reaching
+    h_t from the op's own grad_x_proj of step t + 1, rounded to bfloat16 with the kernel
+    for that product: the grad_x_proj [T, B, 4U] the op should have written."""
+    dh_next, dc_next = np.zeros(grad_h.shape[1:]), np.zeros(grad_h.shape[1:])
+    steps = []
+    for t in reversed(range(len(grad_h))):
+        i, f, g, o = np.split(gates[t], 4, axis=1)
+        c_prev = c[t - 1] if t else np.zeros_like(c[t])
+        dh = dh_next + grad_h[t]
+        tanh_c = np.tanh(c[t])
+        dc = dc_next + dh * o * (1 - tanh_c ** 2)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
+                             dh * tanh_c * o * (1 - o)], axis=1)
+        counts = mask[t][:, None] != 0  # a padded step passed h and c through: so does their gradient
+        steps.append(np.where(counts, dz, 0))
+        dc_next = np.where(counts, dc * f, dc_next)
+        dh_next = np.where(counts, 0, dh) + _bfloat16(grad_x_proj[t]) @ _bfloat16(kernel).T
+    return np.stack(steps[::-1])
+
+
+@pytest.mark.skipif(not precision.cpu_has_bfloat16(), reason='the CPU has no AVX512_BF16')
+@pytest.mark.parametrize('steps, batch, units', [(6, 40, 16), (5, 3, 48), (28, 128, 128)])
+def test_the_fused_ops_bfloat16_products_round_only_their_operands(steps, batch, units):
+    """Each step multiplies bfloat16 h_{t-1} (forward) or gate gradients (backward) by the
+    bfloat16 kernel, summing in float32: a float64 reference that rounds the same operands
+    agrees to float32 accuracy, while float32 products differ by bfloat16's rounding."""
+    rng = np.random.default_rng(units)
+    x_proj = rng.normal(size=(steps, batch, 4 * units)).astype(np.float32)
+    kernel = rng.normal(size=(units, 4 * units), scale=units ** -0.5).astype(np.float32)
+    mask = (rng.random((steps, batch)) > 0.25).astype(np.float32)
+    grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
+    library = kernels.load()
+    h, c, gates = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, mask, bfloat16_products=True)]
+    grad_x_proj = library.lstm_sequence_grad(kernel, mask, c, gates, grad_h, bfloat16_products=True).numpy()
+
+    for computed, expected in zip((h, c, gates), _reference_steps(x_proj, kernel, mask, h, c)):
+        np.testing.assert_allclose(computed, expected, atol=1e-5)
+    expected_grad = _reference_gradient(kernel, mask, c, gates, grad_h, grad_x_proj)
+    np.testing.assert_allclose(grad_x_proj, expected_grad, atol=1e-5 * np.abs(expected_grad).max())
+
+    float32_h = library.lstm_sequence(x_proj, kernel, mask)[0].numpy()
+    assert np.abs(float32_h - h).max() > 1e-4
+
+
+def test_units_the_bfloat16_kernel_cannot_tile_multiply_in_float32():
+    """bfloat16 products need units in multiples of 16; others run the float32 products."""
+    rng = np.random.default_rng(0)
+    x_proj = rng.normal(size=(4, 5, 80)).astype(np.float32)
+    kernel = rng.normal(size=(20, 80), scale=0.2).astype(np.float32)
+    mask = np.ones((4, 5), np.float32)
+    library = kernels.load()
+    np.testing.assert_array_equal(library.lstm_sequence(x_proj, kernel, mask, bfloat16_products=True)[0],
+                                  library.lstm_sequence(x_proj, kernel, mask)[0])
 
 
 def test_cnn_lstm_learns_in_bfloat16(digits_npz, tmp_path):

@@ -19,17 +19,17 @@ import tensorflow as tf
 from estimator_models.layers import kernels
 
 
-# The op's gradient with the recurrent kernel's gradient product in bfloat16, chosen per
-# op with gradient_override_map under precision=mixed_bfloat16.
-_BFLOAT16_GRADIENT = 'LstmSequenceMixedBfloat16'
-
-
-def _gradients(op, grad_h, product_dtype):
-    """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs."""
+def _gradients(op, grad_h):
+    """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs.
+    An op with bfloat16 recurrent products gets its recurrent-kernel gradient product in
+    bfloat16 too."""
     _, recurrent_kernel, mask = op.inputs
     h, c, gates = op.outputs
-    grad_x_proj = kernels.load().lstm_sequence_grad(recurrent_kernel, mask, c, gates, grad_h)  # [T, B, 4U]
+    bfloat16 = op.get_attr('bfloat16_products')
+    grad_x_proj = kernels.load().lstm_sequence_grad(recurrent_kernel, mask, c, gates, grad_h,
+                                                    bfloat16_products=bfloat16)  # [T, B, 4U]
     units = recurrent_kernel.shape[0]
+    product_dtype = tf.bfloat16 if bfloat16 else tf.float32
     # Step t multiplied h_{t-1} (zeros before the first step) by the kernel: one matmul
     # over all steps gives the whole gradient.
     h_previous = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)              # [T, B, U]
@@ -42,13 +42,7 @@ def _gradients(op, grad_h, product_dtype):
 @tf.RegisterGradient('LstmSequence')
 def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
     del grad_c, grad_gates
-    return _gradients(op, grad_h, tf.float32)
-
-
-@tf.RegisterGradient(_BFLOAT16_GRADIENT)
-def _lstm_sequence_gradient_bfloat16(op, grad_h, grad_c, grad_gates):
-    del grad_c, grad_gates
-    return _gradients(op, grad_h, tf.bfloat16)
+    return _gradients(op, grad_h)
 
 
 class _SequenceLSTM(tf.keras.layers.Layer):
@@ -93,24 +87,26 @@ class _SequenceLSTM(tf.keras.layers.Layer):
 
 
 class FusedLSTM(_SequenceLSTM):
-    """Keras' LSTM computed by the fused CPU kernel. With `projection_dtype` tf.bfloat16
-    (precision=mixed_bfloat16) the input projection of all steps and the recurrent
-    kernel's gradient product run in bfloat16; the recurrent steps stay float32."""
+    """Keras' LSTM computed by the fused CPU kernel. With `arithmetic_dtype` tf.bfloat16
+    (precision=mixed_bfloat16, training graphs) the input projection of all steps, each
+    step's product with the recurrent kernel (on AVX512_BF16, units a multiple of 16) and
+    the recurrent kernel's gradient product run in bfloat16, accumulating in float32; the
+    state, the gates and the variables stay float32."""
 
-    def __init__(self, units, projection_dtype=tf.float32, **kwargs):
+    def __init__(self, units, arithmetic_dtype=tf.float32, **kwargs):
         super().__init__(units, **kwargs)
-        self.projection_dtype = projection_dtype
+        self.arithmetic_dtype = arithmetic_dtype
 
     def _run(self, time_major, step_mask):
         steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
         inputs = tf.reshape(time_major, [-1, time_major.shape[-1]])                  # [T*B, F]
-        projected = tf.matmul(tf.cast(inputs, self.projection_dtype),
-                              tf.cast(self.cell.kernel, self.projection_dtype))     # [T*B, 4U]
+        projected = tf.matmul(tf.cast(inputs, self.arithmetic_dtype),
+                              tf.cast(self.cell.kernel, self.arithmetic_dtype))     # [T*B, 4U]
         projected = tf.reshape(tf.cast(projected, tf.float32) + self.cell.bias,
                                [steps, batch, 4 * self.units])                        # [T, B, 4U]
-        overrides = {'LstmSequence': _BFLOAT16_GRADIENT} if self.projection_dtype == tf.bfloat16 else {}
-        with tf.compat.v1.get_default_graph().gradient_override_map(overrides):
-            outputs, _, _ = kernels.load().lstm_sequence(projected, self.cell.recurrent_kernel, step_mask)
+        outputs, _, _ = kernels.load().lstm_sequence(
+            projected, self.cell.recurrent_kernel, step_mask,
+            bfloat16_products=self.arithmetic_dtype == tf.bfloat16)                   # [T, B, U]
         # A masked step carried the state, so the last step holds each row's final state.
         return outputs, outputs[-1]
 

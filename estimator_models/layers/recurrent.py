@@ -129,7 +129,7 @@ def _recurrent_layer(hparams, mode, chosen, return_sequences, name):
     if chosen in _LSTM_LAYERS:
         layer_class = _LSTM_LAYERS[chosen]
         if chosen == 'fused':
-            layer_class = functools.partial(layer_class, projection_dtype=precision.compute_dtype(hparams, mode))
+            layer_class = functools.partial(layer_class, arithmetic_dtype=precision.compute_dtype(hparams, mode))
         if hparams['bidirectional']:
             return fused_recurrent.Bidirectional(layer_class, units, name, return_sequences,
                                                  name=f'bidirectional_{name}')

@@ -12,10 +12,25 @@
 //
 // Gate order is Keras': i, f, c, o. A step whose mask is 0 carries the state through
 // unchanged, as a masked Keras LSTM does.
+//
+// With `bfloat16_products` (precision=mixed_bfloat16, training only) each step's product
+// with the recurrent kernel multiplies bfloat16 copies of h_{t-1} (or of the step's gate
+// gradient) and of the kernel, accumulating in float32 (AVX512_BF16's VDPBF16PS, twice
+// the multiply-adds of a float32 FMA per instruction); the state, the gates and every
+// output stay float32. Where the build's CPU lacks AVX512_BF16, or units is not a
+// multiple of 16, the products stay float32.
 
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -48,6 +63,7 @@ REGISTER_OP("LstmSequence")
     .Output("h: float")                // [T, B, U]
     .Output("c: float")                // [T, B, U]
     .Output("gates: float")            // [T, B, 4U] activated i, f, c~, o
+    .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       ShapeHandle x_proj, kernel;
       TF_RETURN_IF_ERROR(context->WithRank(context->input(0), 3, &x_proj));
@@ -67,6 +83,7 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("gates: float")             // [T, B, 4U] from LstmSequence
     .Input("grad_h: float")            // [T, B, U]
     .Output("grad_x_proj: float")      // [T, B, 4U]
+    .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       context->set_output(0, context->input(3));
       return Status();
@@ -75,8 +92,9 @@ REGISTER_OP("LstmSequenceGrad")
 namespace {
 
 // Splits the batch into one block of rows per thread and runs block_function(first, last)
-// on each: per time step, one hand-off to the thread pool covers both the matmul and the
-// elementwise pass, which at these sizes costs less than parallelising either alone.
+// on each. Rows of a batch never interact, so each thread runs every step of its rows:
+// one hand-off to the thread pool per op call. A hand-off per step, as this op first
+// did, cost about as much as the step's products (waking the waiting thread each time).
 template <typename BlockFunction>
 void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_function) {
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(device.numThreads(), batch / 8));
@@ -152,6 +170,124 @@ void BackwardRow(int64_t units, bool counts, const float* gate, const float* c_r
   dh.setZero();  // the recurrent part is added from dz after the row pass
 }
 
+
+// bfloat16 products: C[rows, N] (= or +=) A[rows, K] . B[K, N], A and B in bfloat16,
+// C in float32. VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both products
+// to one float32 lane, so B is packed once per op call with each (k, k+1) pair of a
+// column side by side, in panels of 64 columns that a block of rows reads from L1.
+constexpr int64_t kPanelColumns = 64;
+constexpr int kBlockRows = 4;
+
+uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// B[K, N] as bfloat16 pairs: panel p holds columns [64p, 64p + width) as
+// data[offset(p) + (pair * width + column) * 2 + (k & 1)], k = 2 * pair + (k & 1).
+class PackedBfloat16 {
+ public:
+  // element(k, n) reads B; K and N must be multiples of 2 and 16.
+  template <typename Element>
+  PackedBfloat16(int64_t depth, int64_t columns, Element element)
+      : pairs_(depth / 2), columns_(columns), data_(depth * columns) {
+    for (int64_t first = 0; first < columns; first += kPanelColumns) {
+      const int64_t width = PanelWidth(first);
+      uint16_t* panel = data_.data() + first * depth;
+      for (int64_t k = 0; k < depth; ++k) {
+        for (int64_t n = 0; n < width; ++n) {
+          panel[((k / 2) * width + n) * 2 + (k & 1)] = ToBfloat16(element(k, first + n));
+        }
+      }
+    }
+  }
+  int64_t pairs() const { return pairs_; }
+  int64_t columns() const { return columns_; }
+  int64_t PanelWidth(int64_t first) const { return std::min(kPanelColumns, columns_ - first); }
+  const uint16_t* Panel(int64_t first) const { return data_.data() + first * pairs_ * 2; }
+
+ private:
+  int64_t pairs_, columns_;
+  std::vector<uint16_t> data_;
+};
+
+#if defined(__AVX512BF16__)
+constexpr bool kHaveBfloat16Products = true;
+
+void RowToBfloat16(const float* row, int64_t length, uint16_t* out) {
+  for (int64_t i = 0; i < length; i += 16) {
+    const __m256bh converted = _mm512_cvtneps_pbh(_mm512_loadu_ps(row + i));
+    std::memcpy(out + i, &converted, sizeof(converted));
+  }
+}
+
+// kRows rows of A (bfloat16 pairs, a_stride pairs apart) times one panel of kVectors * 16
+// columns; 16 float32 accumulators at most, so A's broadcasts and B's loads fit the other
+// registers.
+template <int kRows, int kVectors>
+void DotBlock(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs,
+              float* c, int64_t c_stride, bool accumulate) {
+  __m512 sum[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v)
+      sum[r][v] = accumulate ? _mm512_loadu_ps(c + r * c_stride + 16 * v) : _mm512_setzero_ps();
+  constexpr int64_t width = 16 * kVectors;
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    __m512bh b[kVectors];
+    for (int v = 0; v < kVectors; ++v)
+      b[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + (pair * width + 16 * v) * 2));
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh a_pair = reinterpret_cast<__m512bh>(_mm512_set1_epi32(a[r * a_stride + pair]));
+      for (int v = 0; v < kVectors; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], a_pair, b[v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(c + r * c_stride + 16 * v, sum[r][v]);
+}
+
+template <int kRows>
+void DotRows(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs,
+             int64_t width, float* c, int64_t c_stride, bool accumulate) {
+  switch (width / 16) {
+    case 1: return DotBlock<kRows, 1>(a, a_stride, panel, pairs, c, c_stride, accumulate);
+    case 2: return DotBlock<kRows, 2>(a, a_stride, panel, pairs, c, c_stride, accumulate);
+    case 3: return DotBlock<kRows, 3>(a, a_stride, panel, pairs, c, c_stride, accumulate);
+    default: return DotBlock<kRows, 4>(a, a_stride, panel, pairs, c, c_stride, accumulate);
+  }
+}
+
+// c[rows, N] (= or +=) a[rows, K] . B, a in bfloat16 with rows K apart, c with rows N apart.
+void Bfloat16Product(const uint16_t* a, int64_t rows, const PackedBfloat16& b, float* c, bool accumulate) {
+  const int64_t pairs = b.pairs(), columns = b.columns();
+  const uint32_t* a_pairs = reinterpret_cast<const uint32_t*>(a);
+  for (int64_t first = 0; first < columns; first += kPanelColumns) {
+    const int64_t width = b.PanelWidth(first);
+    for (int64_t row = 0; row < rows; row += kBlockRows) {
+      const uint32_t* a_block = a_pairs + row * pairs;
+      float* c_block = c + row * columns + first;
+      switch (std::min<int64_t>(kBlockRows, rows - row)) {
+        case 1: DotRows<1>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
+        case 2: DotRows<2>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
+        case 3: DotRows<3>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
+        default: DotRows<4>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate);
+      }
+    }
+  }
+}
+#else
+constexpr bool kHaveBfloat16Products = false;
+
+void RowToBfloat16(const float*, int64_t, uint16_t*) {}
+void Bfloat16Product(const uint16_t*, int64_t, const PackedBfloat16&, float*, bool) {}
+#endif
+
+bool UseBfloat16Products(bool requested, int64_t units) {
+  return requested && kHaveBfloat16Products && units % 16 == 0;
+}
+
 Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mask) {
   if (x_proj.dims() != 3 || kernel.dims() != 2 || mask.dims() != 2)
     return tensorflow::errors::InvalidArgument("LstmSequence: x_proj must be [T, B, 4U], "
@@ -169,7 +305,9 @@ Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mas
 
 class LstmSequenceOp : public OpKernel {
  public:
-  explicit LstmSequenceOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit LstmSequenceOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("bfloat16_products", &bfloat16_products_));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& x_proj = context->input(0);
@@ -187,36 +325,55 @@ class LstmSequenceOp : public OpKernel {
 
     const Device& device = context->eigen_device<Device>();
     const float* mask_data = mask.flat<float>().data();
-    ConstMatrix recurrent(kernel.flat<float>().data(), units, 4 * units);
+    const float* kernel_data = kernel.flat<float>().data();
+    ConstMatrix recurrent(kernel_data, units, 4 * units);
     const int64_t step_state = batch * units, step_gates = batch * 4 * units;
+    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
+    std::unique_ptr<PackedBfloat16> packed;
+    if (bfloat16) {
+      packed = std::make_unique<PackedBfloat16>(
+          units, 4 * units, [&](int64_t k, int64_t n) { return kernel_data[k * 4 * units + n]; });
+    }
+    // h_{t-1} and h_t in bfloat16: step t reads one buffer and writes the other.
+    std::vector<uint16_t> h_bfloat16(bfloat16 ? 2 * step_state : 0);
 
-    for (int64_t t = 0; t < steps; ++t) {
-      float* z = gates->flat<float>().data() + t * step_gates;
-      const float* x_t = x_proj.flat<float>().data() + t * step_gates;
-      const float* h_prev = t ? h->flat<float>().data() + (t - 1) * step_state : nullptr;
-      const float* c_prev = t ? c->flat<float>().data() + (t - 1) * step_state : nullptr;
-      float* h_t = h->flat<float>().data() + t * step_state;
-      float* c_t = c->flat<float>().data() + t * step_state;
-      ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
+    ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
+      for (int64_t t = 0; t < steps; ++t) {
+        float* z = gates->flat<float>().data() + t * step_gates;
+        const float* x_t = x_proj.flat<float>().data() + t * step_gates;
+        const float* h_prev = t ? h->flat<float>().data() + (t - 1) * step_state : nullptr;
+        const float* c_prev = t ? c->flat<float>().data() + (t - 1) * step_state : nullptr;
+        float* h_t = h->flat<float>().data() + t * step_state;
+        float* c_t = c->flat<float>().data() + t * step_state;
+        const uint16_t* h_prev_bfloat16 = h_bfloat16.data() + ((t + 1) % 2) * step_state * bfloat16;
+        uint16_t* h_t_bfloat16 = h_bfloat16.data() + (t % 2) * step_state * bfloat16;
         Matrix z_block(z + first * 4 * units, last - first, 4 * units);
-        if (h_prev) {
-          z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
-        } else {
+        if (!h_prev) {
           z_block.setZero();
+        } else if (bfloat16) {
+          Bfloat16Product(h_prev_bfloat16 + first * units, last - first, *packed, z_block.data(), false);
+        } else {
+          z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
         }
         for (int64_t row = first; row < last; ++row) {
           ForwardRow(units, mask_data[t * batch + row] != 0.0f, x_t + row * 4 * units,
                      z + row * 4 * units, c_prev ? c_prev + row * units : nullptr,
                      h_prev ? h_prev + row * units : nullptr, c_t + row * units, h_t + row * units);
+          if (bfloat16) RowToBfloat16(h_t + row * units, units, h_t_bfloat16 + row * units);
         }
-      });
-    }
+      }
+    });
   }
+
+ private:
+  bool bfloat16_products_;
 };
 
 class LstmSequenceGradOp : public OpKernel {
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit LstmSequenceGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("bfloat16_products", &bfloat16_products_));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& kernel = context->input(0);
@@ -243,30 +400,47 @@ class LstmSequenceGradOp : public OpKernel {
 
     const Device& device = context->eigen_device<Device>();
     const float* mask_data = mask.flat<float>().data();
-    ConstMatrix recurrent(kernel.flat<float>().data(), units, 4 * units);
+    const float* kernel_data = kernel.flat<float>().data();
+    ConstMatrix recurrent(kernel_data, units, 4 * units);
     const int64_t step_state = batch * units, step_gates = batch * 4 * units;
+    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
+    std::unique_ptr<PackedBfloat16> packed_transpose;
+    if (bfloat16) {
+      packed_transpose = std::make_unique<PackedBfloat16>(
+          4 * units, units, [&](int64_t k, int64_t n) { return kernel_data[n * 4 * units + k]; });
+    }
+    std::vector<uint16_t> dz_bfloat16(bfloat16 ? step_gates : 0);  // one step's dz
 
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const float* gate_t = gates.flat<float>().data() + t * step_gates;
-      const float* c_t = c.flat<float>().data() + t * step_state;
-      const float* c_prev = t ? c.flat<float>().data() + (t - 1) * step_state : nullptr;
-      const float* grad_h_t = grad_h.flat<float>().data() + t * step_state;
-      float* dz = grad_x_proj->flat<float>().data() + t * step_gates;
-      ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
+    ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const float* gate_t = gates.flat<float>().data() + t * step_gates;
+        const float* c_t = c.flat<float>().data() + t * step_state;
+        const float* c_prev = t ? c.flat<float>().data() + (t - 1) * step_state : nullptr;
+        const float* grad_h_t = grad_h.flat<float>().data() + t * step_state;
+        float* dz = grad_x_proj->flat<float>().data() + t * step_gates;
         for (int64_t row = first; row < last; ++row) {
           BackwardRow(units, mask_data[t * batch + row] != 0.0f, gate_t + row * 4 * units,
                       c_t + row * units, c_prev ? c_prev + row * units : nullptr,
                       grad_h_t + row * units, dz + row * 4 * units, dh_next + row * units,
                       dc_next + row * units);
         }
-        if (t == 0) return;
+        if (t == 0) break;
         // What reaches h_{t-1}: dz . recurrent^T, plus what padded rows passed through.
-        Matrix next(dh_next + first * units, last - first, units);
-        next.noalias() += ConstMatrix(dz + first * 4 * units, last - first, 4 * units) *
-                          recurrent.transpose();
-      });
-    }
+        if (bfloat16) {
+          uint16_t* dz_rows = dz_bfloat16.data() + first * 4 * units;
+          RowToBfloat16(dz + first * 4 * units, (last - first) * 4 * units, dz_rows);
+          Bfloat16Product(dz_rows, last - first, *packed_transpose, dh_next + first * units, true);
+        } else {
+          Matrix next(dh_next + first * units, last - first, units);
+          next.noalias() += ConstMatrix(dz + first * 4 * units, last - first, 4 * units) *
+                            recurrent.transpose();
+        }
+      }
+    });
   }
+
+ private:
+  bool bfloat16_products_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("LstmSequence").Device(DEVICE_CPU), LstmSequenceOp);
