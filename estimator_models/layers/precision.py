@@ -1,9 +1,10 @@
 """Training precision: bfloat16 arithmetic where the CPU has instructions for it.
 
-`precision=mixed_bfloat16` runs a training graph's convolutions (small_cnn), the fused
-LSTM's input projection and its recurrent-kernel gradient product in bfloat16, on
-float32 variables: the recurrent step, the loss, the gradients' accumulation and Adam
-stay float32, and every precision reads the same checkpoints. Evaluation, prediction and exports always run float32. `auto`
+`precision=mixed_bfloat16` runs a training graph's convolutions (small_cnn) and the fused
+LSTM's input projection, per-step recurrent products and recurrent-kernel gradient
+product in bfloat16, on float32 variables: the LSTM's state and gates, the loss, the
+gradients' accumulation and Adam stay float32, and every precision reads the same
+checkpoints. Evaluation, prediction and exports always run float32. `auto`
 picks mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 dot products
 (AVX512_BF16 or AMX-BF16), where oneDNN runs them natively (unless
 TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off), else float32; a TF_CONFIG cluster always
