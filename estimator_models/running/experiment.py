@@ -228,13 +228,16 @@ def make_estimator(run, config=None, train_steps=0, warm_start_from=None, task=c
 def _keras_seeded(model_fn):
     """Wraps a model_fn so that each graph it builds draws the same Keras seeds from the
     run's seed. A Keras initializer or dropout layer made without a seed takes one from
-    Python's `random` (NumPy's for a few legacy ops), not from the graph's seed, so
-    without this the same RunConfig seed started from different weights in each process.
-    The caller's random state is put back afterwards."""
+    Keras' own generator once `tf.keras.utils.set_random_seed` has run in the thread, else
+    from Python's `random`, never from the graph's seed: without this the same RunConfig
+    seed started from other weights in each process, or after other graphs. Python's and
+    NumPy's random states are put back afterwards; Keras' generator stays seeded."""
     def model_fn_seeded(features, labels, mode, params, config):
         python_state, numpy_state = random.getstate(), np.random.get_state()
-        random.seed(config.tf_random_seed)
-        np.random.seed(config.tf_random_seed)
+        # Inside the Estimator's graph, where TensorFlow's part of it sets only this
+        # graph's seed, which RunConfig already set to the same value.
+        tf.keras.utils.set_random_seed(config.tf_random_seed if config.tf_random_seed is not None
+                                       else random.SystemRandom().randrange(2 ** 31))
         try:
             return model_fn(features, labels, mode, params)
         finally:
