@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, served_in_a_fresh_process, train_on_a_few_examples
+from conftest import TINY_WITHOUT_BATCH_NORM, held_out_arrays, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import pooling
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
@@ -62,11 +62,6 @@ def eval_image_tags(model_dir):
 
 
 
-# The loss is evaluated after 25 steps, which BatchNorm's moving statistics (momentum
-# 0.99) trail far behind (tests/test_head.py trains and serves BatchNorm).
-FEW_STEPS = dict(TINY, cnn_lstm=dict(TINY['cnn_lstm'], cnn_batch_norm='false'))
-
-
 @pytest.mark.parametrize('model, how', [
     ('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('temporal_cnn_lstm', 'attention'),
     ('pixel_row_lstm', 'attention'), ('cnn_lstm', 'attention')])
@@ -74,7 +69,7 @@ def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, digit
     data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
     model_dir = str(tmp_path / 'run')
     run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
-                                                 overrides=dict(FEW_STEPS[model], pooling=how))
+                                                 overrides=dict(TINY_WITHOUT_BATCH_NORM[model], pooling=how))
     assert after < before
     assert ('attention/0' in eval_image_tags(model_dir)) == (how == 'attention')
     export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),

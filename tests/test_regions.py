@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (TINY, held_out_arrays, run_bin, serve_in_a_fresh_process, served_in_a_fresh_process,
-                      train_on_a_few_examples)
+from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_bin, serve_in_a_fresh_process,
+                      served_in_a_fresh_process, train_on_a_few_examples)
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
@@ -42,15 +42,11 @@ def test_a_malformed_grid_is_refused(grid):
         regions.parse_grid(grid)
 
 
-# The loss is evaluated after a few dozen steps, which BatchNorm's moving statistics
-# (momentum 0.99) trail far behind (tests/test_head.py trains and serves BatchNorm).
-TINY_NO_BATCH_NORM = dict(TINY['cnn_lstm'], cnn_batch_norm='false')
-
-
 @pytest.mark.parametrize('grid, step, steps_read', [('2x3', 1, 6), ('3x3', 2, 5)])
 def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, digits_npz, tmp_path):
     model_dir = str(tmp_path / 'run')
-    overrides = dict(TINY_NO_BATCH_NORM, sequence='regions', grid=grid, step=str(step), pooling='attention')
+    overrides = dict(TINY_WITHOUT_BATCH_NORM['cnn_lstm'], sequence='regions', grid=grid, step=str(step),
+                     pooling='attention')
     run, before, after = train_on_a_few_examples('cnn_lstm', digits_npz, model_dir, steps=25,
                                                  overrides=overrides)
     assert after < before
@@ -65,7 +61,7 @@ def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, 
 
 # Regions from the data: each image's own boxes (regions=boxes).
 
-BOXES = dict(TINY_NO_BATCH_NORM, sequence='regions', regions='boxes', pooling='attention')
+BOXES = dict(TINY_WITHOUT_BATCH_NORM['cnn_lstm'], sequence='regions', regions='boxes', pooling='attention')
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, train_on_a_few_examples
+from conftest import TINY, TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_bin, train_on_a_few_examples
 from estimator_models.running import experiment
 from input_fns.errors import UserError
 
@@ -80,7 +80,7 @@ def test_a_gru_cell_into_keras_default_gru_says_which_hparam_fits(legacy_gru, di
 def test_temporal_cnn_lstm_starts_with_the_cnn_of_a_cnn_lstm_run(digits_npz, clips_npz, tmp_path):
     cnn_dir = str(tmp_path / 'cnn_lstm')
     # A CNN without BatchNorm on both sides: the clip model takes its kernels and biases.
-    train_on_a_few_examples('cnn_lstm', digits_npz, cnn_dir, 3, dict(TINY['cnn_lstm'], cnn_batch_norm='false'))
+    train_on_a_few_examples('cnn_lstm', digits_npz, cnn_dir, 3, TINY_WITHOUT_BATCH_NORM['cnn_lstm'])
     overrides = {**TINY['temporal_cnn_lstm'], 'frame_differences': 'false', 'cnn_filters': '[8,16]'}
     _warm_started('temporal_cnn_lstm', cnn_dir, clips_npz, str(tmp_path / 'temporal'), overrides, 'cnn/')
     source, started = tf.train.latest_checkpoint(cnn_dir), str(tmp_path / 'temporal' / 'model.ckpt-0')

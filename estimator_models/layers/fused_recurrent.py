@@ -19,10 +19,12 @@ import tensorflow as tf
 from estimator_models.layers import kernels
 
 
-def _gradients(op, grad_h):
+@tf.RegisterGradient('LstmSequence')
+def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
     """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs.
     An op with bfloat16 recurrent products gets its recurrent-kernel gradient product in
     bfloat16 too."""
+    del grad_c, grad_gates
     _, recurrent_kernel, mask = op.inputs
     h, c, gates = op.outputs
     bfloat16 = op.get_attr('bfloat16_products')
@@ -37,12 +39,6 @@ def _gradients(op, grad_h):
                                tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), product_dtype),
                                transpose_a=True)                                 # [U, 4U]
     return grad_x_proj, tf.cast(grad_recurrent, tf.float32), None
-
-
-@tf.RegisterGradient('LstmSequence')
-def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
-    del grad_c, grad_gates
-    return _gradients(op, grad_h)
 
 
 class _SequenceLSTM(tf.keras.layers.Layer):

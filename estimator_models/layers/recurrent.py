@@ -58,7 +58,8 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
         `input_dropout` (applied to the sequence before the first layer),
         `gru_reset_after` (GRU: reset gate after the recurrent matmul, Keras' default,
         or before it, as TF1's GRUCell), `rnn_implementation` and `precision`
-        (mixed_bfloat16: the fused LSTM's input projection in bfloat16 while training).
+        (mixed_bfloat16: the fused LSTM's input projection and recurrent products in
+        bfloat16 while training).
       mode: a tf.estimator.ModeKeys; dropout is active in TRAIN.
       lengths: int32 [B] true lengths, or None when every sequence is T long. Steps at
         or past a sequence's length are masked: they never change its output.

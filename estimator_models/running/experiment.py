@@ -233,11 +233,12 @@ def _keras_seeded(model_fn):
     seed started from other weights in each process, or after other graphs. Python's and
     NumPy's random states are put back afterwards; Keras' generator stays seeded."""
     def model_fn_seeded(features, labels, mode, params, config):
+        if config.tf_random_seed is None:  # an unseeded run stays unseeded
+            return model_fn(features, labels, mode, params)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         # Inside the Estimator's graph, where TensorFlow's part of it sets only this
         # graph's seed, which RunConfig already set to the same value.
-        tf.keras.utils.set_random_seed(config.tf_random_seed if config.tf_random_seed is not None
-                                       else random.SystemRandom().randrange(2 ** 31))
+        tf.keras.utils.set_random_seed(config.tf_random_seed)
         try:
             return model_fn(features, labels, mode, params)
         finally:

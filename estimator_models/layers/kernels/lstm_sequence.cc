@@ -334,8 +334,9 @@ class LstmSequenceOp : public OpKernel {
       packed = std::make_unique<PackedBfloat16>(
           units, 4 * units, [&](int64_t k, int64_t n) { return kernel_data[k * 4 * units + n]; });
     }
-    // h_{t-1} and h_t in bfloat16: step t reads one buffer and writes the other.
-    std::vector<uint16_t> h_bfloat16(bfloat16 ? 2 * step_state : 0);
+    // The last step's h in bfloat16: a block's product reads its rows before its row pass
+    // overwrites them.
+    std::vector<uint16_t> h_bfloat16(bfloat16 ? step_state : 0);
 
     ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
       for (int64_t t = 0; t < steps; ++t) {
@@ -345,13 +346,11 @@ class LstmSequenceOp : public OpKernel {
         const float* c_prev = t ? c->flat<float>().data() + (t - 1) * step_state : nullptr;
         float* h_t = h->flat<float>().data() + t * step_state;
         float* c_t = c->flat<float>().data() + t * step_state;
-        const uint16_t* h_prev_bfloat16 = h_bfloat16.data() + ((t + 1) % 2) * step_state * bfloat16;
-        uint16_t* h_t_bfloat16 = h_bfloat16.data() + (t % 2) * step_state * bfloat16;
         Matrix z_block(z + first * 4 * units, last - first, 4 * units);
         if (!h_prev) {
           z_block.setZero();
         } else if (bfloat16) {
-          Bfloat16Product(h_prev_bfloat16 + first * units, last - first, *packed, z_block.data(), false);
+          Bfloat16Product(h_bfloat16.data() + first * units, last - first, *packed, z_block.data(), false);
         } else {
           z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
         }
@@ -359,7 +358,7 @@ class LstmSequenceOp : public OpKernel {
           ForwardRow(units, mask_data[t * batch + row] != 0.0f, x_t + row * 4 * units,
                      z + row * 4 * units, c_prev ? c_prev + row * units : nullptr,
                      h_prev ? h_prev + row * units : nullptr, c_t + row * units, h_t + row * units);
-          if (bfloat16) RowToBfloat16(h_t + row * units, units, h_t_bfloat16 + row * units);
+          if (bfloat16) RowToBfloat16(h_t + row * units, units, h_bfloat16.data() + row * units);
         }
       }
     });
