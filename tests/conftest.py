@@ -1,18 +1,26 @@
 """Shared fixtures: small real datasets from the embedded generators, and helpers that
-run the pipeline the way a user does (bin/ scripts in a subprocess)."""
+run the pipeline the way a user does: a bin/ command in this process (run_cli) or, where
+the process itself is under test, in a fresh one (run_bin)."""
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# What a user who has set nothing sees: the commands keep TensorFlow's C++ start-up lines
+# at this level unless told otherwise, whatever the shell running the tests exported.
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from estimator_models.running import experiment  # noqa: E402
+from estimator_models.layers import kernels  # noqa: E402
+from estimator_models.running import cli, experiment  # noqa: E402
 from estimator_models.serving import exporting  # noqa: E402
 from input_fns import arrays, glyphs, moving_glyphs, npz  # noqa: E402
 
@@ -34,9 +42,15 @@ ModeKeys = tf.estimator.ModeKeys
 @pytest.fixture(scope='session', autouse=True)
 def data_dirs(tmp_path_factory):
     """TFDS datasets (the embedded ones too) and uncompressed .npz copies made by tests go
-    to temporary directories, not ~/tensorflow_datasets and ~/.cache."""
+    to temporary directories, not ~/tensorflow_datasets and ~/.cache. The fused kernel
+    that `make` built for this machine is used where it is (the tests that build one set
+    a cache of their own)."""
+    installed_kernel = kernels.library_path()
     os.environ[npz.CACHE_ENV] = str(tmp_path_factory.mktemp('cache'))
     os.environ['TFDS_DATA_DIR'] = str(tmp_path_factory.mktemp('tensorflow_datasets'))
+    if os.path.exists(installed_kernel):
+        os.makedirs(os.path.dirname(kernels.library_path()))
+        os.symlink(installed_kernel, kernels.library_path())
 
 
 @pytest.fixture(scope='session')
@@ -57,13 +71,82 @@ def clips_npz(tmp_path_factory):
     return path
 
 
+def user_environment():
+    """The environment of a user's shell for a command started by a test: this one's, with
+    TensorFlow's C++ log level left to the command as a user who set nothing has it."""
+    environment = dict(os.environ)
+    environment.pop('TF_CPP_MIN_LOG_LEVEL', None)
+    return environment
+
+
 def run_bin(command, *args, check=True, cwd=None):
     """Runs bin/<command> with `args` in a fresh process; returns the CompletedProcess."""
     result = subprocess.run([sys.executable, os.path.join(REPO, 'bin', command), *args],
-                            capture_output=True, text=True, timeout=600, cwd=cwd)
+                            capture_output=True, text=True, timeout=600, cwd=cwd,
+                            env=user_environment())
     if check and result.returncode != 0:
         raise AssertionError(f'bin/{command} failed ({result.returncode}):\n{result.stderr[-3000:]}')
     return result
+
+
+def run_cli(command, *args, check=True, cwd=None):
+    """Runs bin/<command> with `args` in this process, as its own process would run it
+    (estimator_models.running.cli.run); returns a CompletedProcess whose stdout and stderr
+    hold everything written to them, TensorFlow's C++ lines included."""
+    with contextlib.chdir(cwd or os.getcwd()), _captured_output() as output:
+        status = cli.run(command, [str(arg) for arg in args])
+    result = subprocess.CompletedProcess(['bin/' + command, *args], status, output['stdout'],
+                                         output['stderr'])
+    if check and status != 0:
+        raise AssertionError(f'bin/{command} failed ({status}):\n{result.stderr[-3000:]}')
+    return result
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Sends file descriptors 1 and 2, sys.stdout and sys.stderr and the log handlers that
+    write to them into files for the duration; yields {'stdout': text, 'stderr': text},
+    filled when the block ends."""
+    output = {}
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        try:
+            with _redirected('stdout', out_file), _redirected('stderr', err_file):
+                yield output
+        finally:
+            for name, file in (('stdout', out_file), ('stderr', err_file)):
+                file.seek(0)
+                output[name] = file.read().decode('utf-8', errors='replace')
+
+
+@contextlib.contextmanager
+def _redirected(name, file):
+    descriptor = 1 if name == 'stdout' else 2
+    old_stream = getattr(sys, name)
+    old_stream.flush()
+    saved = os.dup(descriptor)
+    os.dup2(file.fileno(), descriptor)
+    stream = io.TextIOWrapper(io.FileIO(descriptor, 'w', closefd=False), encoding='utf-8',
+                              line_buffering=True)
+    handlers = [handler for handler in _stream_handlers() if handler.stream is old_stream]
+    setattr(sys, name, stream)
+    for handler in handlers:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        stream.flush()
+        for handler in handlers:
+            handler.setStream(old_stream)
+        setattr(sys, name, old_stream)
+        os.dup2(saved, descriptor)
+        os.close(saved)
+
+
+def _stream_handlers():
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger)]
+    return [handler for logger in loggers for handler in logger.handlers
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
 
 
 def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_examples=32):
