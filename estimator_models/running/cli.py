@@ -23,7 +23,7 @@ from estimator_models.layers import backbones, recurrent  # noqa: E402
 from estimator_models.legacy import tf1_checkpoints, warm_start  # noqa: E402
 from estimator_models.running import (  # noqa: E402
     benchmarks, cluster, cluster_benchmark, experiment, hparams, local_cluster, monitoring,
-    preemption, training_benchmark)
+    preemption, run_directory, training_benchmark)
 from estimator_models.serving import onnx_export, onnx_serving, predicting  # noqa: E402
 from input_fns import source, specs, writing  # noqa: E402
 from input_fns.errors import UserError  # noqa: E402
@@ -210,12 +210,27 @@ def train(options, argv):
     for name in ('batch_size', 'learning_rate', 'summary_images_every', 'histograms', 'skip_bad_records'):
         if getattr(options, name) is not None:
             overrides[name] = str(getattr(options, name))
-    train_steps, checkpoint_every, profile_steps = _checked_training_flags(options)
+    training_flags = _checked_training_flags(options)
     if not task.writes_run:
         cluster.wait_for_run_file(model_dir, task)
+    validated = experiment.validate_training(options.model, model_dir, options.data, options.eval_data,
+                                             overrides, options.data_dir, export_dir)
+    if task.writes_run:
+        # The writer of the run holds model_dir until it exits, so a second trainer stops
+        # here, before it reads data or writes anything. It resumes from an intact checkpoint.
+        with run_directory.trainer_lock(model_dir):
+            run_directory.repair(model_dir)
+            _train(options, task, model_dir, export_dir, validated, *training_flags)
+    else:
+        _train(options, task, model_dir, export_dir, validated, *training_flags)
+
+
+def _train(options, task, model_dir, export_dir, validated, train_steps, checkpoint_every, profile_steps):
+    """bin/train from the opening of its data on, its flags checked and validated
+    (experiment.validate_training)."""
     cluster.watch_parameter_servers(task, options.lost_ps_timeout_secs)
-    run, train_source, eval_source = experiment.prepare_training(
-        options.model, model_dir, options.data, options.eval_data, overrides, options.data_dir, export_dir)
+    run, train_source, eval_source = experiment.open_training(
+        validated, options.model, model_dir, options.data, options.eval_data, options.data_dir)
     train_steps = train_steps or run.module.DEFAULT_TRAIN_STEPS
     checkpoint_every = checkpoint_every or max(1, train_steps // 5)
     warm_settings = _warm_start(run, options)

@@ -18,7 +18,7 @@ from estimator_models import registry
 from estimator_models.layers import precision
 from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.running import hparams as hparams_lib
-from estimator_models.running import cluster, monitoring, progress
+from estimator_models.running import cluster, monitoring, progress, run_directory
 from estimator_models.serving import exporting, onnx_export, receivers
 from input_fns import dataset, specs
 from input_fns.errors import UserError
@@ -88,14 +88,21 @@ def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None
     """Resolves the run (new, or resumed from model_dir) and opens its data sources.
 
     Everything that can be checked without data is checked first (validate_training),
-    so a mistake costs no data preparation. Then the data's metadata (kind, frame shape,
-    classes) fills the hparams the user left unset; nothing is read beyond what that
-    takes. Returns (run, train_source, eval_source). Writes nothing; without a
-    model_dir, a new run is resolved. A user's model_fn has its serving graph built
-    once here, so its mistakes show before training.
+    so a mistake costs no data preparation; then open_training. Returns (run,
+    train_source, eval_source). Writes nothing; without a model_dir, a new run is resolved.
     """
-    module, saved, overrides = validate_training(model, model_dir, data, eval_data, overrides,
-                                                 data_dir, export_dir)
+    validated = validate_training(model, model_dir, data, eval_data, overrides, data_dir, export_dir)
+    return open_training(validated, model, model_dir, data, eval_data, data_dir)
+
+
+def open_training(validated, model, model_dir, data=None, eval_data=None, data_dir=None):
+    """The second half of prepare_training, after validate_training gave `validated`:
+    the data's metadata (kind, frame shape, classes) fills the hparams the user left
+    unset; nothing is read beyond what that takes. Returns (run, train_source,
+    eval_source). A user's model_fn has its serving graph built once here, so its
+    mistakes show before training.
+    """
+    module, saved, overrides = validated
     data, eval_data, data_dir = _with_saved_specs(saved, data, eval_data, data_dir)
     train_source, eval_source = specs.train_and_eval_sources(
         data, eval_data, module.KIND, module.DEFAULT_DATA, data_dir)
@@ -374,10 +381,9 @@ def checkpoint_step(model_dir):
 
 def evaluate(run, data, steps=None):
     """Evaluates the latest checkpoint on a Source; returns a JSON-ready dict of metrics."""
-    estimator = make_estimator(run)
-    if estimator.latest_checkpoint() is None:
-        raise UserError(f'no checkpoint in {run.model_dir}')
-    result = estimator.evaluate(run.input_fn(data, ModeKeys.EVAL), steps=steps, name='evaluate')
+    checkpoint = _latest_checkpoint(run.model_dir)
+    result = make_estimator(run).evaluate(run.input_fn(data, ModeKeys.EVAL), steps=steps,
+                                          checkpoint_path=checkpoint, name='evaluate')
     return exporting.numbers_only(result)
 
 
@@ -403,8 +409,9 @@ def export_onnx(run, export_dir, eval_source=None):
 
 
 def _latest_checkpoint(model_dir):
-    """The path of model_dir's latest checkpoint; a UserError when it has none."""
-    checkpoint = tf.train.latest_checkpoint(model_dir)
+    """The path of model_dir's newest intact checkpoint (run_directory.checkpoint_to_read,
+    which sets damaged ones aside); a UserError when it has none."""
+    checkpoint = run_directory.checkpoint_to_read(model_dir)
     if checkpoint is None:
         raise UserError(f'no checkpoint in {model_dir}')
     return checkpoint

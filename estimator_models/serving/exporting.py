@@ -28,13 +28,12 @@ def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
     """Writes the checkpoint's SavedModel to export_base/<version> and returns that path.
 
     It is written under a temporary name and renamed when complete, so a server
-    watching export_base never loads half an export. `eval_result`, when given, is kept
-    in assets.extra/eval_result.json.
+    watching export_base never loads half an export; the version is reserved
+    (reserve_version), so an export made beside another never takes its number.
+    `eval_result`, when given, is kept in assets.extra/eval_result.json.
     """
-    os.makedirs(export_base, exist_ok=True)
-    version = next_version(export_base)
+    version, temporary_path = reserve_version(export_base)
     final_path = os.path.join(export_base, str(version))
-    temporary_path = os.path.join(export_base, f'temp-{version}')
     try:
         _write_saved_model(run, checkpoint_path, temporary_path)
         extra = os.path.join(temporary_path, 'assets.extra')
@@ -86,6 +85,27 @@ def versions(export_base):
 def next_version(export_base):
     """Seconds since the epoch, like the Estimator's versions, but always increasing."""
     return max([int(time.time())] + [version + 1 for version in versions(export_base)])
+
+
+def reserve_version(export_base):
+    """(version, temporary directory): the first version from next_version on that no
+    other export holds, in this process or another (a trainer's exporter beside
+    bin/export). An export holds its version from the atomic creation of
+    export_base/temp-<version> (which this makes, empty) to its rename to
+    export_base/<version>, so a version taken either way is skipped."""
+    os.makedirs(export_base, exist_ok=True)
+    version = next_version(export_base)
+    while True:
+        temporary_path = os.path.join(export_base, f'temp-{version}')
+        try:
+            os.mkdir(temporary_path)
+        except FileExistsError:
+            version += 1
+            continue
+        if not os.path.exists(os.path.join(export_base, str(version))):
+            return version, temporary_path
+        os.rmdir(temporary_path)  # finished by another export since next_version looked
+        version += 1
 
 
 def warmup_inputs(run, encoded, signature_inputs):

@@ -77,15 +77,16 @@ def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source
     try:
         if saved_model is None:
             saved_model = exporting.export_saved_model(run, checkpoint_path, os.path.join(scratch, 'saved_model'))
-            version = exporting.next_version(export_base)
+            version, temporary_path = exporting.reserve_version(export_base)
+            final_path = os.path.join(export_base, str(version))
         else:
             version = int(os.path.basename(os.path.normpath(saved_model)))
-        final_path = os.path.join(export_base, str(version))
-        if _verification(final_path).get('checkpoint') == checkpoint_path:
-            return os.path.join(final_path, MODEL_FILE)  # best and latest exported this checkpoint at once
-        temporary_path = os.path.join(export_base, f'temp-{version}')
-        try:
+            final_path = os.path.join(export_base, str(version))
+            if _verification(final_path).get('checkpoint') == checkpoint_path:
+                return os.path.join(final_path, MODEL_FILE)  # best and latest exported this checkpoint at once
+            temporary_path = os.path.join(export_base, f'temp-{version}')
             os.makedirs(temporary_path)
+        try:
             model_path = os.path.join(temporary_path, MODEL_FILE)
             graph_def, inputs, outputs = frozen_serving_graph(run, checkpoint_path)
             write_onnx(graph_def, inputs, outputs, model_path)
