@@ -4,7 +4,8 @@ One trainer per model_dir. The process that writes a run (a local bin/train, or 
 chief of a TF_CONFIG cluster) holds MODEL_DIR/.trainer.lock for its lifetime, an
 `fcntl.flock` lock that the operating system drops when the process ends, however it
 ends (SIGKILL included), so no killed run leaves a stale lock. The file records the
-holder's host, pid and start time for the one-line error a second trainer stops with.
+holder's host, pid and start time for the one-line error a second trainer stops with,
+and goes when the holder releases it.
 Where a model_dir has no file locks (a URL such as gs://), the trainer holds a lease
 instead: MODEL_DIR/.trainer.lease names it and carries a heartbeat it rewrites every
 LEASE_HEARTBEAT_SECS; another trainer takes a lease over only once its heartbeat is
@@ -87,42 +88,93 @@ def trainer_lock(model_dir, lease=None):
     """Holds model_dir for this process until the block ends: a TrainerRunning error
     (one line naming the holder) if another trainer holds it. `lease` chooses the lease
     file over the file lock; by default, only for a model_dir with a URL scheme or on a
-    file system without file locks."""
-    tf.io.gfile.makedirs(model_dir)
+    file system without file locks. Directories made for the lock go again if nothing
+    else was written into them, so a run refused on its data leaves nothing behind."""
     if lease is None:
         lease = _has_url_scheme(model_dir)
     with contextlib.ExitStack() as held:
+        held.callback(_remove_if_empty, _missing_directories(model_dir))
         if lease or not _file_locked(held, model_dir):
+            tf.io.gfile.makedirs(model_dir)
             held.enter_context(_lease_held(model_dir))
         yield
 
 
+def _missing_directories(path):
+    """`path` and its ancestors that do not exist yet, deepest first ([] for a URL: an
+    object store has no directories to leave behind)."""
+    if _has_url_scheme(path):
+        return []
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_if_empty(directories):
+    """Removes `directories`, deepest first, up to the first that is not empty."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
 def _file_locked(held, model_dir):
     """Takes model_dir's lock file until the ExitStack `held` closes, and records this
-    process in it; False on a file system without file locks (some network mounts)."""
+    process in it; False on a file system without file locks (some network mounts).
+
+    The holder removes the file before it releases the lock. A process that opened the
+    file just before that locks a file no longer there once it is released, sees so, and
+    starts again with a new file.
+    """
     path = os.path.join(model_dir, LOCK_FILE)
-    # Never deleted: a process that opened the file before it was replaced would lock
-    # the old one, beside a holder of the new.
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    held.callback(os.close, descriptor)  # closing it releases the lock
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise TrainerRunning(model_dir, path, recorded_holder(model_dir)) from None
-    except OSError as error:
-        if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
+    while True:
+        tf.io.gfile.makedirs(model_dir)  # again if a holder that made it removed it
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise TrainerRunning(model_dir, path, recorded_holder(model_dir)) from None
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            os.remove(path)
             return False
-        raise
+        if _is_at(descriptor, path):
+            break
+        os.close(descriptor)
+    held.callback(os.close, descriptor)  # which releases the lock
+    held.callback(_remove_lock_file, path)  # first, while it is held
+    # A killed holder's record may still be in the file.
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, json.dumps(_this_process()).encode(), 0)
-    held.callback(os.ftruncate, descriptor, 0)  # before the close: no record of a gone holder
     return True
+
+
+def _remove_lock_file(path):
+    with contextlib.suppress(FileNotFoundError):  # removed by hand: the lock is released all the same
+        os.remove(path)
+
+
+def _is_at(descriptor, path):
+    """Whether the open file `descriptor` is the file at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def recorded_holder(model_dir, lease=False):
     """What the holder of model_dir's lock file (or, with `lease`, its lease) recorded:
-    {'host', 'pid', 'since'[, 'heartbeat']}, or {} when nothing is recorded. A lock
-    file's record is current only while its lock is held."""
+    {'host', 'pid', 'since'[, 'heartbeat']}, or {} when nothing is recorded. A lock file
+    left by a killed holder keeps its record, although its lock is free."""
     path = os.path.join(model_dir, LEASE_FILE if lease else LOCK_FILE)
     try:
         with tf.io.gfile.GFile(path) as stream:
