@@ -380,7 +380,7 @@ def checkpoint_step(model_dir):
 
 
 def evaluate(run, data, steps=None):
-    """Evaluates the latest checkpoint on a Source; returns a JSON-ready dict of metrics."""
+    """Evaluates the newest intact checkpoint on a Source; returns a JSON-ready dict of metrics."""
     checkpoint = _latest_checkpoint(run.model_dir)
     result = make_estimator(run).evaluate(run.input_fn(data, ModeKeys.EVAL), steps=steps,
                                           checkpoint_path=checkpoint, name='evaluate')
