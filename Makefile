@@ -7,15 +7,23 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: train test memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test test-profile memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
 
-# Two pytest workers, one test file each at a time (module fixtures stay in one process):
-# most of a test's time is single-threaded graph building, so two run side by side.
+# One pytest worker per core the machine reports, one test file each at a time (module
+# fixtures stay in one process), the longest files first (tests/conftest.py orders them)
+# so that no worker is left with a long file at the end.
+PYTEST_WORKERS := -n logical --dist loadfile --no-loadscope-reorder
 test: $(INSTALLED)
-	$(VENV_PYTHON) -m pytest -n 2 --dist loadfile tests
+	$(VENV_PYTHON) -m pytest $(PYTEST_WORKERS) tests
+
+# make test, reporting the 40 slowest tests and each file's CPU time (BENCHMARKS.md).
+test-profile: $(INSTALLED)
+	mkdir -p runs && rm -f runs/test_cpu_times.jsonl
+	PYTHONPATH=tests $(VENV_PYTHON) -m pytest $(PYTEST_WORKERS) -p cpu_time_report \
+		--cpu-times=runs/test_cpu_times.jsonl --durations=40 tests
 
 $(INSTALLED): requirements.txt setup.py estimator_models/layers/kernels/lstm_sequence.cc
 	@"$(PYTHON)" -c 'import sys; ok = (3, 9) <= sys.version_info[:2] <= (3, 11); \

@@ -1,6 +1,7 @@
-"""Shared fixtures: small real datasets from the embedded generators, and helpers that
-run the pipeline the way a user does: a bin/ command in this process (run_cli) or, where
-the process itself is under test, in a fresh one (run_bin)."""
+"""Shared fixtures: small real datasets from the embedded generators, briefly trained models
+(one of them a bin/train run that several test files read), and helpers that run the
+pipeline the way a user does: a bin/ command in this process (run_cli) or, where the
+process itself is under test, in a fresh one (run_bin)."""
 
 import os
 
@@ -10,6 +11,7 @@ os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -155,21 +157,30 @@ def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_exampl
     Returns (run, loss after 1 step, loss after `steps`), the losses evaluated on
     those examples; the checkpoint stays in model_dir for predictions.
     """
-    run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
-    config = experiment.run_config(model_dir, seed=1, checkpoint_every=steps)
-    estimator = experiment.make_estimator(run, config, train_steps=steps)
-    train_input = run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=num_examples)
-    eval_input = run.input_fn(train_source, ModeKeys.EVAL, num_examples=num_examples)
+    run, estimator, train_input, eval_input = _on_a_few_examples(model, data, model_dir, steps, overrides,
+                                                                 num_examples)
     estimator.train(train_input, max_steps=1)
     before = estimator.evaluate(eval_input)['loss']
     estimator.train(train_input, max_steps=steps)
     return run, before, estimator.evaluate(eval_input)['loss']
 
 
-def briefly_trained_export(model, data, tmp_path_factory):
-    """Trains `model` 3 steps on `data` and exports it: (run, SavedModel path, held-out examples)."""
+def _on_a_few_examples(model, data, model_dir, steps, overrides, num_examples):
+    """(run, Estimator for `steps` steps, train input_fn, eval input_fn) of `model` on the
+    first `num_examples` of `data`."""
+    run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
+    config = experiment.run_config(model_dir, seed=1, checkpoint_every=steps)
+    estimator = experiment.make_estimator(run, config, train_steps=steps)
+    return (run, estimator, run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=num_examples),
+            run.input_fn(train_source, ModeKeys.EVAL, num_examples=num_examples))
+
+
+def briefly_trained_export(model, data, tmp_path_factory, overrides=None):
+    """Trains `model` (with TINY's hparams unless given `overrides`) 3 steps on the first 32
+    examples of `data` and exports it: (run, SavedModel path, held-out examples)."""
     model_dir = str(tmp_path_factory.mktemp(model))
-    run, _, _ = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=TINY[model])
+    run, estimator, train_input, _ = _on_a_few_examples(model, data, model_dir, 3, overrides or TINY[model], 32)
+    estimator.train(train_input, max_steps=3)
     path = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                         os.path.join(model_dir, 'export'))
     return run, path, held_out_arrays(run)
@@ -178,6 +189,33 @@ def briefly_trained_export(model, data, tmp_path_factory):
 def held_out_arrays(run, num_examples=None):
     """The run's evaluation examples (the first `num_examples`) as in-memory LabelledArrays."""
     return arrays.read_all(run.sources()[1], num_examples)
+
+
+# The one bin/train run of pixel_row_lstm that the tests of what bin/train prints and leaves
+# behind (test_bin.py), of what TensorBoard shows (test_monitoring.py) and of the ONNX files
+# beside its SavedModels (test_onnx_export.py) all read: every monitoring and export option on.
+DIGITS_RUN_STEPS = 30
+DIGITS_RUN_CHECKPOINT_EVERY = 15
+DIGITS_RUN_BATCH_SIZE = 32
+DIGITS_RUN_IMAGES_EVERY = 10
+DIGITS_RUN_PROFILE_STEPS = (5, 8)
+
+
+def digits_run_args(data, model_dir):
+    """bin/train's arguments for the digits run (the digits_run fixture) on `data` into `model_dir`."""
+    return ['--model=pixel_row_lstm', f'--data={data}', f'--model_dir={model_dir}',
+            f'--train_steps={DIGITS_RUN_STEPS}', f'--checkpoint_every={DIGITS_RUN_CHECKPOINT_EVERY}',
+            f'--hparams=rnn_units=16,batch_size={DIGITS_RUN_BATCH_SIZE}',
+            f'--summary_images_every={DIGITS_RUN_IMAGES_EVERY}', '--histograms',
+            '--profile_steps={},{}'.format(*DIGITS_RUN_PROFILE_STEPS), '--export_formats=saved_model,onnx']
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory, digits_npz):
+    """(model_dir, bin/train's CompletedProcess) of the digits run. Tests that write into a
+    run directory (train, export) work on a copy of it."""
+    model_dir = tmp_path_factory.mktemp('runs') / 'pixel_row_lstm'
+    return str(model_dir), run_cli('train', *digits_run_args(digits_npz, model_dir))
 
 
 @pytest.fixture(scope='session')
@@ -192,25 +230,37 @@ def clips_export(tmp_path_factory, clips_npz):
     return briefly_trained_export('temporal_cnn_lstm', clips_npz, tmp_path_factory)
 
 
-# A process that only loads the SavedModel and calls one signature: what a server does.
+# A process that only loads SavedModels and calls one signature of each: what a server does.
+# argv: a JSON list of [SavedModel path, signature, inputs .npz, outputs .npz].
 SERVE = '''
+import json
 import sys
 import numpy as np
 import tensorflow as tf
-signature = tf.saved_model.load(sys.argv[1]).signatures[sys.argv[2]]
-inputs = dict(np.load(sys.argv[3]))
-outputs = signature(**{key: tf.constant(value) for key, value in inputs.items()})
-np.savez(sys.argv[4], **{key: value.numpy() for key, value in outputs.items()})
+for export, key, inputs_path, outputs_path in json.loads(sys.argv[1]):
+    signature = tf.saved_model.load(export).signatures[key]
+    inputs = dict(np.load(inputs_path))
+    outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
+    np.savez(outputs_path, **{name: value.numpy() for name, value in outputs.items()})
 '''
 
 
 def serve_in_a_fresh_process(export, inputs, tmp_path, signature='serving_default'):
     """{output name: numpy value} of `signature` of the SavedModel at `export` called with
     `inputs` ({input name: numpy value}) in a fresh Python process."""
-    np.savez(tmp_path / 'inputs.npz', **inputs)
-    subprocess.run([sys.executable, '-c', SERVE, export, signature, str(tmp_path / 'inputs.npz'),
-                    str(tmp_path / 'outputs.npz')], check=True, capture_output=True)
-    return dict(np.load(tmp_path / 'outputs.npz'))
+    return serve_each_in_one_fresh_process({'only': (export, signature, inputs)}, tmp_path)['only']
+
+
+def serve_each_in_one_fresh_process(requests, tmp_path):
+    """{key: {output name: numpy value}} for `requests` {key: (SavedModel path, signature,
+    {input name: numpy value})}, every one served by the same fresh Python process."""
+    calls = []
+    for index, (export, signature, inputs) in enumerate(requests.values()):
+        np.savez(tmp_path / f'inputs_{index}.npz', **inputs)
+        calls.append([export, signature, str(tmp_path / f'inputs_{index}.npz'),
+                      str(tmp_path / f'outputs_{index}.npz')])
+    subprocess.run([sys.executable, '-c', SERVE, json.dumps(calls)], check=True, capture_output=True)
+    return {key: dict(np.load(tmp_path / f'outputs_{index}.npz')) for index, key in enumerate(requests)}
 
 
 def served_in_a_fresh_process(export, run, examples, tmp_path):
@@ -222,3 +272,40 @@ def served_in_a_fresh_process(export, run, examples, tmp_path):
     else:
         signature, inputs = 'serving_default', {'image': examples.inputs.astype(np.float32)}
     return serve_in_a_fresh_process(export, inputs, tmp_path, signature)
+
+
+# Test files by CPU time in `make test-profile` (BENCHMARKS.md, "Test suite"), longest
+# first: each worker takes one file at a time, and a long file started last would leave
+# the other workers idle at the end. Files not listed run after these.
+LONGEST_FILES_FIRST = (
+    'tests/test_backbones.py',
+    'tests/test_local_cluster.py',
+    'tests/test_bin.py',
+    'tests/test_specs.py',
+    'tests/test_pooling.py',
+    'tests/test_run_directory.py',
+    'tests/test_unmasked_recurrent.py',
+    'tests/test_onnx_export.py',
+    'tests/test_regions.py',
+    'tests/test_temporal_cnn_lstm.py',
+    'tests/test_per_frame.py',
+    'tests/test_cnn_lstm.py',
+    'tests/reliability/test_preemption.py',
+    'tests/test_warm_start.py',
+    'tests/test_augment.py',
+    'tests/reliability/test_hostile_input.py',
+    'tests/test_user_model_fn.py',
+    'tests/test_serving.py',
+    'tests/reliability/test_divergence_and_disk.py',
+    'tests/test_head.py',
+    'tests/test_tfrecords.py',
+    'tests/reliability/test_fuzz.py',
+    'tests/test_pixel_row_lstm.py',
+    'tests/test_embedded.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the longest files first (a stable sort: tests keep their order in a file)."""
+    rank = {path: index for index, path in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0], len(rank)))

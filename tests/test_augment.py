@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, run_bin
+from conftest import TINY, run_cli
 from estimator_models import cnn_lstm, pixel_row_lstm
 from estimator_models.running import hparams as hparams_lib
 from input_fns import (FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, augment, dataset, embedded, glyphs,
@@ -223,7 +223,7 @@ def test_bin_train_with_strong_augmentation_trains_to_a_finite_loss(tmp_path_fac
     model_dir = str(tmp_path_factory.mktemp('runs') / 'augmented')
     tiny = ','.join(f'{key}={value}' for key, value in TINY['pixel_row_lstm'].items())
     # rnn_implementation=keras: no fused kernel to build (a minute) in this test session.
-    result = run_bin('train', '--model=pixel_row_lstm', '--data=tfds:glyph_digits/small',
+    result = run_cli('train', '--model=pixel_row_lstm', '--data=tfds:glyph_digits/small',
                      f'--data_dir={data_dir}', f'--model_dir={model_dir}', '--train_steps=20',
                      '--checkpoint_every=20', f'--hparams={tiny},rnn_implementation=keras,augment=strong')
     losses = [float(loss) for loss in re.findall(r'^step \d+/20\s+loss\s+(\S+)', result.stdout, re.M)]

@@ -4,42 +4,23 @@ loaded, fine-tuned moves; mistakes are one line."""
 
 import dataclasses
 import os
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, served_in_a_fresh_process, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, run_cli, serve_each_in_one_fresh_process, train_on_a_few_examples
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
+from input_fns import moving_glyphs
 
-SIZE_32 = {'height': '32', 'width': '32'}
-
-def assert_served_like_estimator_predict(run, model_dir, tmp_path):
-    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
-                                          os.path.join(model_dir, 'export'))
-    examples = held_out_arrays(run, 8)
-    if run.module.KIND == 'image':
-        # The 28x28 digits, padded to the model's 32x32, so serving_default takes them as they are.
-        margins = [(0, 0), (2, 2), (2, 2)] + [(0, 0)] * (examples.inputs.ndim - 3)
-        examples = dataclasses.replace(examples, inputs=np.pad(examples.inputs, margins))
-    predicted = np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
-    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities'], predicted,
-                               atol=1e-5)
-
-
-# temporal_cnn_lstm with mobilenet_v2 is served in the frozen-backbone test below.
-@pytest.mark.parametrize('backbone', ['mobilenet_v2', 'resnet50'])
-def test_each_backbone_trains_and_serves_like_estimator_predict(backbone, digits_npz, tmp_path):
-    model_dir = str(tmp_path / 'run')
-    # Eval reads BatchNorm's moving statistics: in 25 steps they follow the weights only
-    # at a low momentum.
-    overrides = dict(TINY['cnn_lstm'], backbone=backbone, batch_size='8', backbone_batch_norm_momentum='0.5',
-                     **SIZE_32)
-    run, before, after = train_on_a_few_examples('cnn_lstm', digits_npz, model_dir, steps=25,
-                                                 overrides=overrides, num_examples=16)
-    assert after < before
-    assert_served_like_estimator_predict(run, model_dir, tmp_path)
+# cnn_lstm with each application at its smallest size. Eval reads BatchNorm's moving
+# statistics: in 25 steps they follow the weights only at a low momentum.
+APPLICATION = dict(TINY['cnn_lstm'], batch_size='8', backbone_batch_norm_momentum='0.5', height='32', width='32')
+APPLICATION_STEPS = 25
+# Steps of the frozen-backbone run: its loss falls while the backbone stays as loaded.
+FROZEN_STEPS = 20
 
 
 def write_known_weights(path, seed=3):
@@ -70,41 +51,112 @@ def known_weights(tmp_path_factory):
     return path, write_known_weights(path)
 
 
-def train_from_weights(clips_npz, model_dir, weights_path, trainable):
-    overrides = dict(TINY['temporal_cnn_lstm'], backbone='mobilenet_v2', backbone_weights=weights_path,
-                     backbone_trainable=str(trainable).lower(), batch_size='8')
-    return train_on_a_few_examples('temporal_cnn_lstm', clips_npz, model_dir, steps=20,
-                                   overrides=overrides, num_examples=16)
+@pytest.fixture(scope='module')
+def short_clips(tmp_path_factory):
+    """200 moving-glyph clips of 2 or 3 frames as .npz: MobileNetV2 runs on every frame, and
+    what the tests below check does not depend on how many there are."""
+    frames, lengths, labels = moving_glyphs.render_clips(200, seed=7, min_frames=2, max_frames=3)
+    path = str(tmp_path_factory.mktemp('data') / 'short_clips.npz')
+    np.savez(path, x=frames, y=labels, lengths=lengths)
+    return path
 
 
-def test_frozen_backbone_keeps_the_loaded_weights_and_statistics_bit_for_bit(known_weights, clips_npz,
-                                                                             tmp_path):
-    path, known = known_weights
-    model_dir = str(tmp_path / 'frozen')
-    run, before, after = train_from_weights(clips_npz, model_dir, path, trainable=False)
+def from_weights(weights_path, trainable):
+    """temporal_cnn_lstm's overrides for a mobilenet_v2 backbone that starts from the .h5."""
+    return dict(TINY['temporal_cnn_lstm'], backbone='mobilenet_v2', backbone_weights=weights_path,
+                backbone_trainable=str(trainable).lower(), batch_size='8')
+
+
+def train_without_evaluating(model, data, model_dir, overrides, steps, num_examples=None):
+    """Trains `model` `steps` steps on the first `num_examples` of `data` (default: all);
+    model.ckpt-0 and model.ckpt-<steps> hold the weights before and after."""
+    run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
+    estimator = experiment.make_estimator(
+        run, experiment.run_config(model_dir, seed=1, checkpoint_every=steps), train_steps=steps)
+    estimator.train(run.input_fn(train_source, tf.estimator.ModeKeys.TRAIN, seed=1, num_examples=num_examples),
+                    max_steps=steps)
+
+
+class Trained(NamedTuple):
+    """A run trained a few steps on 16 examples: its loss after the first step and after
+    the last, and for 8 held-out examples the probabilities of Estimator.predict and of
+    its SavedModel served by a fresh process."""
+    model_dir: str
+    loss_before: float
+    loss_after: float
+    predicted: np.ndarray
+    served: np.ndarray
+
+
+def serving_examples(run):
+    """8 held-out examples of the run, as its SavedModel takes them: the 28x28 digits padded
+    to an application's 32x32 (serving_default reads them as they are), and clips with
+    their lengths."""
+    examples = held_out_arrays(run, 8)
+    if run.module.KIND == 'clip':
+        return examples, (
+            'predict_with_lengths', {'frames': examples.inputs.astype(np.float32),
+                                     'lengths': examples.lengths.astype(np.int32)})
+    padded = np.pad(examples.inputs, [(0, 0), (2, 2), (2, 2)] + [(0, 0)] * (examples.inputs.ndim - 3))
+    return dataclasses.replace(examples, inputs=padded), ('serving_default', {'image': padded.astype(np.float32)})
+
+
+@pytest.fixture(scope='module')
+def trained(digits_npz, short_clips, known_weights, tmp_path_factory):
+    """{case: Trained}: cnn_lstm with each application ('mobilenet_v2', 'resnet50'), and
+    temporal_cnn_lstm with a frozen mobilenet_v2 that starts from the known weights
+    ('frozen'). One fresh process serves every export, as a server that only loads them."""
+    runs = {backbone: ('cnn_lstm', digits_npz, dict(APPLICATION, backbone=backbone), APPLICATION_STEPS)
+            for backbone in ('mobilenet_v2', 'resnet50')}
+    runs['frozen'] = ('temporal_cnn_lstm', short_clips, from_weights(known_weights[0], trainable=False),
+                      FROZEN_STEPS)
+    results, requests = {}, {}
+    for case, (model, data, overrides, steps) in runs.items():
+        model_dir = str(tmp_path_factory.mktemp(case))
+        run, before, after = train_on_a_few_examples(model, data, model_dir, steps=steps, overrides=overrides,
+                                                     num_examples=16)
+        export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                              os.path.join(model_dir, 'export'))
+        examples, (signature, inputs) = serving_examples(run)
+        predicted = np.stack([row['probabilities'] for row in experiment.predict(run, examples)])
+        results[case] = (model_dir, before, after, predicted)
+        requests[case] = (export, signature, inputs)
+    served = serve_each_in_one_fresh_process(requests, tmp_path_factory.mktemp('served'))
+    return {case: Trained(*results[case], served[case]['probabilities']) for case in runs}
+
+
+# temporal_cnn_lstm with mobilenet_v2 is served in the frozen-backbone test below.
+@pytest.mark.parametrize('backbone', ['mobilenet_v2', 'resnet50'])
+def test_each_backbone_trains_and_serves_like_estimator_predict(backbone, trained):
+    _, before, after, predicted, served = trained[backbone]
+    assert after < before
+    np.testing.assert_allclose(served, predicted, atol=1e-5)
+
+
+def test_frozen_backbone_keeps_the_loaded_weights_and_statistics_bit_for_bit(known_weights, trained):
+    _, known = known_weights
+    model_dir, before, after, predicted, served = trained['frozen']
     assert after < before
     assert any('moving_variance' in name for name in known)
-    assert backbone_differences(checkpoint_at(model_dir, 20), known) == []
-    assert_served_like_estimator_predict(run, model_dir, tmp_path)
+    assert backbone_differences(checkpoint_at(model_dir, FROZEN_STEPS), known) == []
+    np.testing.assert_allclose(served, predicted, atol=1e-5)
 
 
-def test_fine_tuned_backbone_starts_from_the_file_and_moves(known_weights, clips_npz, tmp_path):
+def test_fine_tuned_backbone_starts_from_the_file_and_moves(known_weights, short_clips, tmp_path):
     path, known = known_weights
     model_dir = str(tmp_path / 'fine_tuned')
-    train_from_weights(clips_npz, model_dir, path, trainable=True)
+    # No evaluation, and two steps: each one already moves the kernels and the BatchNorm moving means.
+    train_without_evaluating('temporal_cnn_lstm', short_clips, model_dir, from_weights(path, trainable=True),
+                             steps=2, num_examples=16)
     assert backbone_differences(checkpoint_at(model_dir, 0), known) == []
-    changed = backbone_differences(checkpoint_at(model_dir, 20), known)
+    changed = backbone_differences(checkpoint_at(model_dir, 2), known)
     assert any(name.endswith('kernel') for name in changed)
     assert any(name.endswith('moving_mean') for name in changed)
 
 
 def small_cnn_kernel_moves(digits_npz, model_dir, **overrides):
     """How far cnn_lstm's first small_cnn kernel moves in 10 steps: the largest change."""
-    run, train_source, _ = experiment.prepare_training(
-        'cnn_lstm', model_dir, digits_npz, None, dict(TINY['cnn_lstm'], **overrides))
-    estimator = experiment.make_estimator(run, experiment.run_config(model_dir, seed=1, checkpoint_every=10),
-                                          train_steps=10)
-    estimator.train(run.input_fn(train_source, tf.estimator.ModeKeys.TRAIN, seed=1), max_steps=10)
+    train_without_evaluating('cnn_lstm', digits_npz, model_dir, dict(TINY['cnn_lstm'], **overrides), steps=10)
     kernels = [checkpoint_at(model_dir, step).get_tensor('cnn/cnn_conv_0/kernel') for step in (0, 10)]
     return np.abs(kernels[1] - kernels[0]).max()
 
@@ -118,7 +170,7 @@ def test_backbone_rate_scale_and_freezing_apply_to_small_cnn_too(digits_npz, tmp
 
 
 def refusal(tmp_path, *hparams, model='cnn_lstm', data=None):
-    result = run_bin('train', f'--model={model}', f'--model_dir={tmp_path / "run"}', '--train_steps=2',
+    result = run_cli('train', f'--model={model}', f'--model_dir={tmp_path / "run"}', '--train_steps=2',
                      f'--hparams={",".join(hparams)}', *([f'--data={data}'] if data else []), check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
@@ -127,7 +179,7 @@ def refusal(tmp_path, *hparams, model='cnn_lstm', data=None):
     return lines[0]
 
 
-def test_mistakes_are_one_line(tmp_path, clips_npz, known_weights):
+def test_mistakes_are_one_line(tmp_path, short_clips, known_weights):
     assert 'at least 32' in refusal(tmp_path, 'backbone=mobilenet_v2', 'height=28', 'width=28')
     assert 'No such file' in refusal(tmp_path, 'backbone=resnet50', 'backbone_weights=/nonexistent.h5')
     not_hdf5 = tmp_path / 'weights.h5'
@@ -136,5 +188,5 @@ def test_mistakes_are_one_line(tmp_path, clips_npz, known_weights):
     assert '--warm_start_from' in refusal(tmp_path, f'backbone_weights={known_weights[0]}')
     # MobileNetV2's weights do not fit ResNet50: found when the run starts, before any step.
     message = refusal(tmp_path, 'backbone=resnet50', f'backbone_weights={known_weights[0]}',
-                      'rnn_units=8', model='temporal_cnn_lstm', data=clips_npz)
+                      'rnn_units=8', model='temporal_cnn_lstm', data=short_clips)
     assert 'does not fit backbone=resnet50' in message

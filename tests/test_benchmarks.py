@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_bin
+from conftest import run_cli
 from estimator_models.running import benchmarks
 from estimator_models.serving import predicting
 
@@ -36,7 +36,7 @@ def test_both_runtimes_answer_every_signature_alike(request, export_fixture):
 def test_bin_benchmark_reports_each_runtime_signature_and_batch(clips_export, tmp_path):
     _, path, _ = clips_export
     rows_file = tmp_path / 'rows.json'
-    result = run_bin('benchmark', '--serving', f'--saved_model={path}', '--batch_sizes=1,4',
+    result = run_cli('benchmark', '--serving', f'--saved_model={path}', '--batch_sizes=1,4',
                      '--calls=5', f'--json_out={rows_file}')
     rows = json.loads(rows_file.read_text())
     signatures = set(predicting.load(path).signatures)
@@ -48,13 +48,13 @@ def test_bin_benchmark_reports_each_runtime_signature_and_batch(clips_export, tm
 
 
 def test_bin_benchmark_refuses_a_missing_saved_model(tmp_path):
-    result = run_bin('benchmark', '--serving', f'--saved_model={tmp_path}/nothing', check=False)
+    result = run_cli('benchmark', '--serving', f'--saved_model={tmp_path}/nothing', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: no SavedModel at {tmp_path}/nothing']
 
 
 def test_input_only_times_the_training_input_pipeline(digits_npz):
-    result = run_bin('benchmark', '--input_only', f'--data={digits_npz}', '--batches=5',
+    result = run_cli('benchmark', '--input_only', f'--data={digits_npz}', '--batches=5',
                      '--warmup_batches=1', '--hparams=batch_size=16')
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report['model'] == 'pixel_row_lstm' and report['batch_size'] == 16
@@ -69,7 +69,7 @@ def test_noise_clips_for_the_memory_benchmark_train_from_tfrecords(tmp_path):
     summary = benchmarks.write_noise_clips(prefix, gigabytes=0.003, frame_size=24, shards=2)
     assert summary['examples'] > 0 and len(summary['shards']) == 2
     assert summary['bytes'] > 0.8 * 0.003e9  # noise does not compress
-    result = run_bin('benchmark', '--input_only', f'--data={prefix}.tfrecord*', '--batches=3',
+    result = run_cli('benchmark', '--input_only', f'--data={prefix}.tfrecord*', '--batches=3',
                      '--warmup_batches=1', '--hparams=batch_size=4,height=16,width=16')
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report['model'] == 'temporal_cnn_lstm' and report['examples_per_sec'] > 0

@@ -5,7 +5,7 @@ tests/test_local_cluster.py with the same TF_CONFIG tasks.)"""
 import os
 import re
 
-from conftest import REPO, run_bin
+from conftest import REPO, run_cli
 
 DEPLOY = os.path.join(REPO, 'deploy')
 
@@ -24,7 +24,7 @@ def test_the_tfjob_has_every_task_and_passes_only_real_train_flags():
     assert {'--model=temporal_cnn_lstm', '--model_dir=/shared/runs/temporal_cnn_lstm'} <= set(passed)
     # The flags parse (an unknown one would be named); the last, bad --train_steps stops
     # bin/train right after parsing, before it reads or writes anything.
-    result = run_bin('train', *passed, '--train_steps=0', check=False)
+    result = run_cli('train', *passed, '--train_steps=0', check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: --train_steps must be positive, got 0'
 

@@ -4,6 +4,7 @@ the same training step, in one process or another, whatever else drew random num
 import random
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import TINY
@@ -22,31 +23,34 @@ def _checkpoints_after_one_step(data, model_dir, seed):
             for step in (0, 1)}
 
 
-def test_the_same_seed_starts_from_the_same_weights_and_takes_the_same_step(digits_npz, tmp_path):
-    first = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'first'), seed=3)
+@pytest.fixture(scope='module')
+def seed_3_checkpoints(digits_npz, tmp_path_factory):
+    """The checkpoints of one run with seed 3, which the other runs are compared with."""
+    return _checkpoints_after_one_step(digits_npz, str(tmp_path_factory.mktemp('seed_3')), seed=3)
+
+
+def test_the_same_seed_starts_from_the_same_weights_and_takes_the_same_step(
+        seed_3_checkpoints, digits_npz, tmp_path):
     # What a caller draws or seeds between two runs changes nothing: Keras takes unseeded
     # layers' seeds from Python's random, or from its own generator once seeded.
     random.random(), np.random.random()
     tf.keras.utils.set_random_seed(99)
     second = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'second'), seed=3)
     for step in (0, 1):
-        assert first[step].keys() == second[step].keys()
-        for name, value in first[step].items():
+        assert seed_3_checkpoints[step].keys() == second[step].keys()
+        for name, value in seed_3_checkpoints[step].items():
             np.testing.assert_array_equal(value, second[step][name], err_msg=f'{name} at step {step}')
 
 
-def test_another_seed_starts_from_other_weights(digits_npz, tmp_path):
-    first = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'first'), seed=3)[0]
-    other = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'other'), seed=4)[0]
-    for name in ('cnn/cnn_conv_0/kernel', 'rnn_0/lstm_cell/recurrent_kernel', 'logits/kernel'):
-        assert not np.array_equal(first[name], other[name]), name
-
-
-def test_seeding_keras_leaves_the_callers_random_state_alone(digits_npz, tmp_path):
+def test_another_seed_starts_from_other_weights_and_leaves_the_callers_random_state_alone(
+        seed_3_checkpoints, digits_npz, tmp_path):
     random.seed(11)
     np.random.seed(11)
     expected = random.random(), np.random.random()
     random.seed(11)
     np.random.seed(11)
-    _checkpoints_after_one_step(digits_npz, str(tmp_path / 'run'), seed=3)
+    other = _checkpoints_after_one_step(digits_npz, str(tmp_path / 'other'), seed=4)[0]
+    # Seeding Keras for the run leaves the caller's own random numbers as they were.
     assert (random.random(), np.random.random()) == expected
+    for name in ('cnn/cnn_conv_0/kernel', 'rnn_0/lstm_cell/recurrent_kernel', 'logits/kernel'):
+        assert not np.array_equal(seed_3_checkpoints[0][name], other[name]), name

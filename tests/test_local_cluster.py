@@ -3,6 +3,7 @@ would: separate bin/train processes for the chief, workers, ps and evaluator.
 
 Longer trials (a killed chief, a killed ps) run with `make cluster-trials`."""
 
+import contextlib
 import glob
 import json
 import os
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY, run_bin
+from conftest import REPO, TINY, run_cli
 from estimator_models.running import experiment
 from input_fns import embedded
 
@@ -77,27 +78,9 @@ def training_steps_in(log, task_name):
     return [int(step) for step in re.findall(rf'^{task_name}: step (\d+)/', log, re.MULTILINE)]
 
 
-def test_parameter_server_cluster_trains_evaluates_exports_and_ends(tmp_path, small_digits):
-    data, data_dir = small_digits
-    model_dir = str(tmp_path / 'run')
-    result = launch('--workers=2', '--ps=1', '--evaluator', '--', '--model=pixel_row_lstm',
-                    f'--model_dir={model_dir}', f'--data={data}', f'--data_dir={data_dir}',
-                    # Enough steps that a worker still building its graph on a loaded
-                    # machine joins before the chief is done.
-                    '--train_steps=1500', '--checkpoint_every=500', f'--hparams={TINY_PIXEL_ROWS}')
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert experiment.checkpoint_step(model_dir) >= 1500
-    assert training_steps_in(log_of(model_dir, 'chief-0'), 'chief')
-    assert training_steps_in(log_of(model_dir, 'worker-0'), 'worker 0')
-    assert 'parameter-server training' in result.stdout
-    assert re.search(r'^evaluator: eval at step 1[5-9]\d\d ', result.stdout, re.MULTILINE)
-    assert_exported_and_evaluated(model_dir, (28, 28, 1))
-    assert_cluster_gone(model_dir)
-
-
 def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, clips_npz):
     shards = str(tmp_path / 'clips')
-    run_bin('make_tfrecords', f'--input={clips_npz}', f'--output={shards}', '--shards=4')
+    run_cli('make_tfrecords', f'--input={clips_npz}', f'--output={shards}', '--shards=4')
     model_dir = str(tmp_path / 'run')
     result = launch('--workers=2', '--evaluator', '--', '--model=temporal_cnn_lstm',
                     '--distribution=multi_worker_mirrored', f'--model_dir={model_dir}',
@@ -120,32 +103,82 @@ def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, cli
     assert_cluster_gone(model_dir)
 
 
-def test_a_killed_worker_is_restarted_and_the_run_still_finishes(tmp_path, small_digits):
+# Global steps of the parameter-server run: the chief and the restarted worker train most
+# of them after the chief's pause below; enough that the worker, training alone during the
+# pause, is still far from them when it is killed.
+PS_TRAIN_STEPS = 1000
+
+
+def task_pid(model_dir, task_type):
+    """The pid of the (latest) process of the first task of `task_type`."""
+    return next(task['pid'] for task in cluster_description(model_dir)['tasks'] if task['type'] == task_type)
+
+
+def steps_of_each_start(model_dir, task, task_name):
+    """The training steps logged by each process the task has started so far, in order."""
+    if not os.path.exists(os.path.join(model_dir, 'cluster_logs', f'{task}.log')):
+        return []
+    starts = re.split(rf'^{task_name}: training ', log_of(model_dir, task), flags=re.MULTILINE)[1:]
+    return [training_steps_in(start, task_name) for start in starts]
+
+
+def has_trained(model_dir, task, task_name, start=0):
+    """Whether the task's process of that `start` (0: the first, 1: its restart) has logged a step."""
+    starts = steps_of_each_start(model_dir, task, task_name)
+    return len(starts) > start and bool(starts[start])
+
+
+def wait_for(condition, what, launcher, timeout=300):
+    """Polls `condition` until it holds; fails if the cluster ends first or `timeout` s pass."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert launcher.poll() is None, f'the cluster ended before {what}'
+        assert time.time() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.1)
+
+
+def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_exports_and_ends(
+        tmp_path, small_digits):
     data, data_dir = small_digits
     model_dir = str(tmp_path / 'run')
-    launcher = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, 'bin', 'launch_local_cluster'), '--workers=2', '--ps=1',
-         '--evaluator', '--max_restarts=1', '--', '--model=pixel_row_lstm', f'--model_dir={model_dir}',
-         # The default model, not the tiny one: the run must outlast the worker's restart.
-         f'--data={data}', f'--data_dir={data_dir}', '--train_steps=1000', '--checkpoint_every=500'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
+        launcher = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, 'bin', 'launch_local_cluster'), '--workers=2', '--ps=1',
+             '--evaluator', '--max_restarts=1', '--', '--model=pixel_row_lstm', f'--model_dir={model_dir}',
+             f'--data={data}', f'--data_dir={data_dir}', f'--train_steps={PS_TRAIN_STEPS}',
+             f'--checkpoint_every={PS_TRAIN_STEPS}', f'--hparams={TINY_PIXEL_ROWS}'], stdout=out, stderr=err)
     try:
-        worker_log = os.path.join(model_dir, 'cluster_logs', 'worker-0.log')
-        deadline = time.time() + 300
-        while not (os.path.exists(worker_log) and training_steps_in(log_of(model_dir, 'worker-0'), 'worker 0')):
-            assert time.time() < deadline and launcher.poll() is None, 'the worker never trained'
-            time.sleep(0.5)
-        worker = next(task for task in cluster_description(model_dir)['tasks'] if task['type'] == 'worker')
-        os.kill(worker['pid'], signal.SIGKILL)
-        output, _ = launcher.communicate(timeout=600)
+        # The chief is paused (SIGSTOP) from its first step until the restarted worker has
+        # trained: a parameter-server worker needs the chief only to have initialized the
+        # variables, and on a loaded machine a running chief could reach --train_steps
+        # before the worker, or its restart, took a step.
+        wait_for(lambda: has_trained(model_dir, 'chief-0', 'chief'), "the chief's first step", launcher)
+        chief = task_pid(model_dir, 'chief')
+        os.kill(chief, signal.SIGSTOP)
+        try:
+            wait_for(lambda: has_trained(model_dir, 'worker-0', 'worker 0'), "the worker's first step", launcher)
+            os.kill(task_pid(model_dir, 'worker'), signal.SIGKILL)
+            wait_for(lambda: has_trained(model_dir, 'worker-0', 'worker 0', start=1),
+                     "the restarted worker's first step", launcher)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a cluster that failed has ended it
+                os.kill(chief, signal.SIGCONT)
+        launcher.wait(timeout=600)
     finally:
         if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 0, output[-3000:]
+            launcher.terminate()  # the launcher stops every task on SIGTERM
+            launcher.wait(timeout=60)
+    output = (tmp_path / 'out').read_text()
+    assert launcher.returncode == 0, output[-3000:] + (tmp_path / 'err').read_text()[-3000:]
+    assert 'parameter-server training' in output
     assert 'worker 0 was killed by SIGKILL; restarting it (1 of 1)' in output
-    log = log_of(model_dir, 'worker-0')
-    after_restart = log[log.rindex('worker 0: training pixel_row_lstm'):]
-    assert training_steps_in(after_restart, 'worker 0'), 'the restarted worker did not train'
-    assert experiment.checkpoint_step(model_dir) >= 1000
+    chief_starts = steps_of_each_start(model_dir, 'chief-0', 'chief')
+    worker_starts = steps_of_each_start(model_dir, 'worker-0', 'worker 0')
+    assert len(chief_starts) == 1 and chief_starts[0]
+    assert len(worker_starts) == 2 and all(worker_starts), 'the worker, or its restart, did not train'
+    final_step = experiment.checkpoint_step(model_dir)
+    assert final_step >= PS_TRAIN_STEPS
+    # The evaluator evaluated the last checkpoint before it ended.
+    assert re.search(rf'^evaluator: eval at step {final_step} ', output, re.MULTILINE)
     assert_exported_and_evaluated(model_dir, (28, 28, 1))
     assert_cluster_gone(model_dir)

@@ -1,6 +1,6 @@
-"""What TensorBoard shows: one short bin/train run, then its event files, its profiler
-trace and a real TensorBoard server reading them, checked against bin/evaluate and
-Estimator.predict on the same checkpoint."""
+"""What TensorBoard shows: one short bin/train run (conftest's digits run), then its event
+files, its profiler trace and a real TensorBoard server reading them, checked against
+bin/evaluate and Estimator.predict on the same checkpoint."""
 
 import collections
 import contextlib
@@ -20,16 +20,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from conftest import held_out_arrays, run_bin
+from conftest import (DIGITS_RUN_BATCH_SIZE as BATCH_SIZE, DIGITS_RUN_CHECKPOINT_EVERY as CHECKPOINT_EVERY,
+                      DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, held_out_arrays,
+                      run_cli)
 from estimator_models.layers import summaries
 from estimator_models.running import experiment, monitoring
 from input_fns.errors import UserError
 
-STEPS = 30
-CHECKPOINT_EVERY = 15
-IMAGES_EVERY = 10
-PROFILE_STEPS = (5, 8)
-BATCH_SIZE = 32
 NUM_CLASSES = 10
 TRAIN_SCALARS = ('loss', 'accuracy', 'learning_rate', 'gradient_norm', 'examples_per_sec',
                  'global_step/sec')
@@ -39,13 +36,9 @@ Event = collections.namedtuple('Event', 'step value')
 
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory, digits_npz):
-    path = str(tmp_path_factory.mktemp('runs') / 'monitored')
-    run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}', f'--model_dir={path}',
-            f'--train_steps={STEPS}', f'--checkpoint_every={CHECKPOINT_EVERY}',
-            f'--hparams=rnn_units=16,batch_size={BATCH_SIZE}', f'--summary_images_every={IMAGES_EVERY}',
-            '--histograms', f'--profile_steps={PROFILE_STEPS[0]},{PROFILE_STEPS[1]}')
-    return path
+def model_dir(digits_run):
+    """The digits run: histograms, input images and a profiled span of steps."""
+    return digits_run[0]
 
 
 def _events(directory):
@@ -98,7 +91,7 @@ def test_eval_run_has_metrics_confusion_matrix_and_pr_curves(model_dir):
 
 
 def test_eval_summaries_agree_with_bin_evaluate_and_the_predictions(model_dir):
-    evaluated = json.loads(run_bin('evaluate', f'--model_dir={model_dir}').stdout)
+    evaluated = json.loads(run_cli('evaluate', f'--model_dir={model_dir}').stdout)
     events = _events(os.path.join(model_dir, 'eval'))
     final = {tag: events[tag][-1] for tag in EVAL_SCALARS + ('confusion_matrix/0',)}
     assert all(event.step == STEPS for event in final.values())
@@ -159,7 +152,7 @@ def test_profile_steps_may_be_one_step_or_the_whole_run():
 
 
 def test_bin_train_reports_bad_profile_steps_in_one_line(digits_npz, tmp_path):
-    result = run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}',
+    result = run_cli('train', '--model=pixel_row_lstm', f'--data={digits_npz}',
                      f'--model_dir={tmp_path / "run"}', '--train_steps=30', '--profile_steps=9,3',
                      check=False)
     assert result.returncode == 2

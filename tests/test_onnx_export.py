@@ -6,6 +6,8 @@ or a file that disagrees is refused in one line with nothing left behind."""
 import collections
 import json
 import os
+import pathlib
+import shutil
 import textwrap
 
 import numpy as np
@@ -13,7 +15,8 @@ import onnx
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, serve_in_a_fresh_process, train_on_a_few_examples
+from conftest import TINY, briefly_trained_export, held_out_arrays, run_cli, serve_each_in_one_fresh_process
+from estimator_models.running import experiment
 from estimator_models.serving import exporting, onnx_export, onnx_serving, predicting
 from input_fns.errors import UserError
 
@@ -27,6 +30,8 @@ ONNX_EXPORTS = {
     'temporal_cnn_lstm_bidirectional_max': (
         'temporal_cnn_lstm', dict(TINY['temporal_cnn_lstm'], bidirectional='true', pooling='max')),
 }
+# The exports of these, trained as briefly, are conftest's.
+SHARED_EXPORTS = {'pixel_row_lstm': 'digits_export', 'temporal_cnn_lstm': 'clips_export'}
 
 
 def _onnx_op_counts(path):
@@ -45,20 +50,29 @@ def _raw_pixel_inputs(run, examples):
     return {'frames': frames, 'lengths': lengths}
 
 
-@pytest.fixture(scope='module', params=sorted(ONNX_EXPORTS))
-def trained(request, tmp_path_factory, digits_npz, clips_npz):
-    """(name, run, checkpoint, SavedModel path) of a model trained 3 steps."""
-    model, overrides = ONNX_EXPORTS[request.param]
-    model_dir = str(tmp_path_factory.mktemp(request.param))
-    data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
-    run, _, _ = train_on_a_few_examples(model, data, model_dir, steps=3, overrides=overrides)
-    checkpoint = tf.train.latest_checkpoint(model_dir)
-    saved_model = exporting.export_saved_model(run, checkpoint, os.path.join(model_dir, 'export', 'latest'))
-    return request.param, run, checkpoint, saved_model
+@pytest.fixture(scope='module')
+def saved_models(request, tmp_path_factory, digits_npz, clips_npz):
+    """{name: (run, checkpoint, SavedModel path, ONNX inputs, what the SavedModel answers to
+    them in a fresh process)} of each model in ONNX_EXPORTS trained 3 steps; one fresh
+    process serves them all."""
+    trained = {}
+    for name, (model, overrides) in ONNX_EXPORTS.items():
+        if name in SHARED_EXPORTS:
+            run, saved_model, _ = request.getfixturevalue(SHARED_EXPORTS[name])
+        else:
+            data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
+            run, saved_model, _ = briefly_trained_export(model, data, tmp_path_factory, overrides)
+        trained[name] = run, saved_model, _raw_pixel_inputs(run, held_out_arrays(run, 16))
+    served = serve_each_in_one_fresh_process(
+        {name: (saved_model, onnx_export.saved_model_signature(run.module.KIND), inputs)
+         for name, (run, saved_model, inputs) in trained.items()}, tmp_path_factory.mktemp('served'))
+    return {name: (run, tf.train.latest_checkpoint(run.model_dir), saved_model, inputs, served[name])
+            for name, (run, saved_model, inputs) in trained.items()}
 
 
-def test_each_model_exports_onnx_that_answers_like_its_saved_model(trained, tmp_path):
-    name, run, checkpoint, saved_model = trained
+@pytest.mark.parametrize('name', sorted(ONNX_EXPORTS))
+def test_each_model_exports_onnx_that_answers_like_its_saved_model(name, saved_models, tmp_path):
+    run, checkpoint, saved_model, inputs, served = saved_models[name]
     path = onnx_export.export_onnx(run, checkpoint, str(tmp_path / 'onnx'), saved_model=saved_model)
     version = os.path.basename(saved_model)
     assert path == str(tmp_path / 'onnx' / version / 'model.onnx')
@@ -71,42 +85,27 @@ def test_each_model_exports_onnx_that_answers_like_its_saved_model(trained, tmp_
         directions = 2 if run.hparams['bidirectional'] else 1
         assert _onnx_op_counts(path)['LSTM'] == run.hparams['rnn_layers'] * directions
 
-    inputs = _raw_pixel_inputs(run, held_out_arrays(run, 16))
-    signature = onnx_export.saved_model_signature(run.module.KIND)
-    served = serve_in_a_fresh_process(saved_model, inputs, tmp_path, signature)
     answered = onnx_serving.run_onnx(onnx_serving.session(path), inputs)
     assert set(answered) >= {'classes', 'probabilities', 'logits'}
     np.testing.assert_allclose(answered['probabilities'], served['probabilities'], atol=1e-4)
     np.testing.assert_array_equal(answered['classes'], served['classes'])
 
 
-def test_a_file_that_disagrees_with_the_saved_model_is_removed(digits_export, tmp_path, digits_npz):
-    run, saved_model, _ = digits_export
-    other_dir = str(tmp_path / 'other')
-    other, _, _ = train_on_a_few_examples('pixel_row_lstm', digits_npz, other_dir, steps=1,
-                                          overrides=TINY['pixel_row_lstm'])
+def test_a_file_that_disagrees_with_the_saved_model_is_removed(digits_export, digits_run, tmp_path):
+    _, saved_model, _ = digits_export
+    other = experiment.load_run(digits_run[0])  # the same model, trained longer by bin/train
     with pytest.raises(UserError, match=r'disagrees with the SavedModel .*largest probability difference'):
         # The ONNX file of another run's weights, checked against this run's SavedModel.
-        onnx_export.export_onnx(other, tf.train.latest_checkpoint(other_dir), str(tmp_path / 'onnx'),
+        onnx_export.export_onnx(other, tf.train.latest_checkpoint(other.model_dir), str(tmp_path / 'onnx'),
                                 saved_model=saved_model)
     assert os.listdir(tmp_path / 'onnx') == []
 
 
-@pytest.fixture(scope='module')
-def trained_with_onnx(tmp_path_factory, digits_npz):
-    """A bin/train run of 4 steps that evaluates and exports twice, with ONNX beside."""
-    model_dir = tmp_path_factory.mktemp('trained_with_onnx') / 'run'
-    small = ','.join(f'{key}={value}' for key, value in TINY['pixel_row_lstm'].items())
-    result = run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}', f'--model_dir={model_dir}',
-                     '--train_steps=4', '--checkpoint_every=2', f'--hparams={small}',
-                     '--export_formats=saved_model,onnx')
-    return model_dir, result.stdout
-
-
-def test_bin_train_writes_an_onnx_file_beside_each_saved_model(trained_with_onnx, digits_npz):
-    model_dir, stdout = trained_with_onnx
-    export_dir = model_dir / 'export'
-    assert f'ONNX files:                   {export_dir / "onnx"}' in stdout
+def test_bin_train_writes_an_onnx_file_beside_each_saved_model(digits_run):
+    """The digits run exports saved_model,onnx at each of its checkpoints."""
+    model_dir, result = digits_run
+    export_dir = pathlib.Path(model_dir) / 'export'
+    assert f'ONNX files:                   {export_dir / "onnx"}' in result.stdout
     saved_versions = set(exporting.versions(export_dir / 'best')) | set(exporting.versions(export_dir / 'latest'))
     assert set(exporting.versions(export_dir / 'onnx')) == saved_versions
     for version in saved_versions:
@@ -116,16 +115,17 @@ def test_bin_train_writes_an_onnx_file_beside_each_saved_model(trained_with_onnx
         assert os.path.basename(verification['saved_model']) == str(version)
 
 
-def test_bin_predict_onnx_answers_like_saved_model(trained_with_onnx, tmp_path):
-    model_dir, _ = trained_with_onnx
-    exported = run_bin('export', f'--model_dir={model_dir}', '--format=onnx').stdout.strip().splitlines()
+def test_bin_predict_onnx_answers_like_saved_model(digits_run, tmp_path):
+    model_dir = tmp_path / 'run'
+    shutil.copytree(digits_run[0], model_dir)  # bin/export writes into it
+    exported = run_cli('export', f'--model_dir={model_dir}', '--format=onnx').stdout.strip().splitlines()
     onnx_file = exported[-1]
     assert onnx_file.startswith(str(model_dir / 'export' / 'onnx')) and onnx_file.endswith('model.onnx')
     assert exported[-2].startswith('verified: ')
     images = np.random.default_rng(3).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / 'images.npz', x=images)
-    by_onnx = json.loads(run_bin('predict', f'--onnx={onnx_file}', f'--input={tmp_path / "images.npz"}').stdout)
-    by_saved_model = json.loads(run_bin('predict', f'--saved_model={model_dir / "export" / "latest"}',
+    by_onnx = json.loads(run_cli('predict', f'--onnx={onnx_file}', f'--input={tmp_path / "images.npz"}').stdout)
+    by_saved_model = json.loads(run_cli('predict', f'--saved_model={model_dir / "export" / "latest"}',
                                         f'--input={tmp_path / "images.npz"}').stdout)
     assert [row['classes'] for row in by_onnx['predictions']] == \
         [row['classes'] for row in by_saved_model['predictions']]
@@ -178,7 +178,7 @@ def test_bad_onnx_files_and_inputs_are_one_line(tmp_path, clips_export):
             ({'inputs': {'frames': frames.tolist(), 'lengths': ['a', 'b']}}, 'cannot convert to int32')]:
         with pytest.raises(UserError, match=message):
             predicting.run_request(loaded, 'predict_with_lengths', body)
-    result = run_bin('predict', f'--onnx={tmp_path / "truncated.onnx"}', '--request=body.json', check=False)
+    result = run_cli('predict', f'--onnx={tmp_path / "truncated.onnx"}', '--request=body.json', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count('\n') == 0 and 'as an ONNX model' in result.stderr
 
@@ -207,10 +207,10 @@ def model_fn(features, labels, mode, params):
 def test_a_graph_with_an_op_onnx_lacks_is_refused_leaving_nothing(tmp_path, digits_npz):
     (tmp_path / 'lgamma_model.py').write_text(textwrap.dedent(UNCONVERTIBLE_MODEL))
     model_dir = tmp_path / 'run'
-    run_bin('train', '--model=lgamma_model:model_fn', f'--data={digits_npz}', f'--model_dir={model_dir}',
-            '--train_steps=2', cwd=tmp_path)
+    run_cli('train', '--model=lgamma_model:model_fn', f'--data={digits_npz}', f'--model_dir={model_dir}',
+            '--train_steps=2', '--checkpoint_every=2', cwd=tmp_path)
     saved_models_before = sorted(os.listdir(model_dir / 'export' / 'latest'))
-    result = run_bin('export', f'--model_dir={model_dir}', '--format=onnx', check=False, cwd=tmp_path)
+    result = run_cli('export', f'--model_dir={model_dir}', '--format=onnx', check=False, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: the serving graph holds ops with no ONNX mapping: Lgamma'
     assert os.listdir(model_dir / 'export' / 'onnx') == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_bin, served_in_a_fresh_process, train_on_a_few_examples
+from conftest import TINY, held_out_arrays, run_cli, served_in_a_fresh_process, train_on_a_few_examples
 from estimator_models.layers import head
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, onnx_export, onnx_serving, receivers
@@ -70,14 +70,14 @@ def test_the_embedded_clips_label_every_frame(tmp_path_factory, tmp_path):
     data_dir = str(tmp_path_factory.mktemp('tfds'))
     embedded.open_embedded('moving_glyphs', data_dir, 'small')
     hparams = ','.join(f'{key}={value}' for key, value in PER_FRAME.items())
-    result = run_bin('train', '--model=temporal_cnn_lstm', '--data=tfds:moving_glyphs/small',
+    result = run_cli('train', '--model=temporal_cnn_lstm', '--data=tfds:moving_glyphs/small',
                      f'--data_dir={data_dir}', f'--model_dir={tmp_path / "run"}', '--train_steps=20',
                      f'--hparams={hparams}')
     assert re.search(r'^eval at step 20 on \d+ examples: accuracy 0\.\d+', result.stdout, re.MULTILINE)
 
 
 def test_clips_without_frame_labels_are_refused_in_one_line(clips_npz, tmp_path):
-    result = run_bin('train', '--model=temporal_cnn_lstm', f'--data={clips_npz}',
+    result = run_cli('train', '--model=temporal_cnn_lstm', f'--data={clips_npz}',
                      f'--model_dir={tmp_path / "run"}', '--hparams=head=per_frame', check=False)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()

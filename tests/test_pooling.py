@@ -2,15 +2,18 @@
 numpy, padding that never counts, and every option trained, exported and served alike."""
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_WITHOUT_BATCH_NORM, held_out_arrays, served_in_a_fresh_process, train_on_a_few_examples
+from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, serve_each_in_one_fresh_process,
+                      train_on_a_few_examples)
 from estimator_models.layers import pooling
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
+from input_fns.arrays import LabelledArrays
 
 LENGTHS = np.array([5, 2, 1, 3], np.int32)
 
@@ -61,22 +64,54 @@ def eval_image_tags(model_dir):
     return tags
 
 
+TRAINED_CASES = [('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('temporal_cnn_lstm', 'attention'),
+                 ('pixel_row_lstm', 'attention'), ('cnn_lstm', 'attention')]
 
-@pytest.mark.parametrize('model, how', [
-    ('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('temporal_cnn_lstm', 'attention'),
-    ('pixel_row_lstm', 'attention'), ('cnn_lstm', 'attention')])
-def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, digits_npz, clips_npz, tmp_path):
-    data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
-    model_dir = str(tmp_path / 'run')
-    run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
-                                                 overrides=dict(TINY_WITHOUT_BATCH_NORM[model], pooling=how))
+
+class Trained(NamedTuple):
+    """A run trained a few steps with one pooling, and its answers on 8 held-out examples."""
+    run: experiment.Run
+    model_dir: str
+    loss_before: float
+    loss_after: float
+    examples: LabelledArrays
+    predicted: list
+    served: dict
+
+
+def serving_request(export, run, examples):
+    """serve_each_in_one_fresh_process's request for in-memory `examples` as raw pixels:
+    clips through predict_with_lengths, images through serving_default."""
+    if run.module.KIND == 'clip':
+        return export, 'predict_with_lengths', {'frames': examples.inputs.astype(np.float32),
+                                                'lengths': examples.lengths.astype(np.int32)}
+    return export, 'serving_default', {'image': examples.inputs.astype(np.float32)}
+
+
+@pytest.fixture(scope='module')
+def trained(digits_npz, clips_npz, tmp_path_factory):
+    """{(model, pooling): Trained} for TRAINED_CASES, each trained 25 steps and exported;
+    one fresh process serves every export, as a server that only loads SavedModels."""
+    runs, requests = {}, {}
+    for model, how in TRAINED_CASES:
+        data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
+        model_dir = str(tmp_path_factory.mktemp(f'{model}_{how}'))
+        run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
+                                                     overrides=dict(TINY_WITHOUT_BATCH_NORM[model], pooling=how))
+        export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                              os.path.join(model_dir, 'export'))
+        examples = held_out_arrays(run, 8)
+        runs[model, how] = (run, model_dir, before, after, examples, experiment.predict(run, examples))
+        requests[model, how] = serving_request(export, run, examples)
+    served = serve_each_in_one_fresh_process(requests, tmp_path_factory.mktemp('served'))
+    return {case: Trained(*runs[case], served[case]) for case in TRAINED_CASES}
+
+
+@pytest.mark.parametrize('model, how', TRAINED_CASES)
+def test_each_pooling_trains_and_serves_like_estimator_predict(model, how, trained):
+    run, model_dir, before, after, examples, predicted, served = trained[model, how]
     assert after < before
     assert ('attention/0' in eval_image_tags(model_dir)) == (how == 'attention')
-    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
-                                          os.path.join(model_dir, 'export'))
-    examples = held_out_arrays(run, 8)
-    served = served_in_a_fresh_process(export, run, examples, tmp_path)
-    predicted = experiment.predict(run, examples)
     np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
                                atol=1e-5)
     if how != 'attention':

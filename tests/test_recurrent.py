@@ -92,14 +92,17 @@ def _outputs_and_gradients(checkpoint, overrides, sequences, lengths, save):
         variables = tf.compat.v1.trainable_variables()
         gradients = tf.gradients(loss, [inputs] + variables)
         saver = tf.compat.v1.train.Saver()
+        # Every op built before the session starts: each one added later would send the
+        # whole graph to it again. Non-zero biases, so that a layout mix-up of the bias
+        # cannot hide.
+        initialize = tf.compat.v1.global_variables_initializer()
+        set_biases = tf.group([
+            variable.assign(np.random.default_rng(1).normal(size=variable.shape).astype(np.float32))
+            for variable in variables if 'bias' in variable.name])
         with tf.compat.v1.Session() as session:
             if save:
-                session.run(tf.compat.v1.global_variables_initializer())
-                # Non-zero biases, so that a layout mix-up of the bias cannot hide.
-                for variable in variables:
-                    if 'bias' in variable.name:
-                        session.run(variable.assign(np.random.default_rng(1).normal(
-                            size=variable.shape).astype(np.float32)))
+                session.run(initialize)
+                session.run(set_biases)
                 saver.save(session, checkpoint)
             else:
                 saver.restore(session, checkpoint)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_bin, serve_in_a_fresh_process,
-                      served_in_a_fresh_process, train_on_a_few_examples)
+from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_cli, serve_each_in_one_fresh_process,
+                      train_on_a_few_examples)
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
@@ -42,21 +42,37 @@ def test_a_malformed_grid_is_refused(grid):
         regions.parse_grid(grid)
 
 
-@pytest.mark.parametrize('grid, step, steps_read', [('2x3', 1, 6), ('3x3', 2, 5)])
-def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, digits_npz, tmp_path):
-    model_dir = str(tmp_path / 'run')
-    overrides = dict(TINY_WITHOUT_BATCH_NORM['cnn_lstm'], sequence='regions', grid=grid, step=str(step),
-                     pooling='attention')
-    run, before, after = train_on_a_few_examples('cnn_lstm', digits_npz, model_dir, steps=25,
-                                                 overrides=overrides)
+GRID_CASES = [('2x3', 1, 6), ('3x3', 2, 5)]
+
+
+@pytest.fixture(scope='module')
+def grids_trained(digits_npz, tmp_path_factory):
+    """{grid: (loss before, loss after, predictions, served outputs)} of a cnn_lstm reading
+    each grid of GRID_CASES, trained 25 steps, on 8 held-out digits; one fresh process
+    serves every export."""
+    results, requests = {}, {}
+    for grid, step, _ in GRID_CASES:
+        model_dir = str(tmp_path_factory.mktemp(f'grid_{grid}'))
+        overrides = dict(TINY_WITHOUT_BATCH_NORM['cnn_lstm'], sequence='regions', grid=grid, step=str(step),
+                         pooling='attention')
+        run, before, after = train_on_a_few_examples('cnn_lstm', digits_npz, model_dir, steps=25,
+                                                     overrides=overrides)
+        examples = held_out_arrays(run, 8)
+        results[grid] = (before, after, experiment.predict(run, examples))
+        export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                              os.path.join(model_dir, 'export'))
+        requests[grid] = (export, 'serving_default', {IMAGE_KEY: examples.inputs.astype(np.float32)})
+    served = serve_each_in_one_fresh_process(requests, tmp_path_factory.mktemp('served'))
+    return {grid: results[grid] + (served[grid],) for grid in results}
+
+
+@pytest.mark.parametrize('grid, step, steps_read', GRID_CASES)
+def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, grids_trained):
+    before, after, predicted, served = grids_trained[grid]
     assert after < before
-    examples = held_out_arrays(run, 8)
-    predicted = experiment.predict(run, examples)
     assert predicted[0]['attention'].shape == (steps_read,)
-    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
-                                          os.path.join(model_dir, 'export'))
-    np.testing.assert_allclose(served_in_a_fresh_process(export, run, examples, tmp_path)['probabilities'],
-                               np.stack([row['probabilities'] for row in predicted]), atol=1e-5)
+    np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
+                               atol=1e-5)
 
 
 # Regions from the data: each image's own boxes (regions=boxes).
@@ -106,22 +122,23 @@ def test_boxes_from_the_data_train_and_serve_like_predict_and_padding_boxes_chan
     for row, count in enumerate(counts):
         attention = predicted[row]['attention']
         assert np.all(attention[:max(count, 1)] > 0) and np.all(attention[max(count, 1):] == 0)
-    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
-                                          os.path.join(model_dir, 'export'))
-    served = serve_in_a_fresh_process(export, inputs, tmp_path)
-    np.testing.assert_allclose(served['probabilities'], np.stack([row['probabilities'] for row in predicted]),
-                               atol=1e-5)
     # Junk boxes past each image's count, and more of them: the same answers.
     junk = np.random.default_rng(5).uniform(0, 1, size=(len(counts), 7, 4)).astype(np.float32)
     padded = np.concatenate([inputs[BOXES_KEY], junk[:, :3]], axis=1)
     for row, count in enumerate(counts):
         padded[row, count:] = junk[row, :7 - count] if count < 4 else junk[row, :3]
-    served_padded = serve_in_a_fresh_process(export, dict(inputs, **{BOXES_KEY: padded}), tmp_path)
-    np.testing.assert_allclose(served_padded['logits'], served['logits'], atol=1e-5)
+    export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
+                                          os.path.join(model_dir, 'export'))
+    served = serve_each_in_one_fresh_process({
+        'boxes': (export, 'serving_default', inputs),
+        'junk_padded': (export, 'serving_default', dict(inputs, **{BOXES_KEY: padded}))}, tmp_path)
+    np.testing.assert_allclose(served['boxes']['probabilities'],
+                               np.stack([row['probabilities'] for row in predicted]), atol=1e-5)
+    np.testing.assert_allclose(served['junk_padded']['logits'], served['boxes']['logits'], atol=1e-5)
 
 
 def test_regions_from_boxes_need_data_with_boxes(digits_npz, tmp_path):
-    result = run_bin('train', '--model=cnn_lstm', f'--data={digits_npz}', f'--model_dir={tmp_path / "run"}',
+    result = run_cli('train', '--model=cnn_lstm', f'--data={digits_npz}', f'--model_dir={tmp_path / "run"}',
                      '--hparams=sequence=regions,regions=boxes', check=False)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from conftest import TINY, briefly_trained_export, run_bin
+from conftest import TINY, briefly_trained_export, run_cli
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, predicting, receivers
 from input_fns.arrays import LabelledArrays
@@ -34,14 +34,49 @@ EXPECTED_SIGNATURES = {
     },
 }
 PYTHON_DTYPES = {'DT_FLOAT': 'float32', 'DT_INT32': 'int32', 'DT_STRING': 'string'}
-DESCRIBE_SIGNATURES = '''
-import json, sys
+# A fresh process looking at SavedModels as TensorFlow Serving's users do: for each path in
+# argv, what the saved_model_cli command prints for `show --all` (its main, which ends in
+# sys.exit), and the inputs of each signature once loaded.
+LOOK_AT_EXPORTS = '''
+import contextlib, io, json, sys
 import tensorflow as tf
-loaded = tf.saved_model.load(sys.argv[1])
-print(json.dumps({key: {name: [spec.dtype.name, spec.shape.as_list()]
-                        for name, spec in function.structured_input_signature[1].items()}
-                  for key, function in loaded.signatures.items()}))
+from tensorflow.python.tools import saved_model_cli
+seen = {}
+for path in sys.argv[1:]:
+    shown = io.StringIO()
+    sys.argv = ['saved_model_cli', 'show', '--all', '--dir', path]
+    with contextlib.redirect_stdout(shown):
+        try:
+            saved_model_cli.main()
+        except SystemExit as stopped:
+            if stopped.code:
+                raise
+    loaded = tf.saved_model.load(path)
+    seen[path] = [shown.getvalue(),
+                  {key: {name: [spec.dtype.name, spec.shape.as_list()]
+                         for name, spec in function.structured_input_signature[1].items()}
+                   for key, function in loaded.signatures.items()}]
+print(json.dumps(seen))
 '''
+
+
+@pytest.fixture(scope='module')
+def exports(request, tmp_path_factory, digits_npz):
+    """{model: (run, SavedModel path)} of each model trained 3 steps: conftest's
+    digits_export and clips_export, and a cnn_lstm trained here."""
+    shared = {'pixel_row_lstm': 'digits_export', 'temporal_cnn_lstm': 'clips_export'}
+    return {model: (request.getfixturevalue(shared[model]) if model in shared
+                    else briefly_trained_export(model, digits_npz, tmp_path_factory))[:2] for model in TINY}
+
+
+@pytest.fixture(scope='module')
+def seen_by_a_fresh_process(exports):
+    """{model: (saved_model_cli's `show --all`, {signature: {input: [dtype, shape]}})} of
+    each export, from one fresh process."""
+    paths = {model: path for model, (_, path) in exports.items()}
+    seen = json.loads(subprocess.run([sys.executable, '-c', LOOK_AT_EXPORTS, *paths.values()],
+                                     capture_output=True, text=True, check=True).stdout)
+    return {model: seen[path] for model, path in paths.items()}
 
 
 def _probabilities(run, examples):
@@ -53,20 +88,15 @@ def _png(pixels):
 
 
 @pytest.mark.parametrize('model', list(TINY))
-def test_signatures_as_a_fresh_process_sees_them(model, request, tmp_path_factory, digits_npz):
-    shared = {'pixel_row_lstm': 'digits_export', 'temporal_cnn_lstm': 'clips_export'}
-    run, path, _ = (request.getfixturevalue(shared[model]) if model in shared
-                    else briefly_trained_export(model, digits_npz, tmp_path_factory))
+def test_signatures_as_a_fresh_process_sees_them(model, exports, seen_by_a_fresh_process):
+    run, _ = exports[model]
     expected = EXPECTED_SIGNATURES[run.module.KIND]
-    cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'saved_model_cli'), 'show',
-                          '--all', '--dir', path], capture_output=True, text=True, check=True).stdout
+    cli, loaded = seen_by_a_fresh_process[model]
     for key, (method, inputs) in expected.items():
         section = cli.split(f"signature_def['{key}']:")[1].split('signature_def[')[0]
         assert f'Method name is: {method}' in section
         for name, (dtype, shape) in inputs.items():
             assert f"inputs['{name}'] tensor_info:\n        dtype: {dtype}\n        shape: ({', '.join(map(str, shape))})" in section
-    loaded = json.loads(subprocess.run([sys.executable, '-c', DESCRIBE_SIGNATURES, path],
-                                       capture_output=True, text=True, check=True).stdout)
     assert set(loaded) == set(expected)
     for key, (_, inputs) in expected.items():
         assert loaded[key] == {name: [PYTHON_DTYPES[dtype], [None if d == -1 else d for d in shape]]
@@ -166,14 +196,14 @@ def test_bin_predict_answers_tf_serving_rest_requests(digits_export, tmp_path):
         'predict_bytes': {'instances': [{'image_bytes': value} for value in b64]},
     }
     for signature, body in bodies.items():
-        result = run_bin('predict', f'--saved_model={os.path.dirname(path)}',
+        result = run_cli('predict', f'--saved_model={os.path.dirname(path)}',
                          f'--request={_request(tmp_path, body)}', f'--signature={signature}')
         rows = json.loads(result.stdout)['predictions']
         np.testing.assert_allclose([row['probabilities'] for row in rows], expected, atol=1e-5)
-    columns = run_bin('predict', f'--saved_model={path}', f'--request={_request(tmp_path, {"inputs": {"image_bytes": b64}})}',
+    columns = run_cli('predict', f'--saved_model={path}', f'--request={_request(tmp_path, {"inputs": {"image_bytes": b64}})}',
                       '--signature=predict_bytes')
     np.testing.assert_allclose(json.loads(columns.stdout)['outputs']['probabilities'], expected, atol=1e-5)
-    classify = run_bin('predict', f'--saved_model={path}', '--signature=classification',
+    classify = run_cli('predict', f'--saved_model={path}', '--signature=classification',
                        f'--request={_request(tmp_path, {"examples": [{"image/encoded": value} for value in b64]})}')
     results = json.loads(classify.stdout)['results']
     assert [[label for label, _ in row] for row in results] == [run.class_names] * 2
@@ -190,7 +220,7 @@ def test_bin_predict_answers_tf_serving_rest_requests(digits_export, tmp_path):
 ])
 def test_bin_predict_rejects_malformed_requests_in_one_line(digits_export, tmp_path, body, signature, message):
     _, path, _ = digits_export
-    result = run_bin('predict', f'--saved_model={path}', f'--request={_request(tmp_path, body)}',
+    result = run_cli('predict', f'--saved_model={path}', f'--request={_request(tmp_path, body)}',
                      f'--signature={signature}', check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: '), result.stderr
@@ -253,6 +283,6 @@ def test_bin_predict_refuses_a_file_that_is_not_tfrecord(digits_export, tmp_path
     _, path, _ = digits_export
     bad = tmp_path / 'broken.tfrecord'
     bad.write_bytes(b'definitely not a TFRecord file')
-    result = run_bin('predict', f'--saved_model={path}', f'--input={bad}', check=False)
+    result = run_cli('predict', f'--saved_model={path}', f'--input={bad}', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: {bad} is not a TFRecord file']

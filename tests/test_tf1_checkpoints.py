@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_bin
+from conftest import run_cli
 from estimator_models.legacy import tf1_checkpoints
 from input_fns.errors import UserError
 
@@ -110,7 +110,7 @@ def _saved_tf1_checkpoint(directory, extra_variable=False):
 
 def test_convert_checkpoint_writes_the_converted_variables_and_prints_its_map(tmp_path):
     source = _saved_tf1_checkpoint(tmp_path)
-    result = run_bin('convert_checkpoint', f'--from={source}', f'--to={tmp_path / "converted"}')
+    result = run_cli('convert_checkpoint', f'--from={source}', f'--to={tmp_path / "converted"}')
     assert 'rnn/lstm_cell/bias, rnn/lstm_cell/kernel -> rnn_0: LSTM' in result.stdout
     assert 'dense/kernel -> logits/kernel: unchanged' in result.stdout
     written = dict(tf.train.list_variables(str(tmp_path / 'converted')))
@@ -124,7 +124,7 @@ def test_weights_that_fit_nowhere_are_one_error_naming_them(tmp_path):
     source = _saved_tf1_checkpoint(tmp_path, extra_variable=True)
     with pytest.raises(UserError, match='cannot map these variables of .*: embedding/table'):
         tf1_checkpoints.convert_checkpoint(source, str(tmp_path / 'converted'))
-    result = run_bin('convert_checkpoint', f'--from={tmp_path / "no_such_checkpoint"}',
+    result = run_cli('convert_checkpoint', f'--from={tmp_path / "no_such_checkpoint"}',
                      f'--to={tmp_path / "converted"}', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

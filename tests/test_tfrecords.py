@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_bin
+from conftest import run_cli
 from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, tfrecords, writing
 from input_fns.errors import UserError
 from input_fns.source import bad_record_message
@@ -150,8 +150,8 @@ def test_training_stops_on_a_bad_record_with_one_line_naming_it(tmp_path, digits
     path = _digits_tfrecord(tmp_path, digits_npz, corrupt_at=77)
     model_dir = str(tmp_path / 'run')
     args = ['--model=pixel_row_lstm', f'--data={path}', f'--model_dir={model_dir}', '--train_steps=20',
-            '--checkpoint_every=10', '--hparams=rnn_units=8,batch_size=32']
-    failed = run_bin('train', *args, check=False)
+            '--checkpoint_every=20', '--hparams=rnn_units=8,batch_size=32']
+    failed = run_cli('train', *args, check=False)
     assert failed.returncode == 2
     error_lines = [line for line in failed.stderr.splitlines() if line.startswith('error:')]
     assert error_lines == [f'error: bad record 77 of {path} cannot be read: it does not parse or decode, '
@@ -159,7 +159,7 @@ def test_training_stops_on_a_bad_record_with_one_line_naming_it(tmp_path, digits
                            '(--skip_bad_records drops such records)']
     assert 'Traceback' not in failed.stderr
 
-    finished = run_bin('train', *args, '--skip_bad_records', f'--model_dir={model_dir}-skip')
+    finished = run_cli('train', *args, '--skip_bad_records', f'--model_dir={model_dir}-skip')
     assert 'input/bad_records 1' in finished.stdout or 'input/bad_records 0' in finished.stdout
     assert 'done: accuracy' in finished.stdout
     events = _scalar_events(model_dir + '-skip')

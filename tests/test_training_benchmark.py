@@ -3,7 +3,7 @@ every model and a non-default stack), and a tiny side-by-side run reports both r
 
 import pytest
 
-from conftest import run_bin
+from conftest import run_cli
 from estimator_models import registry
 from estimator_models.layers import precision
 from estimator_models.running import hparams as hparams_lib
@@ -71,7 +71,7 @@ def test_a_tiny_benchmark_reports_both_sides():
 
 
 def test_bin_benchmark_train_refuses_bad_flags_in_one_line():
-    result = run_bin('benchmark', '--train', '--model=pixel_row_lstm', '--steps=10',
+    result = run_cli('benchmark', '--train', '--model=pixel_row_lstm', '--steps=10',
                      '--warmup_steps=10', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, held_out_arrays, run_bin
+from conftest import REPO, held_out_arrays, run_cli
 from estimator_models import registry
 from estimator_models.legacy import user_model_fn
 from estimator_models.running import experiment, hparams
@@ -33,7 +33,7 @@ def example_run(request, tmp_path_factory, digits_npz, clips_npz):
     model, small = EXAMPLES[kind]
     model_dir = str(tmp_path_factory.mktemp('user_model') / kind)
     data = digits_npz if kind == 'image' else clips_npz
-    result = run_bin('train', f'--model={model}', f'--data={data}', f'--model_dir={model_dir}',
+    result = run_cli('train', f'--model={model}', f'--data={data}', f'--model_dir={model_dir}',
                      '--train_steps=30', '--checkpoint_every=15', f'--hparams={small}', cwd=REPO)
     return kind, model_dir, result.stdout
 
@@ -46,9 +46,9 @@ def test_an_example_model_fn_trains_evaluates_and_exports_like_a_built_in_model(
         version = max(os.listdir(os.path.join(model_dir, 'export', exports)))
         loaded = tf.saved_model.load(os.path.join(model_dir, 'export', exports, version))
         assert set(loaded.signatures) == ALL_SIGNATURES[kind]
-    evaluated = json.loads(run_bin('evaluate', f'--model_dir={model_dir}', cwd=REPO).stdout)
+    evaluated = json.loads(run_cli('evaluate', f'--model_dir={model_dir}', cwd=REPO).stdout)
     assert evaluated['global_step'] == 30 and 0.0 <= evaluated['accuracy'] <= 1.0
-    exported = run_bin('export', f'--model_dir={model_dir}', cwd=REPO).stdout.strip().splitlines()[-1]
+    exported = run_cli('export', f'--model_dir={model_dir}', cwd=REPO).stdout.strip().splitlines()[-1]
     assert os.path.exists(os.path.join(exported, 'saved_model.pb'))
 
 
@@ -64,7 +64,7 @@ def test_its_export_answers_bin_predict_as_estimator_predict_does(example_run, t
         body = {'instances': examples.inputs.tolist()}
     request = tmp_path / 'request.json'
     request.write_text(json.dumps(body))
-    answer = json.loads(run_bin('predict', f'--saved_model={model_dir}/export/latest',
+    answer = json.loads(run_cli('predict', f'--saved_model={model_dir}/export/latest',
                                 f'--request={request}', cwd=REPO).stdout)
     served = (np.array(answer['outputs']['probabilities']) if kind == 'clip'
               else np.array([row['probabilities'] for row in answer['predictions']]))
@@ -119,7 +119,7 @@ def test_predictions_without_probabilities_are_refused_before_training(tmp_path,
 def test_bin_train_reports_a_broken_model_fn_in_one_line(tmp_path, digits_npz):
     (tmp_path / 'broken_model.py').write_text('def model_fn(features, labels, mode, params):\n'
                                               '    return features["no_such_feature"]\n')
-    result = run_bin('train', '--model=broken_model:model_fn', f'--data={digits_npz}',
+    result = run_cli('train', '--model=broken_model:model_fn', f'--data={digits_npz}',
                      f'--model_dir={tmp_path / "run"}', check=False, cwd=str(tmp_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

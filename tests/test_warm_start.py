@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_bin, train_on_a_few_examples
+from conftest import TINY, TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_cli
 from estimator_models.running import experiment
 from input_fns.errors import UserError
 
@@ -19,11 +19,19 @@ ModeKeys = tf.estimator.ModeKeys
 STEPS = 60
 
 
+def _trained(model, data, model_dir, steps, overrides):
+    """The run of `model` trained `steps` steps on the first 32 examples of `data`, its
+    checkpoint in model_dir (no evaluation: the runs here are only started from)."""
+    run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
+    estimator = experiment.make_estimator(
+        run, experiment.run_config(model_dir, seed=1, checkpoint_every=steps), train_steps=steps)
+    estimator.train(run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=32), max_steps=steps)
+    return run
+
+
 def _legacy_run(tmp_path_factory, digits_npz, cell):
     model_dir = str(tmp_path_factory.mktemp(f'legacy_{cell}'))
-    run, _, _ = train_on_a_few_examples(LEGACY, digits_npz, model_dir, 5,
-                                        {'cell': cell, 'rnn_units': '16', 'batch_size': '16'})
-    return run
+    return _trained(LEGACY, digits_npz, model_dir, 5, {'cell': cell, 'rnn_units': '16', 'batch_size': '16'})
 
 
 @pytest.fixture(scope='module')
@@ -36,15 +44,15 @@ def legacy_gru(tmp_path_factory, digits_npz):
     return _legacy_run(tmp_path_factory, digits_npz, 'gru')
 
 
-def _warm_started(model, source_dir, data, model_dir, overrides, regex='.*'):
-    """Trains `model` STEPS steps from `source_dir`'s checkpoint, on 32 examples; model.ckpt-0
+def _warm_started(model, source_dir, data, model_dir, overrides, regex='.*', steps=STEPS):
+    """Trains `model` `steps` steps from `source_dir`'s checkpoint, on 32 examples; model.ckpt-0
     holds the warm-started weights. Returns (run, estimator, eval input on those examples)."""
     run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
     warm, report = experiment.warm_start_settings(run, source_dir, regex)
     assert report[-1].startswith('warm start from ')
     estimator = experiment.make_estimator(
-        run, experiment.run_config(model_dir, seed=1, checkpoint_every=STEPS), STEPS, warm)
-    estimator.train(run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=32), max_steps=STEPS)
+        run, experiment.run_config(model_dir, seed=1, checkpoint_every=steps), steps, warm)
+    estimator.train(run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=32), max_steps=steps)
     return run, estimator, run.input_fn(train_source, ModeKeys.EVAL, num_examples=32)
 
 
@@ -80,9 +88,10 @@ def test_a_gru_cell_into_keras_default_gru_says_which_hparam_fits(legacy_gru, di
 def test_temporal_cnn_lstm_starts_with_the_cnn_of_a_cnn_lstm_run(digits_npz, clips_npz, tmp_path):
     cnn_dir = str(tmp_path / 'cnn_lstm')
     # A CNN without BatchNorm on both sides: the clip model takes its kernels and biases.
-    train_on_a_few_examples('cnn_lstm', digits_npz, cnn_dir, 3, TINY_WITHOUT_BATCH_NORM['cnn_lstm'])
+    _trained('cnn_lstm', digits_npz, cnn_dir, 3, TINY_WITHOUT_BATCH_NORM['cnn_lstm'])
     overrides = {**TINY['temporal_cnn_lstm'], 'frame_differences': 'false', 'cnn_filters': '[8,16]'}
-    _warm_started('temporal_cnn_lstm', cnn_dir, clips_npz, str(tmp_path / 'temporal'), overrides, 'cnn/')
+    # One step: model.ckpt-0, the weights it started from, is what is checked.
+    _warm_started('temporal_cnn_lstm', cnn_dir, clips_npz, str(tmp_path / 'temporal'), overrides, 'cnn/', steps=1)
     source, started = tf.train.latest_checkpoint(cnn_dir), str(tmp_path / 'temporal' / 'model.ckpt-0')
     for name in ('cnn/cnn_conv_0/kernel', 'cnn/cnn_conv_0/bias', 'cnn/cnn_conv_1/kernel', 'cnn/cnn_conv_1/bias'):
         np.testing.assert_array_equal(tf.train.load_variable(started, name), tf.train.load_variable(source, name))
@@ -96,17 +105,16 @@ def test_variables_that_do_not_fit_are_one_error_listing_them(legacy_lstm, digit
                                             {'rnn_units': '32'})
     with pytest.raises(UserError, match=r'logits/kernel \[16, 10\] vs \[32, 10\]; rnn_0/lstm_cell/bias'):
         experiment.warm_start_settings(run, legacy_lstm.model_dir)
-    result = run_bin('train', '--model=pixel_row_lstm', f'--data={digits_npz}',
+    result = run_cli('train', '--model=pixel_row_lstm', f'--data={digits_npz}',
                      f'--model_dir={tmp_path / "run"}', f'--warm_start_from={tmp_path / "nothing"}', check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f'error: --warm_start_from={tmp_path / "nothing"}: no such checkpoint or model_dir']
 
 
-def test_a_plain_saver_restores_a_project_checkpoint_by_the_listed_names(digits_npz, tmp_path):
-    model_dir = str(tmp_path / 'pixel_row_lstm')
-    train_on_a_few_examples('pixel_row_lstm', digits_npz, model_dir, 3, TINY['pixel_row_lstm'])
-    listing = run_bin('export', f'--model_dir={model_dir}', '--list_variables').stdout.splitlines()
+def test_a_plain_saver_restores_a_project_checkpoint_by_the_listed_names(digits_export):
+    run, _, _ = digits_export  # a pixel_row_lstm of TINY's sizes: read here, not written
+    listing = run_cli('export', f'--model_dir={run.model_dir}', '--list_variables').stdout.splitlines()
     checkpoint = listing[0].lstrip('# ')
     variables = [line.split('\t') for line in listing[1:]]
     assert ['rnn_0/lstm_cell/kernel', '[28, 64]', 'float32'] in variables

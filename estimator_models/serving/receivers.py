@@ -139,7 +139,9 @@ def _clip_receivers(size, max_frames):
         tf.cond(tf.size(lengths_from_bytes) > 0, lambda: lengths_from_bytes, lambda: full_lengths),
         [None], name=LENGTHS_KEY)
     checked_frames = _checked_pixels(_checked_clip_length(frames, max_frames, FRAMES_KEY), FRAMES_KEY)
-    return {FRAMES_KEY: checked_frames, LENGTH_KEY: _checked_lengths(lengths, frames)}, {
+    # The lengths are checked against the checked frames, so that a request breaking both
+    # (no frames at all) is always told about its frames first, never one or the other.
+    return {FRAMES_KEY: checked_frames, LENGTH_KEY: _checked_lengths(lengths, checked_frames)}, {
         'serving_default': {FRAMES_KEY: frames},
         LENGTHS_SIGNATURE: {FRAMES_KEY: frames, LENGTHS_KEY: lengths},
         'predict_bytes': {FRAMES_BYTES_KEY: frames_bytes},

@@ -1,5 +1,6 @@
 """A run that diverges stops with one line naming the step and the last good checkpoint;
-a write that fails (a full disk) is one line too, and loses nothing written before."""
+a write that fails (a full disk, met by a bin/train process) is one line too, and loses
+nothing written before."""
 
 import contextlib
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_bin
+from conftest import run_bin, run_cli
 
 SMALL = ['--model=pixel_row_lstm', '--hparams=rnn_units=16,batch_size=16,warmup_steps=1']
 
@@ -18,7 +19,7 @@ SMALL = ['--model=pixel_row_lstm', '--hparams=rnn_units=16,batch_size=16,warmup_
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(digits_npz, tmp_path):
     model_dir = str(tmp_path / 'run')
     # Adam moves each weight by about the learning rate: 3e38 overflows float32 at once.
-    result = run_bin('train', f'--data={digits_npz}', f'--model_dir={model_dir}', *SMALL,
+    result = run_cli('train', f'--data={digits_npz}', f'--model_dir={model_dir}', *SMALL,
                      '--learning_rate=3e38', '--train_steps=50', '--checkpoint_every=10', check=False)
     assert result.returncode == 3
     line = result.stderr.strip().splitlines()[-1]
@@ -27,9 +28,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(digits_npz
     assert f'The last good checkpoint, {checkpoint}, is kept' in line
     for name, _ in tf.train.list_variables(checkpoint):
         assert np.all(np.isfinite(tf.train.load_variable(checkpoint, name))), name
-    evaluated = run_bin('evaluate', f'--model_dir={model_dir}')
+    evaluated = run_cli('evaluate', f'--model_dir={model_dir}')
     assert '"accuracy"' in evaluated.stdout
-    exported = run_bin('export', f'--model_dir={model_dir}').stdout.strip().splitlines()[-1]
+    exported = run_cli('export', f'--model_dir={model_dir}').stdout.strip().splitlines()[-1]
     assert os.path.exists(os.path.join(exported, 'saved_model.pb'))
 
 
@@ -44,6 +45,8 @@ def small_file_system(path, megabytes):
     try:
         yield path
     finally:
+        # Runs in this process leave their events files open in TensorFlow's writer cache.
+        tf.compat.v1.summary.FileWriterCache.clear()
         subprocess.run(['umount', str(path)], check=False)
 
 
@@ -60,9 +63,10 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(digits_n
     with small_file_system(tmp_path / 'disk', 64) as disk:
         model_dir = str(disk / 'run')
         args = [f'--data={digits_npz}', f'--model_dir={model_dir}', *SMALL, '--checkpoint_every=10']
-        run_bin('train', *args, '--train_steps=10')
+        run_cli('train', *args, '--train_steps=10')
         good = tf.train.latest_checkpoint(model_dir)
         filler = _fill(str(disk), leave_bytes=64 * 1024)
+        # A process of its own: all it writes to stderr, until it has exited, is one line.
         failed = run_bin('train', *args, '--train_steps=20', check=False)
         assert failed.returncode != 0
         lines = failed.stderr.strip().splitlines()
@@ -71,5 +75,5 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(digits_n
         assert tf.train.latest_checkpoint(model_dir) == good
         tf.train.load_variable(good, 'rnn_0/lstm_cell/kernel')
         os.remove(filler)
-        resumed = run_bin('train', *args, '--train_steps=20')
+        resumed = run_cli('train', *args, '--train_steps=20')
         assert 'at step 20' in resumed.stdout

@@ -8,17 +8,13 @@ InvalidArgumentError / DataLossError for the input functions. Anything else is a
 """
 
 import base64
-import concurrent.futures
 import json
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import run_cli
 from estimator_models.serving import predicting
 from input_fns import BAD_RECORDS_KEY, preprocess, source, tfrecords
 from input_fns.errors import UserError
@@ -26,7 +22,6 @@ from test_hostile_input import CLAIMING, bmp_claiming, decode_in_graph, png
 
 SEED = 0
 CASE_SECONDS = 60  # wall-clock bound of one in-process case (the first builds its tf.data graphs)
-PROCESS_SECONDS = 120  # of one bin/predict run (TensorFlow's import alone takes ~6 s)
 LIMIT = preprocess.DEFAULT_MAX_IMAGE_PIXELS
 CLEAR_ERRORS = (UserError, tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 
@@ -378,7 +373,7 @@ def test_fuzzed_requests_get_one_line_errors(digits_export, clips_export):
     verdicts.check(at_least=200)
 
 
-# --- bin/predict in a subprocess -------------------------------------------------------
+# --- bin/predict, run in this process --------------------------------------------------
 
 
 def _bin_predict_cases(tmp_path, rng, saved_model):
@@ -409,25 +404,17 @@ def _bin_predict_cases(tmp_path, rng, saved_model):
     return [(name, [f'--saved_model={saved_model}'] + arguments) for name, arguments in cases]
 
 
-def _run_predict(arguments):
-    start = time.monotonic()
-    try:
-        done = subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'predict'), *arguments],
-                              capture_output=True, text=True, timeout=PROCESS_SECONDS)
-    except subprocess.TimeoutExpired:
-        return None, '', f'hung for more than {PROCESS_SECONDS} s', PROCESS_SECONDS
-    return done.returncode, done.stdout, done.stderr, time.monotonic() - start
-
-
 def test_bin_predict_refuses_fuzzed_requests_and_files_in_one_line(digits_export, tmp_path):
     _, path, _ = digits_export
     cases = _bin_predict_cases(tmp_path, np.random.default_rng(SEED), path)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # 2 cores
-        results = list(pool.map(lambda case: _run_predict(case[1]), cases))
     broken = []
-    for (name, _), (code, stdout, stderr, seconds) in zip(cases, results):
-        errors = [line for line in stderr.splitlines() if line.startswith('error: ')]
-        if code != 2 or len(errors) != 1 or stdout or 'Traceback' in stderr:
-            broken.append(f'{name}: exit {code} in {seconds:.0f} s, stderr {stderr[-500:]!r}')
+    for name, arguments in cases:
+        start = time.monotonic()
+        done = run_cli('predict', *arguments, check=False)
+        seconds = time.monotonic() - start
+        errors = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
+        if (done.returncode != 2 or len(errors) != 1 or done.stdout or 'Traceback' in done.stderr
+                or seconds > CASE_SECONDS):
+            broken.append(f'{name}: exit {done.returncode} in {seconds:.0f} s, stderr {done.stderr[-500:]!r}')
     assert not broken, '\n'.join(broken)
     assert len(cases) >= 5

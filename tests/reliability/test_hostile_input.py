@@ -233,24 +233,36 @@ def test_a_30000_pixel_square_png_is_refused_by_the_predict_bytes_signature_in_l
 # --- Clips and pixels through the serving signatures ------------------------------------
 
 
+@pytest.fixture(scope='module')
+def loaded_digits(digits_export):
+    """The digits export as predicting.load gives it, loaded once for every request here."""
+    return predicting.load(digits_export[1])
+
+
+@pytest.fixture(scope='module')
+def loaded_clips(clips_export):
+    """The clips export as predicting.load gives it, loaded once for every request here."""
+    return predicting.load(clips_export[1])
+
+
 def _refused(loaded, body, message, signature='serving_default'):
     with pytest.raises(UserError, match=message) as raised:
         predicting.run_request(loaded, signature, body)
     assert '\n' not in str(raised.value)
 
 
-def test_served_clips_over_max_frames_or_of_no_frames_are_refused(clips_export):
-    run, path, examples = clips_export
-    loaded = predicting.load(path)
+def test_served_clips_over_max_frames_or_of_no_frames_are_refused(clips_export, loaded_clips):
+    run, _, examples = clips_export
     frame = examples.inputs[0][:1].astype(np.float32).tolist()
     too_long = frame * (receivers.DEFAULT_MAX_FRAMES_SERVED + 1)
-    _refused(loaded, {'instances': [too_long]}, 'frames: clips of 513 frames, more than max_frames_served=512')
+    _refused(loaded_clips, {'instances': [too_long]},
+             'frames: clips of 513 frames, more than max_frames_served=512')
     # Real encoded frames: with '' (padding) the clip would also be empty, a second fault
     # whose check could fire first.
     png = base64.b64encode(tf.io.encode_png(examples.inputs[0][0].astype(np.uint8)).numpy()).decode()
-    _refused(loaded, {'instances': [{'frames_bytes': [{'b64': png}] * 513}]},
+    _refused(loaded_clips, {'instances': [{'frames_bytes': [{'b64': png}] * 513}]},
              'frames_bytes: clips of 513 frames, more than max_frames_served', 'predict_bytes')
-    signatures = loaded.signatures
+    signatures = loaded_clips.signatures
     height, width, channels = (run.hparams[key] for key in ('height', 'width', 'channels'))
     with pytest.raises(tf.errors.InvalidArgumentError, match='frames: a clip of no frames'):
         signatures['serving_default'](frames=tf.zeros([1, 0, height, width, channels]))
@@ -258,34 +270,32 @@ def test_served_clips_over_max_frames_or_of_no_frames_are_refused(clips_export):
         signatures['predict_bytes'](frames_bytes=tf.zeros([2, 0], tf.string))
 
 
-def test_served_clips_with_empty_or_impossible_lengths_are_refused(clips_export):
-    _, path, examples = clips_export
-    loaded = predicting.load(path)
+def test_served_clips_with_empty_or_impossible_lengths_are_refused(clips_export, loaded_clips):
+    _, _, examples = clips_export
     frames = examples.inputs[:2, :3].astype(np.float32).tolist()
-    _refused(loaded, {'inputs': {'frames': frames, 'lengths': [3, 0]}}, 'lengths: an empty clip',
+    _refused(loaded_clips, {'inputs': {'frames': frames, 'lengths': [3, 0]}}, 'lengths: an empty clip',
              'predict_with_lengths')
-    _refused(loaded, {'inputs': {'frames': frames, 'lengths': [3, 4]}}, 'lengths: a length beyond the 3 frames',
-             'predict_with_lengths')
-    _refused(loaded, {'inputs': {'frames': frames, 'lengths': [3]}}, 'lengths: 1 lengths for 2 clips',
+    _refused(loaded_clips, {'inputs': {'frames': frames, 'lengths': [3, 4]}},
+             'lengths: a length beyond the 3 frames', 'predict_with_lengths')
+    _refused(loaded_clips, {'inputs': {'frames': frames, 'lengths': [3]}}, 'lengths: 1 lengths for 2 clips',
              'predict_with_lengths')
     # Encoded frames: a clip of padding only ('' every frame) is a clip of length 0.
-    _refused(loaded, {'instances': [[{'b64': ''}, {'b64': ''}]]}, r'lengths: an empty clip', 'predict_bytes')
+    _refused(loaded_clips, {'instances': [[{'b64': ''}, {'b64': ''}]]}, r'lengths: an empty clip',
+             'predict_bytes')
 
 
 @pytest.mark.parametrize('bad_value', [float('nan'), float('inf'), -float('inf')])
 def test_nan_and_infinite_pixels_are_refused_by_every_raw_pixel_signature(
-        digits_export, clips_export, bad_value):
-    _, image_path, digits = digits_export
+        digits_export, clips_export, loaded_digits, loaded_clips, bad_value):
+    _, _, digits = digits_export
     image = digits.inputs[0].astype(np.float32)
     image[3, 4] = bad_value
-    _refused(predicting.load(image_path), {'instances': [image.tolist()]},
-             'image: NaN or infinite pixel values')
-    _, clip_path, clips = clips_export
+    _refused(loaded_digits, {'instances': [image.tolist()]}, 'image: NaN or infinite pixel values')
+    _, _, clips = clips_export
     clip = clips.inputs[0][:4].astype(np.float32)
     clip[2, 5, 6] = bad_value
-    loaded = predicting.load(clip_path)
-    _refused(loaded, {'instances': [clip.tolist()]}, 'frames: NaN or infinite pixel values')
-    _refused(loaded, {'inputs': {'frames': [clip.tolist()], 'lengths': [4]}},
+    _refused(loaded_clips, {'instances': [clip.tolist()]}, 'frames: NaN or infinite pixel values')
+    _refused(loaded_clips, {'inputs': {'frames': [clip.tolist()], 'lengths': [4]}},
              'frames: NaN or infinite pixel values', 'predict_with_lengths')
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_bin
+from conftest import REPO, run_cli
 
 TRAIN_ARGS = ['--model=pixel_row_lstm', '--hparams=rnn_units=16,batch_size=16', '--checkpoint_every=100000']
 
@@ -98,7 +98,7 @@ def test_sigkill_loses_at_most_the_time_between_checkpoints_and_a_restart_finish
     saved = _checkpoint_steps(model_dir)
     assert max(saved) > 0
     resumed_to = max(saved) + 20
-    result = run_bin('train', f'--data={digits_npz}', f'--model_dir={model_dir}', *TRAIN_ARGS,
+    result = run_cli('train', f'--data={digits_npz}', f'--model_dir={model_dir}', *TRAIN_ARGS,
                      f'--train_steps={resumed_to}')
     assert 'done: accuracy' in result.stdout
     assert f'at step {resumed_to}' in result.stdout

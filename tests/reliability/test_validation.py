@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import run_bin
+from conftest import run_bin, run_cli
 from estimator_models import pixel_row_lstm
 from estimator_models.running import experiment, hparams
 from input_fns.errors import UserError
@@ -41,7 +41,7 @@ def saved_run(tmp_path):
 
 
 A_FILE = '{tmp}/a_file'
-# Each through bin/train in its own process: one of each kind of mistake.
+# Each through bin/train: one of each kind of mistake.
 COMMAND_CASES = [
     (['--model=resnet'], "unknown model 'resnet'"),
     (['--model=pixel_row_lstm', '--hparams=rnn_units=-3'], 'hparam rnn_units must be positive, got -3'),
@@ -55,6 +55,9 @@ COMMAND_CASES = [
     (['--model=pixel_row_lstm', '--warm_start_from=/no/such/checkpoint'],
      '--warm_start_from=/no/such/checkpoint: no such checkpoint or model_dir'),
 ]
+# The mistake refused in a fresh process too, TensorFlow's import included in its CPU time:
+# the embedded digits it names would take minutes to prepare.
+PROCESS_CASE = COMMAND_CASES[5]
 # The same checks (experiment.validate_training, which bin/train runs first) in-process:
 # (model, model_dir, data, eval_data, hparams, export_dir) and the error.
 VALIDATION_CASES = [
@@ -80,22 +83,35 @@ def _assert_nothing_written(data_dirs, tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('args, message', COMMAND_CASES)
-def test_bin_train_refuses_a_mistake_before_any_data_or_graph(args, message, empty_data_dirs, saved_run, tmp_path):
+def _refused(runner, args, message, data_dirs, tmp_path):
+    """Runs bin/train ARGS (formatted with tmp=tmp_path, a model_dir added if none is given)
+    through `runner`, run_cli in this process or run_bin in a fresh one, in tmp_path; checks
+    it refused the mistake with `message` in one line, having written nothing and taken
+    under CPU_SECONDS of CPU."""
     (tmp_path / 'a_file').write_text('not a directory')
     args = [arg.format(tmp=tmp_path) for arg in args]
     if not any(arg.startswith('--model_dir') for arg in args):
         args.append(f'--model_dir={tmp_path / "run"}')
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    result = run_bin('train', *args, check=False, cwd=str(tmp_path))
-    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - start
+    whose = resource.RUSAGE_CHILDREN if runner is run_bin else resource.RUSAGE_SELF
+    before, start = resource.getrusage(whose), time.time()
+    result = runner('train', *args, check=False, cwd=str(tmp_path))
+    after, wall = resource.getrusage(whose), time.time() - start
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
     assert message in lines[0]
-    _assert_nothing_written(empty_data_dirs, tmp_path)
+    _assert_nothing_written(data_dirs, tmp_path)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < CPU_SECONDS, f'the refused run took {cpu:.1f} s of CPU ({wall:.1f} s wall)'
+
+
+@pytest.mark.parametrize('args, message', COMMAND_CASES)
+def test_bin_train_refuses_a_mistake_before_any_data_or_graph(args, message, empty_data_dirs, saved_run, tmp_path):
+    _refused(run_cli, args, message, empty_data_dirs, tmp_path)
+
+
+def test_a_bin_train_process_refuses_a_mistake_in_seconds(empty_data_dirs, saved_run, tmp_path):
+    _refused(run_bin, *PROCESS_CASE, empty_data_dirs, tmp_path)
 
 
 @pytest.mark.parametrize('arguments, message', VALIDATION_CASES)
