@@ -165,6 +165,15 @@ def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_exampl
     return run, before, estimator.evaluate(eval_input)['loss']
 
 
+def train_without_evaluating(model, data, model_dir, overrides, steps, num_examples=None):
+    """Trains `model` `steps` steps on the first `num_examples` of `data` (default: all),
+    with no evaluation, for tests that read checkpoints or predictions but no loss; returns
+    the run. model.ckpt-0 and model.ckpt-<steps> hold the weights before and after."""
+    run, estimator, train_input, _ = _on_a_few_examples(model, data, model_dir, steps, overrides, num_examples)
+    estimator.train(train_input, max_steps=steps)
+    return run
+
+
 def _on_a_few_examples(model, data, model_dir, steps, overrides, num_examples):
     """(run, Estimator for `steps` steps, train input_fn, eval input_fn) of `model` on the
     first `num_examples` of `data`."""

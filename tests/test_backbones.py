@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, held_out_arrays, run_cli, serve_each_in_one_fresh_process, train_on_a_few_examples
+from conftest import (TINY, held_out_arrays, run_cli, serve_each_in_one_fresh_process, train_on_a_few_examples,
+                      train_without_evaluating)
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
 from input_fns import moving_glyphs
@@ -65,16 +66,6 @@ def from_weights(weights_path, trainable):
     """temporal_cnn_lstm's overrides for a mobilenet_v2 backbone that starts from the .h5."""
     return dict(TINY['temporal_cnn_lstm'], backbone='mobilenet_v2', backbone_weights=weights_path,
                 backbone_trainable=str(trainable).lower(), batch_size='8')
-
-
-def train_without_evaluating(model, data, model_dir, overrides, steps, num_examples=None):
-    """Trains `model` `steps` steps on the first `num_examples` of `data` (default: all);
-    model.ckpt-0 and model.ckpt-<steps> hold the weights before and after."""
-    run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
-    estimator = experiment.make_estimator(
-        run, experiment.run_config(model_dir, seed=1, checkpoint_every=steps), train_steps=steps)
-    estimator.train(run.input_fn(train_source, tf.estimator.ModeKeys.TRAIN, seed=1, num_examples=num_examples),
-                    max_steps=steps)
 
 
 class Trained(NamedTuple):

@@ -4,9 +4,8 @@ the first frame does."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import train_on_a_few_examples
+from conftest import train_on_a_few_examples, train_without_evaluating
 from estimator_models.running import experiment
 from input_fns.arrays import LabelledArrays
 
@@ -22,18 +21,6 @@ def _clips(frames, lengths):
     return LabelledArrays(frames, np.zeros(len(frames), np.int64), np.array(lengths, np.int32))
 
 
-def _trained_two_steps(clips_npz, model_dir, overrides):
-    """A run of temporal_cnn_lstm trained two steps on 32 clips, its checkpoint in
-    model_dir: weights that are no longer the initializer's, for the predictions below
-    (no evaluation: nothing here reads the loss)."""
-    run, train_source, _ = experiment.prepare_training('temporal_cnn_lstm', model_dir, clips_npz, None, overrides)
-    estimator = experiment.make_estimator(run, experiment.run_config(model_dir, seed=1, checkpoint_every=2),
-                                          train_steps=2)
-    estimator.train(run.input_fn(train_source, tf.estimator.ModeKeys.TRAIN, seed=1, num_examples=32),
-                    max_steps=2)
-    return run
-
-
 def test_loss_falls_on_a_small_batch(clips_npz, tmp_path):
     _, before, after = train_on_a_few_examples(
         'temporal_cnn_lstm', clips_npz, str(tmp_path), steps=40, overrides=FAST, num_examples=16)
@@ -42,7 +29,8 @@ def test_loss_falls_on_a_small_batch(clips_npz, tmp_path):
 
 @pytest.mark.parametrize('pooling', ['last', 'mean', 'max', 'attention'])
 def test_padding_never_changes_predictions(clips_npz, tmp_path, pooling):
-    run = _trained_two_steps(clips_npz, str(tmp_path), {**FAST, 'bidirectional': 'true', 'pooling': pooling})
+    run = train_without_evaluating('temporal_cnn_lstm', clips_npz, str(tmp_path),
+                                   {**FAST, 'bidirectional': 'true', 'pooling': pooling}, steps=2, num_examples=32)
     rng = np.random.default_rng(0)
     short, noise, long = _random_clips(rng, 1, 6), _random_clips(rng, 1, 6), _random_clips(rng, 1, 12)
     # The six-frame clip alone, then padded with six frames of noise and batched next
@@ -55,7 +43,8 @@ def test_padding_never_changes_predictions(clips_npz, tmp_path, pooling):
 
 
 def test_single_frame_baseline_ignores_later_frames(clips_npz, tmp_path):
-    run = _trained_two_steps(clips_npz, str(tmp_path), {**FAST, 'max_frames': '1'})
+    run = train_without_evaluating('temporal_cnn_lstm', clips_npz, str(tmp_path), {**FAST, 'max_frames': '1'},
+                                   steps=2, num_examples=32)
     rng = np.random.default_rng(1)
     clips = _random_clips(rng, 2, 8)
     clips[1, 0] = clips[0, 0]  # same first frame, different later frames
