@@ -4,10 +4,12 @@ bin/evaluate and Estimator.predict on the same checkpoint."""
 
 import collections
 import contextlib
+import functools
 import glob
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,11 +20,12 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from conftest import (DIGITS_RUN_BATCH_SIZE as BATCH_SIZE, DIGITS_RUN_CHECKPOINT_EVERY as CHECKPOINT_EVERY,
-                      DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, held_out_arrays,
-                      run_cli)
+                      DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, digits_run_args,
+                      held_out_arrays, run_cli)
 from estimator_models.layers import summaries
 from estimator_models.running import experiment, monitoring
 from input_fns.errors import UserError
@@ -31,6 +34,7 @@ NUM_CLASSES = 10
 TRAIN_SCALARS = ('loss', 'accuracy', 'learning_rate', 'gradient_norm', 'examples_per_sec',
                  'global_step/sec')
 EVAL_SCALARS = ('loss', 'accuracy', 'top_5_accuracy', 'mean_per_class_accuracy')
+RESUMED_STEPS = 3
 
 Event = collections.namedtuple('Event', 'step value')
 
@@ -41,14 +45,29 @@ def model_dir(digits_run):
     return digits_run[0]
 
 
+def _event_protos(directory):
+    """The Event protos of the event files directly in directory, oldest file first."""
+    for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+        yield from tf.compat.v1.train.summary_iterator(path)
+
+
 def _events(directory):
     """{tag: [Event(step, summary value proto)]} from the event files directly in directory."""
     tags = collections.defaultdict(list)
-    for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tags[value.tag].append(Event(event.step, value))
+    for event in _event_protos(directory):
+        for value in event.summary.value:
+            tags[value.tag].append(Event(event.step, value))
     return tags
+
+
+def _session_start_steps(directory):
+    """The steps of the SessionLog.START events in directory's event files."""
+    return [event.step for event in _event_protos(directory)
+            if event.session_log.status == tf.compat.v1.SessionLog.START]
+
+
+def _logged_steps(directory, tag):
+    return [event.step for event in _events(directory)[tag]]
 
 
 def _assert_finite_scalars_at_increasing_steps(events, tags):
@@ -73,6 +92,17 @@ def test_train_run_has_scalars_images_and_histograms(model_dir):
     for tag in ('weights/rnn_0/lstm_cell/kernel', 'weights/logits/kernel', 'activations/sequence',
                 'activations/final_state', 'activations/logits'):
         assert events[tag] and events[tag][0].value.histo.num > 0, tag
+
+
+def test_tensorboard_loader_keeps_every_scalar_from_the_first_logged_step(model_dir):
+    # A SessionLog.START tells TensorBoard's loader that the run restarted at its step:
+    # it drops every value already read from that step on.
+    assert _session_start_steps(model_dir) == [1]
+    accumulator = event_accumulator.EventAccumulator(model_dir)
+    accumulator.Reload()
+    for tag in TRAIN_SCALARS:
+        assert [scalar.step for scalar in accumulator.Scalars(tag)] == _logged_steps(model_dir, tag), tag
+    assert accumulator.Scalars('loss')[0].step == 1
 
 
 def test_eval_run_has_metrics_confusion_matrix_and_pr_curves(model_dir):
@@ -184,13 +214,14 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def tensorboard_url(model_dir):
-    """A real TensorBoard server on localhost reading model_dir; stopped after the test."""
+@contextlib.contextmanager
+def _tensorboard(logdir, *flags):
+    """A real TensorBoard server on localhost reading logdir, given `flags` too: yields its
+    URL, and stops it when the block ends."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, '-m', 'tensorboard.main', '--logdir', model_dir, '--host', '127.0.0.1',
-         '--port', str(port), '--reload_interval', '1'],
+        [sys.executable, '-m', 'tensorboard.main', '--logdir', logdir, '--host', '127.0.0.1',
+         '--port', str(port), '--reload_interval', '1', *flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield f'http://127.0.0.1:{port}'
@@ -201,6 +232,13 @@ def tensorboard_url(model_dir):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture
+def tensorboard_url(model_dir):
+    """A real TensorBoard server on localhost reading model_dir; stopped after the test."""
+    with _tensorboard(model_dir) as url:
+        yield url
 
 
 def _get(url, path, **query):
@@ -244,3 +282,19 @@ def test_tensorboard_serves_both_runs_their_scalars_and_images(tensorboard_url):
     assert 'confusion_matrix/0' in image_tags['eval']
     pr_tags = _get(tensorboard_url, '/data/plugin/pr_curves/tags')
     assert {f'pr_curves/{k}' for k in range(NUM_CLASSES)} <= set(pr_tags['eval'])
+
+
+def _served_steps(url, run, tag):
+    return [step for _, step, _ in _get(url, '/data/plugin/scalars/scalars', run=run, tag=tag)]
+
+
+def test_tensorboard_serves_the_first_step_of_a_fresh_and_a_resumed_run(model_dir, digits_npz, tmp_path):
+    fresh, resumed = (shutil.copytree(model_dir, tmp_path / name) for name in ('fresh', 'resumed'))
+    run_cli('train', *digits_run_args(digits_npz, resumed), f'--train_steps={STEPS + RESUMED_STEPS}')
+    assert _session_start_steps(resumed) == [1, STEPS + 1]
+    logged = {run.name: _logged_steps(run, 'loss') for run in (fresh, resumed)}
+    assert logged['fresh'][0] == logged['resumed'][0] == 1 and STEPS + 1 in logged['resumed']
+    # The Python loader, the one that acts on SessionLog.START.
+    with _tensorboard(tmp_path, '--load_fast=false') as url:
+        for run, steps in logged.items():
+            _poll(functools.partial(_served_steps, url, run, 'loss'), steps.__eq__)

@@ -138,36 +138,48 @@ class ExamplesPerSecondHook(tf.compat.v1.train.StepCounterHook):
 
 
 class CollectionSummaryHook(tf.compat.v1.train.SessionRunHook):
-    """Writes the summaries of one graph collection every `every_n_steps` steps.
+    """Writes the summaries of one graph collection at a session's first step and every
+    `every_n_steps` steps after, through the summary writer that the Estimator's own
+    hooks share for `output_dir` (FileWriterCache).
 
-    A SummarySaverHook needs its summary op when built, but TrainSpec hooks are built
-    before the model_fn makes the graph; this one finds the op when the graph is done.
+    Not a SummarySaverHook: that needs its summary op when built, but TrainSpec hooks are
+    built before the model_fn makes the graph; and it writes a SessionLog.START of its
+    own beside the Estimator's, which TensorBoard takes for a restart at that step,
+    dropping the scalars already written there.
     """
 
     def __init__(self, collection, every_n_steps, output_dir):
         self._collection = collection
-        self._every_n_steps = every_n_steps
         self._output_dir = output_dir
-        self._saver = None
+        self._timer = tf.compat.v1.train.SecondOrStepTimer(every_steps=every_n_steps)
 
     def begin(self):
-        summary_op = tf.compat.v1.summary.merge_all(key=self._collection)
-        if summary_op is None:
-            return
-        self._saver = tf.compat.v1.train.SummarySaverHook(
-            save_steps=self._every_n_steps, output_dir=self._output_dir, summary_op=summary_op)
-        self._saver.begin()
+        self._summary_op = tf.compat.v1.summary.merge_all(key=self._collection)
+        self._global_step = tf.compat.v1.train.get_global_step()
+        self._writer = tf.compat.v1.summary.FileWriterCache.get(self._output_dir)
+        self._timer.reset()
+
+    def after_create_session(self, session, coord):
+        self._next_step = session.run(self._global_step) + 1
 
     def before_run(self, run_context):
-        return self._saver.before_run(run_context) if self._saver else None
+        fetches = {'step': self._global_step}
+        if self._summary_op is not None and self._timer.should_trigger_for_step(self._next_step):
+            fetches['summary'] = self._summary_op
+        return tf.compat.v1.train.SessionRunArgs(fetches)
 
     def after_run(self, run_context, run_values):
-        if self._saver:
-            self._saver.after_run(run_context, run_values)
+        step = run_values.results['step'] + 1
+        if 'summary' in run_values.results:
+            # The step fetched beside the summary may be read before or after this run's
+            # update (and other workers' updates, in parameter-server training).
+            step = run_context.session.run(self._global_step)
+            self._timer.update_last_triggered_step(step)
+            self._writer.add_summary(run_values.results['summary'], step)
+        self._next_step = step + 1
 
     def end(self, session):
-        if self._saver:
-            self._saver.end(session)
+        self._writer.flush()
 
 
 def parse_profile_steps(text, train_steps):
