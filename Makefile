@@ -7,7 +7,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: train test test-profile memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test docs test-profile memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -18,6 +18,11 @@ train: $(INSTALLED)
 PYTEST_WORKERS := -n logical --dist loadfile --no-loadscope-reorder
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest $(PYTEST_WORKERS) tests
+
+# docs/hparams.md from the hparam declarations (tests/test_hparams_doc.py checks it is current).
+docs: $(INSTALLED)
+	$(VENV_PYTHON) -m estimator_models.running.hparams_doc > docs/hparams.md.tmp
+	mv docs/hparams.md.tmp docs/hparams.md
 
 # make test, reporting the 40 slowest tests and each file's CPU time (BENCHMARKS.md).
 test-profile: $(INSTALLED)

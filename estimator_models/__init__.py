@@ -5,7 +5,8 @@ one part; imports point down only (tests/test_layout.py checks it):
 running -> serving -> the model_fns and registry -> legacy -> layers -> input_fns.
 
   layers/   what the model_fns are built from: sequencing, the recurrent stack,
-            backbones, the classification head, in-graph summaries and metrics
+            backbones, the classification head, in-graph summaries and metrics, and
+            the type every hparam is declared with
   legacy/   users' own TF1 model_fns, and TF1 checkpoints converted for warm start
   serving/  serving receivers and signatures, the exporters, predict from a SavedModel
   running/  flags, hparams, the Estimator wiring, progress, monitoring hooks, benchmarks

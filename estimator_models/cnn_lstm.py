@@ -3,23 +3,33 @@
 import tensorflow as tf
 
 from estimator_models.layers import backbones, head, recurrent, regions, sequencing, summaries
+from estimator_models.layers.hparam_declarations import POSITIVE, HParam, choices_of
 from input_fns import BOXES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY
 
 KIND = IMAGE
 DEFAULT_DATA = 'glyph_digits'
 DEFAULT_TRAIN_STEPS = 3000
+HPARAMS = (
+    HParam('sequence', 'rows', 'how the feature map becomes the steps: its rows, columns, every '
+           'position (flatten), its average once per row (pooled), or regions',
+           choices=tuple(sequencing.SEQUENCERS) + ('regions',),
+           details='`regions` takes one step per region: the feature map under it, sampled at the '
+                   'centres of its 2x2 equal parts.'),
+    HParam('regions', 'grid', 'sequence=regions: the cells of grid, the same for every image, or each '
+           "image's own boxes from the data", choices=regions.SOURCES,
+           details="""
+               `boxes` reads TFRecord Examples with `image/object/bbox/{ymin,xmin,ymax,xmax}` (the TF
+               Object Detection API's keys, fractions of the image): a variable number per image,
+               masked like the frames of a clip; an image without boxes is one box, the whole image.
+               Boxes need resize=resize and augment=none, since anything else would move the image
+               under its boxes, and exports then take `boxes` and `num_boxes` (README, Serving).
+               E.g. `--data='boxes.tfrecord*' --hparams=sequence=regions,regions=boxes`."""),
+    HParam('grid', '3x3', 'regions=grid: RxC equal cells, read in raster order'),
+    HParam('step', 1, 'read every step-th row, column or position of the feature map, from the first',
+           bound=POSITIVE),
+    *backbones.HPARAMS,
+)
 DEFAULT_HPARAMS = {
-    'cnn_filters': [32, 64],
-    # How the feature map becomes a sequence: see estimator_models.layers.sequencing.SEQUENCERS,
-    # or `regions` (estimator_models.layers.regions): the cells of `grid`, or with
-    # regions=boxes each image's own boxes from the data.
-    'sequence': 'rows',
-    'regions': 'grid',
-    'grid': '3x3',
-    # Read every step-th entry of that sequence (row, column or position), from the first.
-    'step': 1,
-    # The CNN: small_cnn (cnn_filters wide) or a Keras application (estimator_models.layers.backbones).
-    **backbones.DEFAULT_HPARAMS,
     # Measured on 8,000 handwriting-like digits (README, hparams): BatchNorm in the CNN
     # with light warps gains 0.2 points over light warps alone and 0.25 over neither;
     # strong warps with BatchNorm score the same and cost 15% more time. regions=boxes
@@ -27,8 +37,7 @@ DEFAULT_HPARAMS = {
     'cnn_batch_norm': True,
     'augment': 'light',
 }
-HPARAM_CHOICES = {'sequence': tuple(sequencing.SEQUENCERS) + ('regions',), 'regions': regions.SOURCES,
-                  'backbone': backbones.BACKBONES}
+HPARAM_CHOICES = choices_of(HPARAMS)
 
 
 def model_fn(features, labels, mode, params):

@@ -5,8 +5,11 @@ Each module provides:
   KIND                 input_fns.IMAGE or input_fns.CLIP: what its features hold
   DEFAULT_DATA         the embedded dataset it trains on when --data is omitted
   DEFAULT_TRAIN_STEPS  the steps of a default run
-  DEFAULT_HPARAMS      its hparams beyond estimator_models.running.hparams.COMMON_DEFAULTS
-  HPARAM_CHOICES       the allowed values of its string hparams
+  HPARAMS              the declarations (estimator_models.layers.hparam_declarations.HParam)
+                       of its hparams beyond estimator_models.running.common_hparams.COMMON_HPARAMS
+  DEFAULT_HPARAMS      {name: default} where its default differs from the declaration's,
+                       for common hparams or its own (docs/hparams.md shows both)
+  HPARAM_CHOICES       the allowed values of its hparams that have choices, from HPARAMS
 
 A name `package.module:function` is a user's own TF1 model_fn instead, given the same
 attributes by estimator_models.legacy.user_model_fn.

@@ -3,34 +3,43 @@
 import tensorflow as tf
 
 from estimator_models.layers import backbones, head, recurrent, sequencing, summaries
+from estimator_models.layers.hparam_declarations import NON_NEGATIVE, POSITIVE, HParam, choices_of
 from input_fns import CLIP, FRAME_LABELS_KEY, FRAMES_KEY, LENGTH_KEY
 
 KIND = CLIP
 DEFAULT_DATA = 'moving_glyphs'
 DEFAULT_TRAIN_STEPS = 1000
+HPARAMS = (
+    HParam('frame_features', 128, "size of each frame's vector, from its CNN feature map", bound=POSITIVE),
+    HParam('max_frames', 0, 'read at most this many frames of each clip (0: all); 1 is the '
+           'single-frame baseline, the same model blind to motion', bound=NON_NEGATIVE),
+    HParam('frame_differences', True, "also give the CNN each frame's difference from the previous "
+           'one as extra channels',
+           details="""
+               Motion then shows as a local pattern a convolution finds anywhere in the frame,
+               instead of a change of position the recurrent stack must work out by itself. With a
+               Keras application as the backbone (which takes 3-channel images) the differences are
+               taken between the frames' feature vectors instead."""),
+    *backbones.HPARAMS,
+    HParam('head', 'clip', 'what is classified: the clip, or every frame from the frame labels of '
+           'the data', choices=('clip', 'per_frame'),
+           details="""
+               `per_frame` reads `.npz` `frame_labels`, SequenceExample `clip/frame_labels` or the
+               embedded clips' own; the loss and accuracy count each clip's true frames only,
+               pooling does not apply, and exports answer `classes` [batch, T] and `probabilities`
+               [batch, T, K] without a `classification` signature. TensorBoard's `accuracy` is
+               then per frame, beside `num_frames`."""),
+    HParam('num_frame_classes', 0, 'head=per_frame: classes of the frame labels (0: as many as the '
+           'data shows)', bound=NON_NEGATIVE,
+           details='Set it when the first records do not show the largest class.'),
+)
 DEFAULT_HPARAMS = {
     'batch_size': 32,
     # A clip is up to 12 frames: a tenth of the image models' buffer holds as many frames.
     'shuffle_buffer': 1000,
     'cnn_filters': [32, 64, 64],
-    'frame_features': 128,
-    # Read at most this many frames of each clip (0: all). max_frames=1 is the
-    # single-frame baseline: the same model, blind to motion.
-    'max_frames': 0,
-    # Give the CNN each frame's difference from the previous one as extra channels:
-    # motion then shows as a local pattern a convolution finds anywhere in the frame,
-    # instead of a change of position the recurrent stack must work out by itself.
-    # With a Keras application (which takes 3-channel images) the differences are taken
-    # between the frames' feature vectors instead.
-    'frame_differences': True,
-    # The per-frame CNN (estimator_models.layers.backbones).
-    **backbones.DEFAULT_HPARAMS,
-    # What is classified: the clip, or every frame (from the data's frame labels, with
-    # num_frame_classes classes; 0: as many as the data has).
-    'head': 'clip',
-    'num_frame_classes': 0,
 }
-HPARAM_CHOICES = {'backbone': backbones.BACKBONES, 'head': ('clip', 'per_frame')}
+HPARAM_CHOICES = choices_of(HPARAMS)
 
 
 def model_fn(features, labels, mode, params):

@@ -1,1 +1,2 @@
-"""Building blocks of the model_fns: sequencing, recurrent stack, backbones, head, summaries."""
+"""Building blocks of the model_fns: sequencing, recurrent stack, backbones, head, summaries,
+and the declaration of an hparam."""

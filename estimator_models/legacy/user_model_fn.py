@@ -22,6 +22,7 @@ import traceback
 import tensorflow as tf
 
 from estimator_models.layers import head, summaries
+from estimator_models.layers.hparam_declarations import HParam, choices_of
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY
 from input_fns.errors import UserError
 
@@ -32,6 +33,8 @@ DEFAULT_DATA = {IMAGE: 'glyph_digits', CLIP: 'moving_glyphs'}
 DEFAULT_TRAIN_STEPS = 2000
 REQUIRED_ARGS = ('features', 'labels', 'mode')
 OPTIONAL_ARGS = ('params',)
+KIND_HPARAM = HParam('kind', IMAGE, "which features the model_fn gets, when its module has no KIND",
+                     choices=KINDS)
 
 
 def is_user_model(name):
@@ -47,13 +50,17 @@ class UserModel:
       KIND: IMAGE or CLIP; the module's own `KIND` attribute if it has one.
       DEFAULT_DATA, DEFAULT_TRAIN_STEPS: the embedded dataset of its kind, and the
         module's `DEFAULT_TRAIN_STEPS` if it has one.
-      DEFAULT_HPARAMS: `kind`, plus the module's `DEFAULT_HPARAMS` if it has them.
+      HPARAMS: the `kind` hparam's declaration.
+      DEFAULT_HPARAMS: `kind`, plus the module's `DEFAULT_HPARAMS` if it has them: new
+        defaults of the project's hparams, and hparams of its own (undeclared: their
+        values take the type of their defaults, unchecked).
       ACCEPTS_UNKNOWN_HPARAMS: True: --hparams keys the project does not know are
         passed through to `params`, typed as written.
     """
 
     ACCEPTS_UNKNOWN_HPARAMS = True
-    HPARAM_CHOICES = {'kind': KINDS}
+    HPARAMS = (KIND_HPARAM,)
+    HPARAM_CHOICES = choices_of(HPARAMS)
 
     def __init__(self, name, function, kind, module):
         self.name = name

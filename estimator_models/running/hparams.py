@@ -1,101 +1,32 @@
 """Hyperparameters: defaults, `--hparams=k=v,k=v` overrides, and the copy kept in model_dir.
 
+Every hparam is declared once, as an estimator_models.layers.hparam_declarations.HParam:
+those of every model in estimator_models.running.common_hparams, each model's own in its
+module (estimator_models.registry). The declarations give the defaults, how a value is
+parsed and checked, and what a resumed run may change; docs/hparams.md is written from
+them (estimator_models.running.hparams_doc).
+
 A run's hparams are one flat dict of ints, floats, bools, strings and int lists. The
 first training run writes them, with the model name and data specs, to
 MODEL_DIR/hparams.json; later runs (evaluate, export, a resumed train) read them back,
-so they need no repeated flags. On resume only TRAINING_KEYS may change: anything else
-would not fit the checkpoint.
+so they need no repeated flags. On resume only hparams declared resumable may change:
+anything else would not fit the checkpoint.
 """
 
 import json
 import os
 import re
 
-from estimator_models.layers import backbones, pooling, precision, recurrent, regions
+from estimator_models.layers import backbones, recurrent, regions
+from estimator_models.layers.hparam_declarations import defaults_of
+from estimator_models.running.common_hparams import COMMON_HPARAMS
 from estimator_models.serving import receivers
-from input_fns import augment, preprocess
 from input_fns.errors import UserError
 
 RUN_FILE = 'hparams.json'
-
-COMMON_DEFAULTS = {
-    # Input size; 0 means "take it from the training data".
-    'height': 0,
-    'width': 0,
-    'channels': 0,
-    'num_classes': 0,
-    'resize': 'resize',
-    # Recurrent stack (estimator_models.layers.recurrent).
-    'cell': 'lstm',
-    # GRU only: Keras' default applies the reset gate after the recurrent matmul; false
-    # applies it before, as TF1's GRUCell does (needed to warm-start from GRUCell).
-    'gru_reset_after': True,
-    'rnn_units': 128,
-    'rnn_layers': 1,
-    'bidirectional': False,
-    'dropout': 0.0,
-    'input_dropout': 0.0,
-    # How an LSTM runs (estimator_models.layers.recurrent): auto | keras | fused | cudnn.
-    # Every choice reads the same checkpoints, so it may change on resume.
-    'rnn_implementation': 'auto',
-    # Training arithmetic (estimator_models.layers.precision): auto | float32 | mixed_bfloat16.
-    # auto trains in bfloat16 where the CPU has bfloat16 instructions: measured 1.36-1.6x
-    # faster than float32, at the same accuracy (README).
-    'precision': 'auto',
-    # Pooling of the last layer's outputs over the true steps (estimator_models.layers.pooling):
-    # last | mean | max | attention, and the width of attention's scoring layer.
-    'pooling': 'last',
-    'attention_units': 64,
-    # Training (estimator_models.layers.head).
-    'batch_size': 128,
-    'learning_rate': 1e-3,
-    'lr_schedule': 'cosine',
-    'warmup_steps': 100,
-    'clip_norm': 5.0,
-    # Regularisation (estimator_models.layers.head): targets 1 - s + s/K on the label and
-    # s/K elsewhere; AdamW-style decay of the kernels, apart from the gradient.
-    'label_smoothing': 0.0,
-    'weight_decay': 0.0,
-    # Input (input_fns.dataset): examples in the training shuffle buffer; whether records
-    # that cannot be read are dropped and counted instead of stopping the run.
-    'shuffle_buffer': 10000,
-    'skip_bad_records': False,
-    # Training examples are kept decoded in memory after the first pass when they fit
-    # in this many MB (0: decode on every pass).
-    'cache_train_mb': 1024,
-    # Random warps of the training examples (input_fns.augment): none | light | strong.
-    'augment': 'none',
-    # Hostile input: an encoded image whose header claims more pixels than this is refused
-    # before it is decoded (input functions and serving); so is a served clip of more frames.
-    'max_image_pixels': 4096 * 4096,
-    'max_frames_served': 512,
-    # TensorBoard (estimator_models.layers.summaries, running.monitoring): input images
-    # every N steps (0: never), weight and activation histograms.
-    'summary_images_every': 500,
-    'histograms': False,
-}
-
-COMMON_CHOICES = {
-    'resize': preprocess.RESIZE_POLICIES,
-    'cell': ('lstm', 'gru'),
-    'rnn_implementation': recurrent.IMPLEMENTATIONS,
-    'precision': precision.PRECISIONS,
-    'pooling': pooling.POOLINGS,
-    'lr_schedule': ('cosine', 'constant'),
-    'augment': augment.AUGMENTATIONS,
-}
-
-POSITIVE_KEYS = ('rnn_units', 'rnn_layers', 'batch_size', 'shuffle_buffer', 'learning_rate', 'clip_norm',
-                 'max_image_pixels', 'max_frames_served', 'frame_features', 'attention_units', 'step')
-NON_NEGATIVE_KEYS = ('warmup_steps', 'summary_images_every', 'max_frames', 'cache_train_mb',
-                     'backbone_learning_rate_scale', 'num_frame_classes', 'weight_decay')
-# List hparams of the built-in models (layer sizes), whose entries must be positive.
-LAYER_SIZE_LISTS = ('cnn_filters',)
-TRAINING_KEYS = ('batch_size', 'learning_rate', 'lr_schedule', 'warmup_steps', 'clip_norm', 'dropout',
-                 'input_dropout', 'summary_images_every', 'histograms', 'shuffle_buffer', 'skip_bad_records',
-                 'rnn_implementation', 'cache_train_mb', 'augment', 'label_smoothing', 'weight_decay',
-                 'precision')
-DATA_SHAPE_KEYS = ('height', 'width', 'channels', 'num_classes')
+COMMON_DEFAULTS = defaults_of(COMMON_HPARAMS)
+# In the order of resolve's data_shape.
+DATA_SHAPE_KEYS = tuple(declared.name for declared in COMMON_HPARAMS if declared.from_data)
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
 
@@ -142,8 +73,15 @@ def typed_as_written(text):
     return text
 
 
+def declarations_for(model_module):
+    """{name: HParam}: the common hparams and the model's own (its module's HPARAMS)."""
+    return {declared.name: declared for declared in COMMON_HPARAMS + tuple(model_module.HPARAMS)}
+
+
 def defaults_for(model_module):
-    return {**COMMON_DEFAULTS, **model_module.DEFAULT_HPARAMS}
+    """{name: default}: the declared defaults under the model's DEFAULT_HPARAMS (where a
+    user's module may also give hparams of its own that nothing declares)."""
+    return {**COMMON_DEFAULTS, **defaults_of(model_module.HPARAMS), **model_module.DEFAULT_HPARAMS}
 
 
 def resolve(model_module, overrides, data_shape=None, saved=None):
@@ -159,16 +97,16 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
         shape keys may then still be 0: everything else is checked already).
       saved: hparams read back from model_dir, or None on a first run.
     """
+    declared = declarations_for(model_module)
     defaults = defaults_for(model_module)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown and not getattr(model_module, 'ACCEPTS_UNKNOWN_HPARAMS', False):
         raise UserError(f'unknown hparam {unknown[0]!r}; known: {", ".join(sorted(defaults))}')
     parsed = {key: _coerce(key, value, defaults[key]) if key in defaults else typed_as_written(value)
               for key, value in overrides.items()}
-    choices = {**COMMON_CHOICES, **model_module.HPARAM_CHOICES}
     if saved is not None:
-        resolved = _resumed(defaults, saved, parsed)
-        _check(resolved, choices, shape_known=True)
+        resolved = _resumed(declared, defaults, saved, parsed)
+        _check(resolved, declared, shape_known=True)
         return resolved
     resolved = {**defaults, **parsed}
     if receivers.reads_boxes(resolved) and 'augment' not in parsed:
@@ -176,37 +114,29 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
     for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
         if not resolved[key]:
             resolved[key] = int(value)
-    _check(resolved, choices, shape_known=data_shape is not None)
+    _check(resolved, declared, shape_known=data_shape is not None)
     return resolved
 
 
-def _resumed(defaults, saved, parsed):
+def _resumed(declared, defaults, saved, parsed):
     for key, value in parsed.items():
-        if key not in TRAINING_KEYS and saved.get(key) != value:
+        resumable = key in declared and declared[key].resumable
+        if not resumable and saved.get(key) != value:
             raise UserError(f'hparam {key}={value} differs from {key}={saved.get(key)} saved in '
                             f'model_dir; use a new --model_dir to change it')
     # Keys added since the run was saved take their defaults.
     return {**defaults, **saved, **parsed}
 
 
-def _check(hparams, choices, shape_known):
-    for key, allowed in choices.items():
-        if hparams[key] not in allowed:
-            raise UserError(f'hparam {key}={hparams[key]!r} must be one of {", ".join(allowed)}')
-    # Shape keys left at 0 are filled from the data, once it is opened.
-    shape_keys = tuple(key for key in DATA_SHAPE_KEYS if shape_known or hparams[key] != 0)
-    for key in shape_keys + POSITIVE_KEYS:
-        if key in hparams and hparams[key] <= 0:
-            raise UserError(f'hparam {key} must be positive, got {hparams[key]}')
-    for key in NON_NEGATIVE_KEYS:
-        if key in hparams and hparams[key] < 0:
-            raise UserError(f'hparam {key} must be 0 or more, got {hparams[key]}')
-    for key, value in hparams.items():
-        if isinstance(value, list) and key in LAYER_SIZE_LISTS and (
-                not value or min(value) <= 0):
-            raise UserError(f'hparam {key} must list positive sizes, got {value}')
-    if 'channels' in shape_keys and hparams['channels'] not in (1, 3):
-        raise UserError(f'hparam channels must be 1 or 3, got {hparams["channels"]}')
+def _check(hparams, declared, shape_known):
+    for name, declaration in declared.items():
+        # Shape keys left at 0 are filled from the data, once it is opened.
+        if declaration.from_data and not shape_known and hparams[name] == 0:
+            continue
+        try:
+            declaration.check(hparams[name])
+        except ValueError as error:
+            raise UserError(str(error)) from None
     recurrent.check_cell(hparams)
     if 'backbone' in hparams:
         backbones.check_hparams(hparams)
@@ -214,9 +144,6 @@ def _check(hparams, choices, shape_known):
         regions.parse_grid(hparams['grid'])
     if receivers.reads_boxes(hparams):
         _check_boxes_fit_pixels(hparams)
-    for key in ('dropout', 'input_dropout', 'label_smoothing'):
-        if not 0.0 <= hparams[key] < 1.0:
-            raise UserError(f'hparam {key} must lie in [0, 1), got {hparams[key]}')
 
 
 def _check_boxes_fit_pixels(hparams):
