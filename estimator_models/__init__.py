@@ -2,7 +2,8 @@
 
 Top level: the three model_fns and the registry of model names. Each sub-package is
 one part; imports point down only (tests/test_layout.py checks it):
-running -> serving -> the model_fns and registry -> legacy -> layers -> input_fns.
+running -> serving -> the model_fns and registry -> legacy -> layers -> input_fns,
+and below them all `cache`, the folder of everything cached.
 
   layers/   what the model_fns are built from: sequencing, the recurrent stack,
             backbones, the classification head, in-graph summaries and metrics, and

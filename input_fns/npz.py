@@ -4,7 +4,8 @@
 rows of `x` sit back to back at a known offset of the file. `FixedLengthRecordDataset`
 reads them from there: nothing is loaded whole, no Python runs per example, and the
 arrays never become graph constants. Members that are compressed (`np.savez_compressed`)
-or not in C order are rewritten once, uncompressed, into the cache directory.
+or not in C order are rewritten once, uncompressed, into the project's cache
+(estimator_models.cache).
 
 Accepted arrays: `x` `(N,H,W[,C])` images or `(N,T,H,W[,C])` clips, uint8 or float on the
 0..255 scale, and `y` `(N,)` integer labels; or the same with suffixes `_train`/`_test`
@@ -23,15 +24,13 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
+from estimator_models import cache
 from input_fns import CLIP, IMAGE, source
 from input_fns.errors import UserError
 
-CACHE_ENV = 'ESTIMATOR_LSTM_CACHE'
+# The name tests/conftest.py moves the cache by.
+CACHE_ENV = cache.ENV
 _ZIP_LOCAL_HEADER = struct.Struct('<4sHHHHHIIIHH')
-
-
-def cache_dir():
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'estimator_lstm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,12 +222,21 @@ def _cached_raw(path, name, array):
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder('<'))
     stat = os.stat(path)
     key = hashlib.sha256(f'{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}:{name}'.encode())
-    cached = os.path.join(cache_dir(), 'npz', key.hexdigest()[:24] + '.raw')
-    if not os.path.exists(cached):
-        if array.nbytes > 1 << 20:
-            print(f'{path}: uncompressing {name} into {cached}', file=sys.stderr, flush=True)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        temporary = f'{cached}.{os.getpid()}.tmp'
-        array.tofile(temporary)
-        os.replace(temporary, cached)
+    try:
+        cached = os.path.join(cache.directory(), 'npz', key.hexdigest()[:24] + '.raw')
+        if not os.path.exists(cached):
+            _write_raw(path, name, array, cached)
+    except OSError as error:
+        # Not the data's fault: said apart from the reading errors open_npz reports.
+        raise UserError(f'cannot write the uncompressed copy of {path} ({name}) into the cache: '
+                        f'{error.strerror or error}; set {cache.ENV} to a writable folder with room') from None
     return RawArray(cached, 0, len(array), tuple(array.shape[1:]), array.dtype)
+
+
+def _write_raw(path, name, array, cached):
+    if array.nbytes > 1 << 20:
+        print(f'{path}: uncompressing {name} into {cached}', file=sys.stderr, flush=True)
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    temporary = f'{cached}.{os.getpid()}.tmp'
+    array.tofile(temporary)
+    os.replace(temporary, cached)

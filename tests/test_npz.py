@@ -1,8 +1,12 @@
 """.npz files read in place as fixed-length records."""
 
+import re
+import tempfile
+
 import numpy as np
 import pytest
 
+from estimator_models import cache
 from input_fns import arrays, npz
 from input_fns.errors import UserError
 
@@ -81,3 +85,15 @@ def test_unreadable_files_are_named_errors(tmp_path):
         npz.open_npz(str(corrupt), 'image')
     with pytest.raises(UserError, match='no such .npz'):
         npz.open_npz(str(tmp_path / 'missing.npz'), 'image')
+
+
+def test_with_no_writable_cache_at_all_a_compressed_npz_is_refused_naming_the_cache(tmp_path, monkeypatch):
+    (tmp_path / 'a_file').write_text('')
+    monkeypatch.setenv(cache.ENV, str(tmp_path / 'a_file/cache'))
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'a_file/tmp'))
+    path = str(tmp_path / 'compressed.npz')
+    np.savez_compressed(path, x=np.zeros((4, 28, 28), np.uint8), y=np.arange(4))
+    refusal = (f'cannot write the uncompressed copy of {path} (x.npy) into the cache: Not a directory; '
+               f'set {cache.ENV} to a writable folder')
+    with pytest.raises(UserError, match=re.escape(refusal)):
+        npz.open_npz(path, 'image')

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from estimator_models import cache
 from estimator_models.layers import fused_recurrent, kernels, recurrent
 from estimator_models.running import hparams
-from input_fns import npz
 from input_fns.errors import UserError
 
 TRAIN, EVAL, PREDICT = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.EVAL, tf.estimator.ModeKeys.PREDICT
@@ -216,9 +216,9 @@ def test_reversed_padding_is_rotated_to_the_end_and_back():
 
 def test_without_a_compiler_auto_runs_keras_and_fused_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
-    monkeypatch.setenv(npz.CACHE_ENV, str(tmp_path))  # no kernel built here yet
+    monkeypatch.setenv(cache.ENV, str(tmp_path))  # no kernel built here yet
     lstm = _stack_hparams({'rnn_implementation': 'auto'})
     assert recurrent.implementation(lstm, TRAIN) == 'keras'
-    with pytest.raises(UserError, match=r'rnn_implementation=fused: cannot run the C\+\+ compiler') as raised:
+    with pytest.raises(UserError, match=r'rnn_implementation=fused: the C\+\+ compiler CXX=\S+ is not found') as raised:
         recurrent.implementation({**lstm, 'rnn_implementation': 'fused'}, TRAIN)
     assert '\n' not in str(raised.value)

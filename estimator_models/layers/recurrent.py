@@ -13,8 +13,8 @@ between them on resume or warm start:
          End padding cannot reach earlier steps, so the true steps' outputs are the
          masked layers'; and tf2onnx maps this loop to ONNX's LSTM and GRU ops, which it
          cannot do for a masked one. ONNX exports build their graph with it.
-  auto   cudnn where a GPU is visible, else fused where its kernel builds, else keras;
-         GRU always runs on keras.
+  auto   cudnn where a GPU is visible, else fused where its kernel builds, else keras
+         (saying why in one line); GRU always runs on keras.
 
 Serving graphs (PREDICT mode) use keras (TensorFlow Serving has no custom ops), or
 unmasked when it is asked for by name (the ONNX export does).
