@@ -28,8 +28,6 @@ from estimator_models import cache
 from input_fns import CLIP, IMAGE, source
 from input_fns.errors import UserError
 
-# The name tests/conftest.py moves the cache by.
-CACHE_ENV = cache.ENV
 _ZIP_LOCAL_HEADER = struct.Struct('<4sHHHHHIIIHH')
 
 

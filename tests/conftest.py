@@ -10,6 +10,7 @@ import os
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -21,10 +22,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from estimator_models import cache  # noqa: E402
 from estimator_models.layers import kernels  # noqa: E402
 from estimator_models.running import cli, experiment  # noqa: E402
 from estimator_models.serving import exporting  # noqa: E402
-from input_fns import arrays, glyphs, moving_glyphs, npz  # noqa: E402
+from input_fns import arrays, glyphs, moving_glyphs  # noqa: E402
 
 # Small models on the data as it is: a few steps must fit a batch, which random warps would
 # slow (augmentation has its own tests, tests/test_augment.py).
@@ -48,7 +50,7 @@ def data_dirs(tmp_path_factory):
     that `make` built for this machine is used where it is (the tests that build one set
     a cache of their own)."""
     installed_kernel = kernels.library_path()
-    os.environ[npz.CACHE_ENV] = str(tmp_path_factory.mktemp('cache'))
+    os.environ[cache.ENV] = str(tmp_path_factory.mktemp('cache'))
     os.environ['TFDS_DATA_DIR'] = str(tmp_path_factory.mktemp('tensorflow_datasets'))
     if os.path.exists(installed_kernel):
         os.makedirs(os.path.dirname(kernels.library_path()))
@@ -58,8 +60,12 @@ def data_dirs(tmp_path_factory):
 @pytest.fixture(scope='session')
 def digits_npz(tmp_path_factory):
     """600 glyph digits as a one-split .npz (x [N,28,28] uint8, y [N])."""
+    return write_digits(str(tmp_path_factory.mktemp('data') / 'digits.npz'))
+
+
+def write_digits(path):
+    """Writes digits_npz's 600 glyph digits to `path`; returns it."""
     images, labels = glyphs.render_digits(600, seed=7)
-    path = str(tmp_path_factory.mktemp('data') / 'digits.npz')
     np.savez(path, x=images, y=labels)
     return path
 
@@ -159,10 +165,27 @@ def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_exampl
     """
     run, estimator, train_input, eval_input = _on_a_few_examples(model, data, model_dir, steps, overrides,
                                                                  num_examples)
-    estimator.train(train_input, max_steps=1)
-    before = estimator.evaluate(eval_input)['loss']
-    estimator.train(train_input, max_steps=steps)
+    # One training graph, not one per train() call: model.ckpt-1 is saved on the way.
+    estimator.train(train_input, max_steps=steps, hooks=[_CheckpointAfterFirstStep(model_dir)])
+    before = estimator.evaluate(eval_input, checkpoint_path=os.path.join(model_dir, 'model.ckpt-1'))['loss']
     return run, before, estimator.evaluate(eval_input)['loss']
+
+
+class _CheckpointAfterFirstStep(tf.compat.v1.train.SessionRunHook):
+    """Saves model.ckpt-1 with the Estimator's own saver, as train(max_steps=1) would."""
+
+    def __init__(self, model_dir):
+        self._prefix = os.path.join(model_dir, 'model.ckpt')
+        self._saved = False
+
+    def after_run(self, run_context, run_values):
+        if self._saved:
+            return
+        self._saved = True
+        step = run_context.session.run(tf.compat.v1.train.get_global_step())
+        assert step == 1, f'expected a fresh model_dir, found step {step}'
+        saver, = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
+        saver.save(run_context.session, self._prefix, global_step=1)
 
 
 def train_without_evaluating(model, data, model_dir, overrides, steps, num_examples=None):
@@ -220,11 +243,27 @@ def digits_run_args(data, model_dir):
 
 
 @pytest.fixture(scope='session')
-def digits_run(tmp_path_factory, digits_npz):
-    """(model_dir, bin/train's CompletedProcess) of the digits run. Tests that write into a
+def digits_run(tmp_path_factory):
+    """(model_dir, bin/train's CompletedProcess) of the digits run, trained once for every
+    test worker: the first to ask trains it while the others wait. Tests that write into a
     run directory (train, export) work on a copy of it."""
-    model_dir = tmp_path_factory.mktemp('runs') / 'pixel_row_lstm'
-    return str(model_dir), run_cli('train', *digits_run_args(digits_npz, model_dir))
+    shared = _shared_between_workers(tmp_path_factory) / 'digits_run'
+    model_dir, outcome = shared / 'pixel_row_lstm', shared / 'bin_train.json'
+    os.makedirs(shared, exist_ok=True)
+    with open(shared / 'lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not outcome.exists():
+            data = write_digits(str(shared / 'digits.npz'))
+            result = run_cli('train', *digits_run_args(data, model_dir))
+            outcome.write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
+    return str(model_dir), subprocess.CompletedProcess(*json.loads(outcome.read_text()))
+
+
+def _shared_between_workers(tmp_path_factory):
+    """The session's temporary directory that every xdist worker sees (each worker's own
+    base directory lies in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
 
 
 @pytest.fixture(scope='session')
@@ -295,6 +334,7 @@ LONGEST_FILES_FIRST = (
     'tests/test_run_directory.py',
     'tests/test_unmasked_recurrent.py',
     'tests/test_onnx_export.py',
+    'tests/test_kernels.py',
     'tests/test_regions.py',
     'tests/test_temporal_cnn_lstm.py',
     'tests/test_per_frame.py',
