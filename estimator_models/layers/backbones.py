@@ -161,7 +161,11 @@ def _application(name, size, weights=None):
 
     Its variables are created under the scope `name`, so checkpoint keys read
     `mobilenet_v2/Conv1/kernel` and stay the same in every graph."""
-    with tf.compat.v1.variable_scope(name):
+    # The constructor also applies the network once to a placeholder of its own, a graph
+    # no run uses: at learning phase 0 its BatchNorms are built without a training branch
+    # (in graph mode the default phase is a tensor, and each BatchNorm then builds both
+    # branches, about half of a graph's build time). Calls with training= are unaffected.
+    with tf.compat.v1.variable_scope(name), tf.keras.backend.learning_phase_scope(0):
         return _CONSTRUCTORS[name](include_top=False, weights=weights,
                                    input_shape=(int(size[0]), int(size[1]), 3))
 
