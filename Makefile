@@ -55,11 +55,11 @@ memory-benchmark: $(INSTALLED)
 	grep -E 'Maximum resident|Elapsed' $(MEMORY_RUN)/time.txt
 
 # Ten SIGKILL-and-restart trials of bin/train at random moments, against an uninterrupted
-# run (README, Reliability); about 15 minutes. make test runs one such trial.
+# run (docs/reliability.md); about 15 minutes. make test runs one such trial.
 reliability-trials: $(INSTALLED)
 	$(VENV_PYTHON) tests/reliability/kill_trials.py --trials=10
 
-# Real local clusters with a worker, the chief or a ps killed mid-run (README, Scaling out);
+# Real local clusters with a worker, the chief or a ps killed mid-run (docs/distributed.md);
 # about 10 minutes. make test kills one worker once.
 cluster-trials: $(INSTALLED)
 	$(VENV_PYTHON) tests/reliability/cluster_trials.py

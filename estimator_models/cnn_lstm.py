@@ -22,7 +22,8 @@ HPARAMS = (
                Object Detection API's keys, fractions of the image): a variable number per image,
                masked like the frames of a clip; an image without boxes is one box, the whole image.
                Boxes need resize=resize and augment=none, since anything else would move the image
-               under its boxes, and exports then take `boxes` and `num_boxes` (README, Serving).
+               under its boxes, and exports then take `boxes` and `num_boxes`
+               ([serving.md](serving.md#signatures)).
                E.g. `--data='boxes.tfrecord*' --hparams=sequence=regions,regions=boxes`."""),
     HParam('grid', '3x3', 'regions=grid: RxC equal cells, read in raster order'),
     HParam('step', 1, 'read every step-th row, column or position of the feature map, from the first',
@@ -30,10 +31,10 @@ HPARAMS = (
     *backbones.HPARAMS,
 )
 DEFAULT_HPARAMS = {
-    # Measured on 8,000 handwriting-like digits (README, hparams): BatchNorm in the CNN
-    # with light warps gains 0.2 points over light warps alone and 0.25 over neither;
-    # strong warps with BatchNorm score the same and cost 15% more time. regions=boxes
-    # turns the warps off (they would move the image under its boxes).
+    # Measured on 8,000 handwriting-like digits (docs/models.md, Defaults, measured):
+    # BatchNorm in the CNN with light warps gains 0.2 points over light warps alone and
+    # 0.25 over neither; strong warps with BatchNorm score the same and cost 15% more
+    # time. regions=boxes turns the warps off (they would move the image under its boxes).
     'cnn_batch_norm': True,
     'augment': 'light',
 }

@@ -14,9 +14,10 @@ HPARAMS = (
            choices=('rows', 'columns')),
 )
 DEFAULT_HPARAMS = {
-    # Measured on 8,000 handwriting-like digits (README, hparams): light warps gain 0.7
-    # points over none and 0.3 over strong; three times the common learning rate gains
-    # 0.4 more (an LSTM over 28 raw pixel rows learns slowly at 0.001 in a short run).
+    # Measured on 8,000 handwriting-like digits (docs/models.md, Defaults, measured):
+    # light warps gain 0.7 points over none and 0.3 over strong; three times the common
+    # learning rate gains 0.4 more (an LSTM over 28 raw pixel rows learns slowly at 0.001
+    # in a short run).
     'augment': 'light',
     'learning_rate': 3e-3,
 }

@@ -1,4 +1,4 @@
-"""The plain Keras model issue 11 compares the project's defaults with.
+"""A plain Keras model to compare the project's defaults with (docs/models.md, Defaults, measured).
 
 Two valid 3x3 convolutions with 2x2 max-pooling, the feature map's rows read by
 LSTM(64), trained with `model.fit` (Adam at 0.001, no schedule, no augmentation) on an

@@ -1,4 +1,4 @@
-"""TFRecord shards in the schema of DESIGN.md, read as a stream.
+"""TFRecord shards in the schema of docs/data.md, read as a stream.
 
   image  tf.train.Example:          image/encoded (PNG/JPEG/GIF/BMP bytes), image/class/label (int64),
                                     optional boxes image/object/bbox/{ymin,xmin,ymax,xmax} (floats)
@@ -216,4 +216,4 @@ def _record_kind(parsed, path):
         return CLIP
     if ENCODED_KEY in parsed.context.feature:
         return IMAGE
-    raise UserError(f'{path}: records have no {ENCODED_KEY} feature (see DESIGN.md for the schema)')
+    raise UserError(f'{path}: records have no {ENCODED_KEY} feature (see docs/data.md for the schema)')

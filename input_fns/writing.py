@@ -1,4 +1,4 @@
-"""Writing labelled images and clips as TFRecord shards in the schema of DESIGN.md.
+"""Writing labelled images and clips as TFRecord shards in the schema of docs/data.md.
 
   image  tf.train.Example: image/encoded (PNG or JPEG bytes), image/class/label (int64),
          image/format ('png' or 'jpeg'), image/height and image/width when known.

@@ -1,4 +1,4 @@
-"""The package layout of DESIGN.md: every import points down the stack
+"""The package layout: every import points down the stack
 running -> serving -> the model_fns and registry -> legacy -> layers -> input_fns, with
 estimator_models.cache (where everything cached is kept) below them all."""
 

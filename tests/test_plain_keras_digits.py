@@ -1,4 +1,4 @@
-"""The plain Keras baseline of issue 11 (examples/plain_keras_digits.py) learns digits
+"""The plain Keras baseline (examples/plain_keras_digits.py) learns digits
 and reports one accuracy line."""
 
 import re

@@ -135,6 +135,10 @@ def test_missing_empty_and_foreign_files_are_named_errors(tmp_path):
     (tmp_path / 'text.tfrecord').write_bytes(b'this is not a TFRecord file at all')
     with pytest.raises(UserError, match='cannot read'):
         tfrecords.open_tfrecords(str(tmp_path / 'text.tfrecord'), 'image')
+    unlabelled = tf.train.Example(features=tf.train.Features(feature={
+        'pixels': tf.train.Feature(bytes_list=tf.train.BytesList(value=[b'']))})).SerializeToString()
+    with pytest.raises(UserError, match=r'no image/encoded feature \(see docs/data.md for the schema\)'):
+        tfrecords.open_tfrecords(_write(tmp_path / 'foreign.tfrecord', [unlabelled]), 'image')
 
 
 def _digits_tfrecord(tmp_path, digits_npz, corrupt_at=None):

@@ -1,4 +1,4 @@
-"""The TFRecord schema of DESIGN.md and the sharded writer (input_fns.writing)."""
+"""The TFRecord schema of docs/data.md and the sharded writer (input_fns.writing)."""
 
 import io
 import json

@@ -41,7 +41,7 @@ HPARAMS = (
     HParam('cnn_batch_norm', False, 'small_cnn: BatchNorm after each convolution (inference mode in '
            'evaluation and serving)',
            details='cnn_lstm turns it on: with light warps it gains 0.2 points on the handwriting-like '
-                   'digits (README, Defaults, measured).'),
+                   'digits ([models.md](models.md#defaults-measured)).'),
     HParam('backbone_weights', '', "the application's ImageNet .h5 (include_top=False); empty: random "
            'weights',
            details='The file Keras would otherwise download (nothing downloads here); it is read when '

@@ -10,7 +10,7 @@ weights in the graph to the layout its op wants.
          steps is one matmul before the op and the recurrent kernel's gradient one
          matmul after it; the op's loop does only the sequential part.
   cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
-         Keras LSTM inside an Estimator graph never picks cuDNN itself (PITFALLS.md).
+         Keras LSTM inside an Estimator graph never picks cuDNN itself.
 """
 
 import numpy as np

@@ -1,9 +1,10 @@
 """The recurrent stack run without a mask: the form an ONNX export converts.
 
 A masked Keras LSTM or GRU becomes a while loop over tensor lists that tf2onnx cannot
-map (PITFALLS.md). Run unmasked, the same layer maps to ONNX's own LSTM or GRU op. It
-gives the masked layer's outputs on every true step, because sequences are padded at
-their end and a step's output depends only on the steps before it:
+map (BUILD_NOTES.md, Traps converting to ONNX). Run unmasked, the same layer maps to
+ONNX's own LSTM or GRU op. It gives the masked layer's outputs on every true step,
+because sequences are padded at their end and a step's output depends only on the steps
+before it:
 
   forward    the layer over the padded sequence; its output at each sequence's last
              true step is the masked layer's final output.

@@ -32,11 +32,11 @@ _RECURRENT_STACK = (
     HParam('dropout', 0.0, 'dropout between the recurrent layers and before the logits, in training',
            bound=FRACTION, resumable=True,
            details='Off because 0.1 and 0.2 cost pixel_row_lstm 0.2-0.4 points and changed cnn_lstm '
-                   'by one test digit (README, Defaults, measured).'),
+                   'by one test digit ([models.md](models.md#defaults-measured)).'),
     HParam('input_dropout', 0.0, "dropout of the first recurrent layer's input sequence, in training",
            bound=FRACTION, resumable=True,
            details='The sequence is the pixel rows, the CNN features or the frame vectors. Off because '
-                   '0.1 and 0.2 changed nothing beyond noise (README, Defaults, measured).'),
+                   '0.1 and 0.2 changed nothing beyond noise ([models.md](models.md#defaults-measured)).'),
     HParam('rnn_implementation', 'auto', 'how an LSTM runs; every choice reads the same checkpoints',
            choices=recurrent.IMPLEMENTATIONS, resumable=True,
            details="""
@@ -45,7 +45,7 @@ _RECURRENT_STACK = (
                kernel builds, else keras (a GRU always runs keras). `unmasked` runs Keras' layers
                without a mask over the end padding and takes each sequence's output at its length:
                the form an ONNX export converts, for GRU too (e.g.
-               `cell=gru,rnn_implementation=unmasked`). README, Training speed, has the rates."""),
+               `cell=gru,rnn_implementation=unmasked`). [performance.md](performance.md) has the rates."""),
     HParam('pooling', 'last', "what the logits read from the last recurrent layer's outputs over the "
            'true steps', choices=pooling.POOLINGS,
            details='`last` takes the last true step; `mean` and `max` pool over the true steps; '
@@ -77,8 +77,8 @@ _TRAINING = (
     HParam('learning_rate', 1e-3, "Adam's learning rate, after the warm-up", bound=POSITIVE,
            resumable=True,
            details='0.003 gains pixel_row_lstm 0.2-0.45 points in a short run; cnn_lstm scores '
-                   'within a test digit or two of 100% at every rate tried, so it keeps 0.001 (README, '
-                   'Defaults, measured).'),
+                   'within a test digit or two of 100% at every rate tried, so it keeps 0.001 '
+                   '([models.md](models.md#defaults-measured)).'),
     HParam('lr_schedule', 'cosine', 'after the warm-up: cosine decay to 5% at the last step, or constant',
            choices=('cosine', 'constant'), resumable=True,
            details='A constant rate cost 0.15-0.75 points in the measured runs.'),
@@ -88,11 +88,12 @@ _TRAINING = (
     HParam('clip_norm', 5.0, 'gradients are clipped to this global norm', bound=POSITIVE, resumable=True),
     HParam('label_smoothing', 0.0, 'targets 1 - s + s/K on the label and s/K on each other class, '
            'in the training and evaluation loss', bound=FRACTION, resumable=True,
-           details='Off because 0.1 changed nothing beyond noise (README, Defaults, measured).'),
+           details='Off because 0.1 changed nothing beyond noise '
+                   '([models.md](models.md#defaults-measured)).'),
     HParam('weight_decay', 0.0, 'decoupled (AdamW-like) decay: each step shrinks every kernel by '
            'learning_rate x weight_decay of itself', bound=NON_NEGATIVE, resumable=True,
            details="Biases and BatchNorm's scale and offset do not decay. Off because 1e-4 changed "
-                   'nothing beyond noise (README, Defaults, measured).'),
+                   'nothing beyond noise ([models.md](models.md#defaults-measured)).'),
 )
 
 _INPUT_PIPELINE = (
@@ -114,9 +115,9 @@ _INPUT_PIPELINE = (
                +-0.15 and an elastic deformation (alpha 36, sigma 6). A clip gets one warp for all
                its frames, so its motion is kept; warps follow --seed and are fresh on every pass.
                They cost about 7% (light) and 22% (strong) of pixel_row_lstm's training rate. Light
-               warps gain pixel_row_lstm 0.7 points on the handwriting-like digits (README,
-               Defaults, measured). With regions=boxes the default is none, since a warp would move
-               the image under its boxes."""),
+               warps gain pixel_row_lstm 0.7 points on the handwriting-like digits
+               ([models.md](models.md#defaults-measured)). With regions=boxes the default is none,
+               since a warp would move the image under its boxes."""),
     # Hostile input: what a header or a request claims is refused before it is decoded.
     HParam('max_image_pixels', preprocess.DEFAULT_MAX_IMAGE_PIXELS, 'an encoded image whose header '
            'claims more pixels is refused before decoding (input functions and serving)',

@@ -22,7 +22,7 @@ Set hparams with `--hparams=k=v,k=v`, a list as `[a,b]`. The first training run 
 them in MODEL_DIR/hparams.json, and a resumed run may change only the resumable ones: the
 others would not fit its checkpoint. Where a model has a default of its own, the default
 column names it. "From the data" means 0, which the training data fills in. Models `all`
-means the built-in models and {USER_MODEL} (README, Bring your own model_fn), which
+means the built-in models and {USER_MODEL} ([legacy.md](legacy.md#bring-your-own-model_fn)), which
 also takes hparams the project does not know, typed as written (`3`, `0.5`, `true`,
 `[1,2]`, else a string).
 
