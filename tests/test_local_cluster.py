@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, TINY, run_cli
-from estimator_models.running import experiment
+from estimator_models.running import experiment, monitoring
 from input_fns import embedded
 
 TINY_PIXEL_ROWS = ','.join(f'{key}={value}' for key, value in TINY['pixel_row_lstm'].items())
@@ -91,6 +91,8 @@ def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, cli
     # precision=auto trains a cluster in float32 (bfloat16 convolutions fail there).
     assert 'training in float32 (precision=auto)' in result.stdout
     assert experiment.checkpoint_step(model_dir) == 30
+    # The chief's session for the HParams tab, written before its all-reduce strategy starts.
+    assert len(monitoring.hparams_event_files(model_dir)) == 1
     read = {}
     for task, name in (('chief-0', 'chief'), ('worker-0', 'worker 0')):
         log = log_of(model_dir, task)

@@ -26,8 +26,10 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from conftest import (DIGITS_RUN_BATCH_SIZE as BATCH_SIZE, DIGITS_RUN_CHECKPOINT_EVERY as CHECKPOINT_EVERY,
                       DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, digits_run_args,
                       held_out_arrays, run_cli)
+from estimator_models import pixel_row_lstm, registry
 from estimator_models.layers import summaries
 from estimator_models.running import experiment, monitoring
+from estimator_models.running import hparams as hparams_lib
 from input_fns.errors import UserError
 
 NUM_CLASSES = 10
@@ -35,6 +37,8 @@ TRAIN_SCALARS = ('loss', 'accuracy', 'learning_rate', 'gradient_norm', 'examples
                  'global_step/sec')
 EVAL_SCALARS = ('loss', 'accuracy', 'top_5_accuracy', 'mean_per_class_accuracy')
 RESUMED_STEPS = 3
+SHORT_RUN_STEPS = 4
+SESSION_STATUSES = ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE', 'STATUS_RUNNING']
 
 Event = collections.namedtuple('Event', 'step value')
 
@@ -246,6 +250,14 @@ def _get(url, path, **query):
         return json.loads(reply.read())
 
 
+def _post(url, path, request):
+    """The JSON answer to a POST of the JSON `request`, as the HParams tab asks its plugin."""
+    posted = urllib.request.Request(f'{url}{path}', data=json.dumps(request).encode(),
+                                    headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(posted, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
 def _poll(fetch, ready, timeout=90):
     """fetch() until ready(answer), as the TensorBoard page does while the server loads."""
     deadline = time.time() + timeout
@@ -288,13 +300,101 @@ def _served_steps(url, run, tag):
     return [step for _, step, _ in _get(url, '/data/plugin/scalars/scalars', run=run, tag=tag)]
 
 
+def _served_sessions(url):
+    """{session: {'group': name, 'hparams': {name: value}, 'metrics': {tag: (step, value)}}}
+    as the HParams tab reads them."""
+    answer = _post(url, '/data/plugin/hparams/session_groups', {
+        'experimentName': '', 'allowedStatuses': SESSION_STATUSES, 'startIndex': 0, 'sliceSize': 100})
+    sessions = {}
+    for group in answer['sessionGroups']:
+        for session in group['sessions']:
+            metrics = {metric['name']['tag']: (metric['trainingStep'], metric['value'])
+                       for metric in session['metricValues']}
+            sessions[session['name']] = dict(group=group['name'], hparams=group['hparams'], metrics=metrics)
+    return sessions
+
+
+def _final_eval_metrics(run_dir):
+    """{tag: (step, value)} of the last evaluation of accuracy and loss in run_dir/eval."""
+    events = _events(os.path.join(run_dir, 'eval'))
+    return {tag: (events[tag][-1].step, events[tag][-1].value.simple_value) for tag in ('accuracy', 'loss')}
+
+
+def _serves_final_metrics(final):
+    """Whether the served sessions are those of `final` {session: {tag: (step, value)}}, with
+    metrics of the same steps (their values are checked after)."""
+    def steps(metrics):
+        return {tag: step for tag, (step, _) in metrics.items()}
+    return lambda sessions: ({name: steps(session['metrics']) for name, session in sessions.items()}
+                             == {name: steps(metrics) for name, metrics in final.items()})
+
+
+def _assert_served_metrics(sessions, final):
+    for name, metrics in final.items():
+        for tag, (step, value) in metrics.items():
+            assert sessions[name]['metrics'][tag] == (step, pytest.approx(value, abs=1e-6)), (name, tag)
+
+
 def test_tensorboard_serves_the_first_step_of_a_fresh_and_a_resumed_run(model_dir, digits_npz, tmp_path):
     fresh, resumed = (shutil.copytree(model_dir, tmp_path / name) for name in ('fresh', 'resumed'))
     run_cli('train', *digits_run_args(digits_npz, resumed), f'--train_steps={STEPS + RESUMED_STEPS}')
     assert _session_start_steps(resumed) == [1, STEPS + 1]
+    assert len(monitoring.hparams_event_files(resumed)) == 1  # the session of the run's first start
     logged = {run.name: _logged_steps(run, 'loss') for run in (fresh, resumed)}
     assert logged['fresh'][0] == logged['resumed'][0] == 1 and STEPS + 1 in logged['resumed']
+    final = {run.name: _final_eval_metrics(run) for run in (fresh, resumed)}
+    assert final['resumed']['accuracy'][0] == STEPS + RESUMED_STEPS
     # The Python loader, the one that acts on SessionLog.START.
     with _tensorboard(tmp_path, '--load_fast=false') as url:
         for run, steps in logged.items():
             _poll(functools.partial(_served_steps, url, run, 'loss'), steps.__eq__)
+        sessions = _poll(functools.partial(_served_sessions, url), _serves_final_metrics(final))
+    # Equal hparams: one group of two sessions, each with its own last evaluation.
+    assert sessions['fresh']['group'] == sessions['resumed']['group']
+    _assert_served_metrics(sessions, final)
+
+
+def test_hparams_tab_shows_two_runs_side_by_side_with_their_final_eval_metrics(model_dir, digits_npz,
+                                                                               tmp_path):
+    wide, narrow = tmp_path / 'rnn_units_16', tmp_path / 'rnn_units_8'
+    shutil.copytree(model_dir, wide)
+    run_cli('train', '--model=pixel_row_lstm', f'--data={digits_npz}', f'--model_dir={narrow}',
+            f'--train_steps={SHORT_RUN_STEPS}', f'--checkpoint_every={SHORT_RUN_STEPS}',
+            f'--hparams=rnn_units=8,batch_size={BATCH_SIZE}')
+    final = {run.name: _final_eval_metrics(run) for run in (wide, narrow)}
+    assert final[wide.name]['accuracy'][0] == STEPS and final[narrow.name]['accuracy'][0] == SHORT_RUN_STEPS
+    with _tensorboard(tmp_path) as url:
+        sessions = _poll(functools.partial(_served_sessions, url), _serves_final_metrics(final))
+        served_experiment = _post(url, '/data/plugin/hparams/experiment', {'experimentName': ''})
+
+    _assert_served_metrics(sessions, final)
+    assert [sessions[run.name]['hparams']['rnn_units'] for run in (wide, narrow)] == [16, 8]
+    for run in (wide, narrow):
+        written = monitoring.session_hparams(experiment.load_run(str(run)))
+        assert sessions[run.name]['hparams'] == written
+        assert set(written) == set(hparams_lib.declarations_for(pixel_row_lstm))
+
+    assert [metric['name'] for metric in served_experiment['metricInfos']] == [
+        {'group': 'eval', 'tag': 'accuracy'}, {'group': 'eval', 'tag': 'loss'}]
+    infos = {info['name']: info for info in served_experiment['hparamInfos']}
+    assert {'backbone', 'kind'} <= set(infos)  # other models' hparams too, so every run writes the same
+    for name, data_type, values in (('cell', 'DATA_TYPE_STRING', ['gru', 'lstm']),
+                                    ('bidirectional', 'DATA_TYPE_BOOL', [False, True])):
+        assert (infos[name]['type'], sorted(infos[name]['domainDiscrete'])) == (data_type, values)
+    assert infos['dropout']['domainInterval'] == {'minValue': 0.0, 'maxValue': 1.0}
+    assert infos['rnn_units']['domainInterval'] == {'minValue': 0.0, 'maxValue': 'Infinity'}
+    assert infos['rnn_units']['description'] == 'units of each recurrent layer'
+    assert infos['cnn_filters']['type'] == 'DATA_TYPE_UNSET'
+
+
+def test_a_user_model_fns_own_hparams_show_typed_as_written_and_a_list_as_text():
+    model = 'examples.legacy_clip_rnn:model_fn'
+    own = {'frame_units': '32', 'rate': '0.5', 'name': 'wide', 'sizes': '[1,2]', 'tied': 'true'}
+    run = experiment.Run(model, 'unused', hparams_lib.resolve(registry.get(model), own, (32, 32, 1, 8)))
+    shown = monitoring.session_hparams(run)
+    assert {name: shown[name] for name in own} == {
+        'frame_units': 32, 'rate': 0.5, 'name': 'wide', 'sizes': '[1, 2]', 'tied': True}
+    assert shown['kind'] == 'clip' and shown['rnn_units'] == 128
+    domains = {declared.name: declared.domain for declared in monitoring.experiment_hparams(shown)}
+    assert all(domains[name] is None for name in own)
+    assert domains['kind'].values == ['clip', 'image'] and domains['scan'].values == ['columns', 'rows']

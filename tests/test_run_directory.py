@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, run_cli, user_environment
-from estimator_models.running import run_directory
+from estimator_models.running import monitoring, run_directory
 from estimator_models.serving import exporting
 
 HPARAMS = '--hparams=rnn_units=16,batch_size=16'
@@ -98,7 +98,9 @@ def test_a_second_trainer_on_a_model_dir_stops_naming_the_first(digits_npz, tmp_
     assert not second_export_dir.exists()
 
     assert first.wait(timeout=600) == 0, open(f'{model_dir}.err').read()
-    assert len(glob.glob(os.path.join(model_dir, 'events.out.tfevents.*'))) == 1
+    # The first trainer's alone: its training events and its session for the HParams tab.
+    assert len(glob.glob(os.path.join(model_dir, 'events.out.tfevents.*'))) == 2
+    assert len(monitoring.hparams_event_files(model_dir)) == 1
     assert _checkpoint_steps(model_dir) == [0, 10, 20]
     assert run_directory.recorded_holder(model_dir) == {}  # released
 

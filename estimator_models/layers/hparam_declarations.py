@@ -6,20 +6,23 @@ from the declarations; estimator_models.running.hparams_doc writes docs/hparams.
 """
 
 import dataclasses
+import math
 from typing import Callable, Optional, Tuple, Union
 
 
 @dataclasses.dataclass(frozen=True)
 class Bound:
-    """A range of numbers: whether it `admits` a number, and how errors and docs word it."""
+    """A range of numbers: whether it `admits` a number, how errors and docs word it, and
+    the closed `interval` around it that TensorBoard's HParams tab is told."""
     admits: Callable[[float], bool]
     requirement: str  # completes "hparam NAME must ..."
     summary: str
+    interval: Tuple[float, float]
 
 
-POSITIVE = Bound(lambda number: number > 0, 'be positive', '> 0')
-NON_NEGATIVE = Bound(lambda number: number >= 0, 'be 0 or more', '>= 0')
-FRACTION = Bound(lambda number: 0 <= number < 1, 'lie in [0, 1)', 'in [0, 1)')
+POSITIVE = Bound(lambda number: number > 0, 'be positive', '> 0', (0.0, math.inf))
+NON_NEGATIVE = Bound(lambda number: number >= 0, 'be 0 or more', '>= 0', (0.0, math.inf))
+FRACTION = Bound(lambda number: 0 <= number < 1, 'lie in [0, 1)', 'in [0, 1)', (0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

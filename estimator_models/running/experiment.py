@@ -338,6 +338,7 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
     """
     if task.writes_run:
         hparams_lib.save_run(run.model_dir, run.record())
+        monitoring.write_hparams_session(run)
     config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla, task)
     estimator = make_estimator(run, config, train_steps, warm_start_from, task)
     shuffle_seed = seed + checkpoint_step(run.model_dir)

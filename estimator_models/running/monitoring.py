@@ -1,22 +1,35 @@
-"""What a run adds around any model_fn, and the train-time hooks that write to MODEL_DIR.
+"""What a run adds around any model_fn, and what it writes to MODEL_DIR for TensorBoard.
 
 Around the model_fn (`instrumented`): the progress lines, and the input pipeline's
 count of dropped records. Hooks: `examples_per_sec`, the input images collected by
 estimator_models.layers.summaries every `summary_images_every` steps, and the
-profiler trace.
+profiler trace. At the start of a run: its session in TensorBoard's HParams tab
+(`write_hparams_session`).
 """
 
+import glob
 import math
+import os
 
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 
+from estimator_models import registry
 from estimator_models.layers import summaries
+from estimator_models.legacy import user_model_fn
+from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import progress
 from input_fns import BAD_RECORDS_KEY
 from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 BAD_RECORDS_TAG = 'input/bad_records'
+# The HParams tab shows the last value of each metric's scalar in the subdirectory of the
+# session's run named by its group: `eval` is where the Estimator writes each evaluation.
+HPARAMS_METRICS = (hp.Metric('accuracy', group='eval', dataset_type=hp.Metric.VALIDATION),
+                   hp.Metric('loss', group='eval', dataset_type=hp.Metric.VALIDATION))
+HPARAMS_EVENTS_SUFFIX = '.hparams'
 
 
 def instrumented(model_fn):
@@ -228,3 +241,68 @@ class ProfileHook(tf.compat.v1.train.SessionRunHook):
     def _stop(self):
         tf.profiler.experimental.stop()
         self._tracing = False
+
+
+def write_hparams_session(run):
+    """Writes the experiment (every declared hparam, HPARAMS_METRICS) and the run's hparams
+    for TensorBoard's HParams tab into MODEL_DIR, which makes MODEL_DIR the session.
+
+    A run directory gets its session once, at the run's first start: TensorBoard reads only
+    the first summary of a tag in a run, so a resumed run's second one would never show. It goes
+    into an events file of its own, with no SessionLog.START (TensorBoard would take one
+    for a restart and drop the scalars already logged from its step on), written from a
+    graph of its own: an eager summary writer would start the eager context, and the
+    multi-worker strategy made after this could then no longer configure its collective ops.
+    """
+    if hparams_event_files(run.model_dir):
+        return
+    shown = session_hparams(run)
+    experiment = hparams_summary.hparams_config_pb(experiment_hparams(shown), HPARAMS_METRICS)
+    with tf.Graph().as_default():
+        writer = tf.compat.v1.summary.FileWriter(run.model_dir, filename_suffix=HPARAMS_EVENTS_SUFFIX)
+        for summary in (experiment, hparams_summary.hparams_pb(shown)):
+            writer.add_summary(summary.SerializeToString(), global_step=0)
+        writer.close()
+
+
+def hparams_event_files(model_dir):
+    """The events files of write_hparams_session in model_dir."""
+    return sorted(glob.glob(os.path.join(model_dir, f'events.out.tfevents.*{HPARAMS_EVENTS_SUFFIX}')))
+
+
+def session_hparams(run):
+    """{name: bool, number or str}: the run's declared hparams, and a user model_fn's own
+    ones as typed from --hparams; a list as its text."""
+    declared = hparams_lib.declarations_for(run.module)
+    keeps_own = getattr(run.module, 'ACCEPTS_UNKNOWN_HPARAMS', False)
+    return {name: _shown(value) for name, value in run.hparams.items() if name in declared or keeps_own}
+
+
+def _shown(value):
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def experiment_hparams(shown):
+    """hp.HParams of every model's declarations, so that runs of different models write
+    the same experiment (TensorBoard takes the first it reads), then of the keys of
+    `shown` that nothing declares, without a domain."""
+    modules = (*registry.MODELS.values(), user_model_fn.UserModel)
+    declared = {declaration.name: declaration for module in modules
+                for declaration in hparams_lib.declarations_for(module).values()}
+    return ([hp.HParam(name, _domain(declaration), description=declaration.doc)
+             for name, declaration in declared.items()]
+            + [hp.HParam(name) for name in shown if name not in declared])
+
+
+def _domain(declaration):
+    """The values the HParams tab offers to filter on: the choices, both bools, or the
+    bound's interval; None for any other text, list or number."""
+    if declaration.choices is not None:
+        return hp.Discrete(declaration.choices)
+    if isinstance(declaration.default, bool):
+        return hp.Discrete([False, True])
+    if declaration.bound is not None:
+        # TensorBoard holds every number as a float64 (an IntInterval is written the same
+        # way), and an IntInterval cannot be open above.
+        return hp.RealInterval(*declaration.bound.interval)
+    return None
