@@ -41,14 +41,14 @@ setuptools.setup(
              'bin/make_tfrecords', 'bin/convert_checkpoint'],
     entry_points={
         'console_scripts': [
-            'lstm-train=estimator_models.running.cli:main_train',
-            'lstm-evaluate=estimator_models.running.cli:main_evaluate',
-            'lstm-export=estimator_models.running.cli:main_export',
-            'lstm-predict=estimator_models.running.cli:main_predict',
-            'lstm-benchmark=estimator_models.running.cli:main_benchmark',
-            'lstm-make-tfrecords=estimator_models.running.cli:main_make_tfrecords',
-            'lstm-convert-checkpoint=estimator_models.running.cli:main_convert_checkpoint',
-            'lstm-launch-local-cluster=estimator_models.running.cli:main_launch_local_cluster',
+            'lstm-train=estimator_models.running.launch:main_train',
+            'lstm-evaluate=estimator_models.running.launch:main_evaluate',
+            'lstm-export=estimator_models.running.launch:main_export',
+            'lstm-predict=estimator_models.running.launch:main_predict',
+            'lstm-benchmark=estimator_models.running.launch:main_benchmark',
+            'lstm-make-tfrecords=estimator_models.running.launch:main_make_tfrecords',
+            'lstm-convert-checkpoint=estimator_models.running.launch:main_convert_checkpoint',
+            'lstm-launch-local-cluster=estimator_models.running.launch:main_launch_local_cluster',
         ],
     },
 )

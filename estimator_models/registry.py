@@ -17,7 +17,7 @@ attributes by estimator_models.legacy.user_model_fn.
 
 from estimator_models import cnn_lstm, pixel_row_lstm, temporal_cnn_lstm
 from estimator_models.legacy import user_model_fn
-from input_fns.errors import UserError
+from input_fns.errors import UserError, with_closest
 
 MODELS = {
     'pixel_row_lstm': pixel_row_lstm,
@@ -32,6 +32,6 @@ def get(name, kind=None):
     if user_model_fn.is_user_model(name):
         return user_model_fn.load(name, kind)
     if name not in MODELS:
-        raise UserError(f'unknown model {name!r}; choose one of {", ".join(MODELS)} '
-                        'or give your own model_fn as package.module:function')
+        listing = f'choose one of {", ".join(MODELS)} or give your own model_fn as package.module:function'
+        raise UserError(f'unknown model {name!r}; {with_closest(name, MODELS, listing)}')
     return MODELS[name]

@@ -1,6 +1,7 @@
 """The one exception type that means "the user asked for something that cannot work",
-and how to read the reason out of a TensorFlow error."""
+how to read the reason out of a TensorFlow error, and the valid names closest to a misspelt one."""
 
+import difflib
 import re
 
 
@@ -18,3 +19,12 @@ def assertion_text(message):
     or None when the error is not such an assertion."""
     match = _ASSERTION.search(message)
     return None if match is None else match.group(1) or match.group(2)
+
+
+def with_closest(name, candidates, listing):
+    """`listing` (e.g. 'choose one of a, b, c'), led by the candidates closest to `name`
+    when any is close: 'did you mean a? (choose one of a, b, c)'."""
+    closest = difflib.get_close_matches(name, candidates)
+    if not closest:
+        return listing
+    return f'did you mean {" or ".join(closest)}? ({listing})'

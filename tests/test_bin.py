@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from conftest import DIGITS_RUN_STEPS, digits_run_args, held_out_arrays, run_bin, run_cli
 from estimator_models.layers import precision
-from estimator_models.running import cli
+from estimator_models.running.cli import failures
 from estimator_models.running import experiment
 from input_fns import arrays, specs
 
@@ -245,4 +245,4 @@ def test_a_graph_execution_error_is_told_by_its_message_not_its_header():
         with tf.compat.v1.Session() as session, pytest.raises(tf.errors.OpError) as raised:
             session.run(checked, {pixels: float('nan')})
     assert raised.value.message.startswith('Graph execution error')
-    assert cli._first_line(raised.value.message) == 'pixels are not finite : Tensor had NaN values'
+    assert failures.first_line(raised.value.message) == 'pixels are not finite : Tensor had NaN values'

@@ -21,7 +21,7 @@ from estimator_models.layers import backbones, recurrent, regions
 from estimator_models.layers.hparam_declarations import defaults_of
 from estimator_models.running.common_hparams import COMMON_HPARAMS
 from estimator_models.serving import receivers
-from input_fns.errors import UserError
+from input_fns.errors import UserError, with_closest
 
 RUN_FILE = 'hparams.json'
 COMMON_DEFAULTS = defaults_of(COMMON_HPARAMS)
@@ -101,7 +101,8 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
     defaults = defaults_for(model_module)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown and not getattr(model_module, 'ACCEPTS_UNKNOWN_HPARAMS', False):
-        raise UserError(f'unknown hparam {unknown[0]!r}; known: {", ".join(sorted(defaults))}')
+        listing = f'known: {", ".join(sorted(defaults))}'
+        raise UserError(f'unknown hparam {unknown[0]!r}; {with_closest(unknown[0], defaults, listing)}')
     parsed = {key: _coerce(key, value, defaults[key]) if key in defaults else typed_as_written(value)
               for key, value in overrides.items()}
     if saved is not None:

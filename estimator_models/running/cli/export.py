@@ -1,0 +1,63 @@
+"""bin/export: a SavedModel, or an ONNX file, of a trained model_dir's latest checkpoint."""
+
+import os
+
+from absl import flags
+
+from estimator_models.running import experiment
+from estimator_models.running.cli.command import Command, require
+from estimator_models.running.cli.flag_groups import TRAINED_MODEL_DIR, FlagGroup, data_group, flag
+from estimator_models.serving import onnx_export
+
+RUN = FlagGroup('run', (TRAINED_MODEL_DIR,))
+EXPORT = FlagGroup('export', (
+    flag(flags.DEFINE_enum, 'format', 'saved_model',
+         'saved_model (for TensorFlow Serving), or onnx: EXPORT_DIR/<version>/model.onnx (default '
+         'EXPORT_DIR: MODEL_DIR/export/onnx), verified against the SavedModel of the same checkpoint.',
+         enum_values=['saved_model', 'onnx']),
+    flag(flags.DEFINE_string, 'export_dir', None,
+         'Base directory; the SavedModel goes to EXPORT_DIR/<version>. Default: MODEL_DIR/export/latest.'),
+    flag(flags.DEFINE_bool, 'list_variables', False,
+         'Print the variables of the latest checkpoint (name, shape, dtype) instead of exporting.'),
+))
+DATA = data_group(f'With --format=onnx: the data whose first {onnx_export.VERIFY_EXAMPLES} examples '
+                  'verify the file; default: seeded random pixels (and clip lengths)')
+
+
+def run(options, argv):
+    del argv
+    require(options, 'model_dir')
+    if options.list_variables:
+        _list_variables(options.model_dir)
+        return
+    trained = experiment.load_run(options.model_dir)
+    if options.data_dir:
+        trained.data_dir = options.data_dir
+    if options.format == 'onnx':
+        _export_onnx(trained, options)
+        return
+    export_dir = options.export_dir or os.path.join(options.model_dir, 'export', 'latest')
+    print(experiment.export(trained, export_dir))
+
+
+def _list_variables(model_dir):
+    checkpoint, variables = experiment.checkpoint_variables(model_dir)
+    print(f'# {checkpoint}')
+    for name, shape, dtype in variables:
+        print(f'{name}\t{shape}\t{dtype}')
+
+
+def _export_onnx(trained, options):
+    onnx_export.check_available()
+    export_dir = options.export_dir or os.path.join(options.model_dir, 'export', onnx_export.ONNX_DIR)
+    eval_source = trained.evaluation_source(options.data) if options.data else None
+    path = experiment.export_onnx(trained, export_dir, eval_source)
+    print(f'verified: {os.path.join(os.path.dirname(path), onnx_export.VERIFICATION_FILE)}')
+    print(path)
+
+
+COMMAND = Command(
+    summary="exports a trained model_dir's latest checkpoint as a SavedModel, or an ONNX file.",
+    examples=('--model_dir=runs/cnn_lstm', '--model_dir=runs/cnn_lstm --format=onnx'),
+    flag_groups=(RUN, EXPORT, DATA),
+    run=run)
