@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from input_fns import CLIP, IMAGE, glyphs, moving_glyphs, tfds_source
 from input_fns.errors import UserError
+from input_fns.progress import Progress
 
 VERSION = tfds.core.Version('3.0.0')
 RELEASE_NOTES = {
@@ -62,6 +63,9 @@ class EmbeddedConfig(tfds.core.BuilderConfig):
     def split_sizes(self):
         return {'train': self.train_examples, 'test': self.test_examples}
 
+    def num_examples(self):
+        return self.train_examples + self.test_examples
+
 
 class _EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A builder whose examples are rendered from SPLIT_SEEDS, RENDER_CHUNK at a time."""
@@ -70,6 +74,7 @@ class _EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = RELEASE_NOTES
     INPUT_KEY: str  # 'image' or 'video', beside 'label'
     RENDER_CHUNK: int  # examples rendered at once
+    _rendering: Progress  # of all splits, while _download_and_prepare runs
 
     @abc.abstractmethod
     def _features(self):
@@ -84,6 +89,12 @@ class _EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                      features=self._features(),
                                      supervised_keys=(self.INPUT_KEY, 'label'))
 
+    def _download_and_prepare(self, dl_manager, download_config):
+        # One progress line over the splits TFDS generates one after the other; its
+        # last line comes once they are written.
+        with Progress(self.builder_config.num_examples()) as self._rendering:
+            super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
         del dl_manager  # everything is rendered here
         return {split: self._generate_examples(SPLIT_SEEDS[split], size)
@@ -94,8 +105,8 @@ class _EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for start in range(0, num_examples, self.RENDER_CHUNK):
             count = min(self.RENDER_CHUNK, num_examples - start)
             chunk_seed = [split_seed, start // self.RENDER_CHUNK]
-            for offset, example in enumerate(self._chunk_examples(count, chunk_seed)):
-                yield start + offset, example
+            yield from enumerate(self._chunk_examples(count, chunk_seed), start)
+            self._rendering.advance(count)
 
 
 def _configs(train, test, num_shards):
@@ -197,7 +208,7 @@ def builder(name, data_dir=None, config=None):
 
 def prepare(unprepared):
     """Renders and writes an embedded builder's data unless it is there; returns a builder
-    that reads it.
+    that reads it. Says so on stderr, where the rendering then shows its progress.
 
     Safe when processes race: each writes into its own temporary directory that TFDS
     renames into place (py_utils.incomplete_dir); a process whose rename loses reads the
@@ -208,7 +219,7 @@ def prepare(unprepared):
             return unprepared
         config = unprepared.builder_config
         print(f'preparing embedded dataset {unprepared.name} into {unprepared.data_dir} '
-              f'({sum(config.split_sizes().values())} examples)', file=sys.stderr, flush=True)
+              f'({config.num_examples()} examples)', file=sys.stderr, flush=True)
         offline = tfds.download.DownloadConfig(try_download_gcs=False,
                                                num_shards=config.num_shards)
         try:

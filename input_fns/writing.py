@@ -12,14 +12,13 @@
 import collections.abc
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
 from input_fns.errors import UserError
+from input_fns.progress import Progress
 # The keys the reader knows, so writer and reader cannot drift apart.
 from input_fns.tfrecords import BOX_KEYS, CLIP_LABEL_KEY, ENCODED_KEY, METADATA_SUFFIX
 from input_fns.tfrecords import IMAGE_LABEL_KEY as LABEL_KEY
@@ -31,9 +30,6 @@ WIDTH_KEY = 'image/width'
 _MAGIC = ((b'\x89PNG\r\n\x1a\n', 'png'), (b'\xff\xd8\xff', 'jpeg'))
 # A TFRecord frames each record with a length (8 bytes) and two CRCs (4 bytes each).
 _RECORD_OVERHEAD = 16
-_PROGRESS_INTERVAL = 0.25
-_LOG_INTERVAL = 10.0
-_PROGRESS_WIDTH = 30
 
 
 def image_format(encoded):
@@ -125,7 +121,7 @@ def write_tfrecords(examples, prefix, shards, kind, class_names, frame_shape=Non
         be the same, else None; images then also carry image/height and image/width.
       total: the number of examples for the progress bar (default: len(examples)
         when it has one).
-      progress: draw a progress bar on stderr.
+      progress: show the progress on stderr (input_fns.progress).
 
     Returns:
       {'examples': N, 'classes': K, 'bytes': bytes written in all shards,
@@ -140,7 +136,7 @@ def write_tfrecords(examples, prefix, shards, kind, class_names, frame_shape=Non
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     if total is None and isinstance(examples, collections.abc.Sized):
         total = len(examples)
-    bar = _ProgressBar(total, sys.stderr) if progress else None
+    bar = Progress(total) if progress else None
     try:
         counts, num_bytes = _write_shards(examples, temporaries, kind, len(class_names),
                                           frame_shape, bar)
@@ -177,7 +173,7 @@ def _write_shards(examples, paths, kind, num_classes, frame_shape, bar):
             counts[label] += 1
             num_bytes += len(record) + _RECORD_OVERHEAD
             if bar is not None:
-                bar.update(position + 1, num_bytes)
+                bar.advance(note=f'{num_bytes / 1e6:.1f} MB')
     finally:
         for writer in writers:
             writer.close()
@@ -192,45 +188,6 @@ def _serialized(encoded, label, kind, frame_shape):
         return clip_sequence_example(encoded, label).SerializeToString()
     height, width = frame_shape[:2] if frame_shape else (None, None)
     return image_example(encoded, label, height, width).SerializeToString()
-
-
-class _ProgressBar:
-    """`[#####-----]  45%  450/1000 examples  120.5 examples/s  12.3 MB` on one line of
-    `stream`, redrawn at most every _PROGRESS_INTERVAL seconds (without a total: no bar).
-    When the stream is not a terminal (a log file), a new line every _LOG_INTERVAL
-    seconds instead."""
-
-    def __init__(self, total, stream):
-        self.total = total
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self.start = time.monotonic()
-        self.last_drawn = None
-        self.done = self.num_bytes = 0
-
-    def update(self, done, num_bytes):
-        self.done, self.num_bytes = done, num_bytes
-        now = time.monotonic()
-        interval = _PROGRESS_INTERVAL if self.interactive else _LOG_INTERVAL
-        if self.last_drawn is None or now - self.last_drawn >= interval:
-            self.last_drawn = now
-            self._draw(now, end='' if self.interactive else '\n')
-
-    def finish(self):
-        self._draw(time.monotonic(), end='\n')
-
-    def _draw(self, now, end):
-        rate = self.done / max(now - self.start, 1e-6)
-        counter = f'{self.done} examples'
-        if self.total:
-            fraction = min(self.done / self.total, 1)
-            filled = int(_PROGRESS_WIDTH * fraction)
-            counter = (f'[{"#" * filled}{"-" * (_PROGRESS_WIDTH - filled)}] '
-                       f'{100 * fraction:3.0f}%  {self.done}/{self.total} examples')
-        # \r returns to the line start; the padding wipes a longer previous line.
-        line = f'{counter}  {rate:.1f} examples/s  {self.num_bytes / 1e6:.1f} MB'
-        self.stream.write(f'\r{line:<90}{end}' if self.interactive else line + end)
-        self.stream.flush()
 
 
 def _temporary_path(path):

@@ -1,7 +1,11 @@
 """The embedded datasets as TFDS builders: prepared once from the renderers, read back
 through TfdsSource (tiny configs, in a temporary data dir)."""
 
+import functools
+import hashlib
+import itertools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +16,7 @@ import pytest
 from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
 from input_fns import embedded, glyphs, moving_glyphs, tfds_source
 from input_fns.errors import UserError
+from input_fns.progress import Progress
 from input_fns.source import Shard
 
 TINY = embedded.EmbeddedConfig(name='tiny', train_examples=64, test_examples=32, num_shards=2)
@@ -92,14 +97,49 @@ def test_preparing_twice_reuses_the_data(digits, data_dir, capfd):
     assert train.info.num_examples == 64
 
 
-def test_first_preparation_says_so_in_one_line(tmp_path, capfd):
+def test_first_preparation_says_what_it_does_and_how_long_it_took(tmp_path, capfd):
     config = embedded.EmbeddedConfig(name='few', train_examples=4, test_examples=2)
     embedded.open_embedded('moving_glyphs', str(tmp_path), config)
     captured = capfd.readouterr()
     assert captured.out == ''
-    assert captured.err.strip().splitlines() == [
-        f'preparing embedded dataset moving_glyphs into {tmp_path}/moving_glyphs/few/'
-        f'{embedded.VERSION} (6 examples)']
+    header, last = captured.err.strip().splitlines()
+    assert header == (f'preparing embedded dataset moving_glyphs into {tmp_path}/moving_glyphs/few/'
+                      f'{embedded.VERSION} (6 examples)')
+    assert re.fullmatch(r'\[#{30}\] 100%  6/6 examples  [0-9.]+ examples/s  took \d+s', last)
+
+
+def test_preparation_logs_its_progress_in_plain_lines(tmp_path, capfd, monkeypatch):
+    seconds = itertools.count(0.0, 2.0)  # each look at the clock, two seconds later
+    monkeypatch.setattr(embedded, 'Progress', functools.partial(Progress, clock=seconds.__next__))
+    monkeypatch.setattr(embedded.GlyphDigits, 'RENDER_CHUNK', 100)
+    config = embedded.EmbeddedConfig(name='logged', train_examples=300, test_examples=100)
+    embedded.open_embedded('glyph_digits', str(tmp_path), config)
+    lines = capfd.readouterr().err.splitlines(keepends=True)
+    assert all('\r' not in line for line in lines)
+    assert [line for line in lines if 'examples/s' in line] == [
+        f'[{"#" * 7}{"-" * 23}]  25%  100/400 examples  50.0 examples/s  ETA 6s\n',
+        f'[{"#" * 15}{"-" * 15}]  50%  200/400 examples  50.0 examples/s  ETA 4s\n',
+        f'[{"#" * 22}{"-" * 8}]  75%  300/400 examples  50.0 examples/s  ETA 2s\n',
+        f'[{"#" * 30}] 100%  400/400 examples  40.0 examples/s  took 10s\n']
+
+
+# sha256 of what the renderers make of these seeds: the data of every prepared copy of a
+# VERSION, so no change to how it is made may alter a bit of it.
+RENDERED_DIGITS = '1eab268ee51c9958d492b65703959f493ec1ae39b535ce8f46d95dbfacb18e66'
+RENDERED_CLIPS = '2cac2b7881648e0ebd0310c629538c162a3a8841738d923e2db9d7f513d77adb'
+
+
+def sha256(arrays):
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def test_rendering_is_unchanged():
+    assert sha256(glyphs.render_digits(200, [embedded.SPLIT_SEEDS['train'], 0])) == RENDERED_DIGITS
+    assert sha256(moving_glyphs.render_clips(24, [embedded.SPLIT_SEEDS['test'], 0],
+                                             with_frame_labels=True)) == RENDERED_CLIPS
 
 
 RACER = textwrap.dedent('''

@@ -1,6 +1,5 @@
 """The TFRecord schema of docs/data.md and the sharded writer (input_fns.writing)."""
 
-import io
 import json
 import os
 
@@ -166,18 +165,3 @@ def test_progress_goes_to_a_log_as_a_few_lines(tmp_path, capsys):
     assert '\r' not in progress and progress.count('\n') <= 3
     assert progress.splitlines()[-1].startswith('500 examples')
     assert 'examples/s' in progress and 'MB' in progress
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_on_a_terminal_is_redrawn_a_few_times_per_second():
-    terminal = _Terminal()
-    bar = writing._ProgressBar(500, terminal)  # pylint: disable=protected-access
-    for done in range(1, 501):
-        bar.update(done, done * 100)
-    bar.finish()
-    drawn = terminal.getvalue()
-    assert drawn.count('\r') <= 10 and drawn.count('\n') == 1 and '500/500 examples' in drawn

@@ -5,15 +5,7 @@ import time
 import tensorflow as tf
 
 from estimator_models.serving import exporting
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-    if seconds >= 60:
-        return f'{seconds // 60}m{seconds % 60:02d}s'
-    return f'{seconds}s'
+from input_fns.progress import duration
 
 
 class TrainProgressHook(tf.compat.v1.train.SessionRunHook):
@@ -48,7 +40,7 @@ class TrainProgressHook(tf.compat.v1.train.SessionRunHook):
         rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
         eta = (self._train_steps - step - 1) / rate if rate > 0 else float('inf')
         print(f'step {step + 1}/{self._train_steps}  loss {loss:.4f}  {rate:.1f} steps/s  '
-              f'ETA {_duration(eta) if eta != float("inf") else "?"}', flush=True)
+              f'ETA {duration(eta) if eta != float("inf") else "?"}', flush=True)
         self._last_time = now
 
 
