@@ -1,11 +1,16 @@
 # `make train` and `make test` each create .venv on first use and install the pinned
-# dependencies (requirements.txt) and this project into it.
+# dependencies (requirements.txt, requirements-no-deps.txt) and this project into it.
+# GPU=1 (on a fresh clone, or after `make clean`) installs TensorFlow's CUDA build
+# instead of the CPU one: `make train GPU=1`.
 
-PYTHON ?= $(shell for candidate in python3.11 python3.10 python3.9 python3; do \
+# The pinned packages (TensorFlow 2.15 with tensorflow-datasets 4.9.4 and onnxruntime 1.32)
+# install on Python 3.11 only.
+PYTHON ?= $(shell for candidate in python3.11 python3; do \
 	command -v $$candidate >/dev/null 2>&1 && { echo $$candidate; break; }; done)
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+TENSORFLOW_GPU := tensorflow[and-cuda]==2.15.1
 
 .PHONY: train test docs test-profile memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
@@ -30,13 +35,17 @@ test-profile: $(INSTALLED)
 	PYTHONPATH=tests $(VENV_PYTHON) -m pytest $(PYTEST_WORKERS) -p cpu_time_report \
 		--cpu-times=runs/test_cpu_times.jsonl --durations=40 tests
 
-$(INSTALLED): requirements.txt setup.py estimator_models/layers/kernels/lstm_sequence.cc
-	@"$(PYTHON)" -c 'import sys; ok = (3, 9) <= sys.version_info[:2] <= (3, 11); \
-		ok or print("error: TensorFlow 2.15 needs Python 3.9-3.11; found " + sys.version.split()[0] \
-		+ " at " + sys.executable + " (set PYTHON=/path/to/python3.11)", file=sys.stderr); \
-		sys.exit(0 if ok else 1)' || { [ -n "$(PYTHON)" ] || echo "error: no python3 found (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+$(INSTALLED): requirements.txt requirements-no-deps.txt setup.py estimator_models/layers/kernels/lstm_sequence.cc
+	@"$(PYTHON)" -c 'import sys; ok = sys.version_info[:2] == (3, 11); \
+		print(("" if ok else "error: ") + "this project installs on Python 3.11 only; found " \
+		+ sys.version.split()[0] + " at " + sys.executable + ("" if ok else " (set PYTHON=/path/to/python3.11)"), \
+		file=sys.stderr); sys.exit(0 if ok else 1)' \
+		|| { [ -n "$(PYTHON)" ] || echo "error: no python3 found (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 	"$(PYTHON)" -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-no-deps.txt
+	$(if $(GPU),$(VENV_PYTHON) -m pip uninstall --quiet --yes tensorflow-cpu)
+	$(if $(GPU),$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check '$(TENSORFLOW_GPU)')
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(VENV_PYTHON) -m estimator_models.layers.kernels
 	touch $@

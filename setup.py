@@ -5,26 +5,26 @@ import setuptools
 # Exact pins: tf.estimator exists only up to TensorFlow 2.15, and pip would otherwise
 # move any of these past it. Why each pin is what it is: BUILD_NOTES.md.
 # requirements.txt freezes the whole resolved set (with the transitive packages).
+# TensorFlow itself is an extra, [cpu] or [gpu]: its CPU and CUDA builds are two
+# packages that cannot be installed together.
 INSTALL_REQUIRES = [
-    'tensorflow==2.15.1',
     'tensorflow-estimator==2.15.0',
     'keras==2.15.0',
     'tensorboard==2.15.2',
     'tensorboard-plugin-profile==2.15.0',
     'numpy==1.26.4',
     # 4.25 has a compiled implementation for Python 3.11; 3.20.3 only a pure-Python one there.
-    'protobuf==4.25.8; python_version >= "3.11"',
-    'protobuf==3.20.3; python_version < "3.11"',
+    'protobuf==4.25.8',
     'tensorflow-datasets==4.9.4',
-    'tensorflow-metadata==1.15.0; python_version >= "3.11"',
-    'tensorflow-metadata==1.14.0; python_version < "3.11"',
-    'tensorflow-serving-api==2.15.1',
+    'tensorflow-metadata==1.15.0',
+    # tensorflow-serving-api 2.15.1 is not listed: it asks for the `tensorflow` package,
+    # which would bring the CUDA build beside tensorflow-cpu. Install it with
+    # `pip install --no-deps -r requirements-no-deps.txt` (make does).
     'absl-py==1.4.0',
-    # ONNX export, verification and serving (bin/export --format=onnx); onnxruntime 1.32
-    # is built for Python 3.11 and newer only.
-    'tf2onnx==1.17.0; python_version >= "3.11"',
-    'onnx==1.17.0; python_version >= "3.11"',
-    'onnxruntime==1.32.0; python_version >= "3.11"',
+    # ONNX export, verification and serving (bin/export --format=onnx).
+    'tf2onnx==1.17.0',
+    'onnx==1.17.0',
+    'onnxruntime==1.32.0',
 ]
 
 setuptools.setup(
@@ -34,9 +34,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['estimator_models', 'estimator_models.*', 'input_fns']),
     # The fused LSTM kernel is compiled from its source on the machine that runs it.
     package_data={'estimator_models.layers.kernels': ['*.cc']},
-    python_requires='>=3.9,<3.12',
+    python_requires='>=3.11,<3.12',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0']},
+    extras_require={'cpu': ['tensorflow-cpu==2.15.1'], 'gpu': ['tensorflow[and-cuda]==2.15.1'],
+                    'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0']},
     scripts=['bin/train', 'bin/evaluate', 'bin/export', 'bin/predict', 'bin/benchmark',
              'bin/make_tfrecords', 'bin/convert_checkpoint'],
     entry_points={
