@@ -21,6 +21,7 @@ from conftest import DIGITS_RUN_STEPS, digits_run_args, held_out_arrays, run_bin
 from estimator_models.layers import precision
 from estimator_models.running.cli import failures
 from estimator_models.running import experiment
+from estimator_models.serving import exporting
 from input_fns import arrays, specs
 
 STEPS = DIGITS_RUN_STEPS
@@ -135,6 +136,37 @@ def test_exported_models_in_a_fresh_process_match_estimator_predict(digits_run, 
     subprocess.run([sys.executable, '-c', LOAD_AND_PREDICT, *load_and_predict], check=True, capture_output=True)
     for outputs_path, probabilities in expected.items():
         np.testing.assert_allclose(np.load(outputs_path, allow_pickle=False), probabilities, atol=1e-5)
+
+
+def test_export_writes_a_checkpoint_once_where_the_trainer_prunes_nothing(digits_run, tmp_path):
+    model_dir = _copy(digits_run[0], tmp_path)
+    export_dir = os.path.join(model_dir, 'export')
+    latest_before = _versions(os.path.join(export_dir, 'latest'))
+    first = run_cli('export', f'--model_dir={model_dir}').stdout.strip().splitlines()
+    second = run_cli('export', f'--model_dir={model_dir}').stdout.strip().splitlines()
+    assert second == first
+    manual = os.path.join(export_dir, 'manual')
+    assert first == [os.path.join(manual, _versions(manual)[0])] and len(_versions(manual)) == 1
+    with open(os.path.join(first[0], 'assets.extra', 'checkpoint.json')) as stream:
+        assert json.load(stream)['global_step'] == STEPS
+    run = experiment.load_run(model_dir)
+    pruned = {exporter.name for exporter in experiment.exporters(run, export_dir)
+              if isinstance(exporter, exporting.ServingExporter)}
+    assert pruned and 'manual' not in pruned
+    assert _versions(os.path.join(export_dir, 'latest')) == latest_before
+
+
+def test_export_of_another_checkpoint_is_a_new_version(digits_run, tmp_path):
+    model_dir = _copy(digits_run[0], tmp_path)
+    exports = str(tmp_path / 'exports')
+    latest = run_cli('export', f'--model_dir={model_dir}', f'--export_dir={exports}').stdout.strip()
+    earlier = tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths[-2]
+    tf.compat.v1.train.update_checkpoint_state(model_dir, earlier)
+    older = run_cli('export', f'--model_dir={model_dir}', f'--export_dir={exports}').stdout.strip()
+    assert older != latest and sorted([latest, older]) == [os.path.join(exports, name) for name in _versions(exports)]
+    steps = [json.load(open(os.path.join(path, 'assets.extra', 'checkpoint.json')))['global_step']
+             for path in (latest, older)]
+    assert steps == [STEPS, int(earlier.rsplit('-', 1)[1])]
 
 
 @pytest.mark.parametrize('args, message', [

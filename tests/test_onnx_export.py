@@ -120,8 +120,10 @@ def test_bin_predict_onnx_answers_like_saved_model(digits_run, tmp_path):
     shutil.copytree(digits_run[0], model_dir)  # bin/export writes into it
     exported = run_cli('export', f'--model_dir={model_dir}', '--format=onnx').stdout.strip().splitlines()
     onnx_file = exported[-1]
-    assert onnx_file.startswith(str(model_dir / 'export' / 'onnx')) and onnx_file.endswith('model.onnx')
+    assert onnx_file.startswith(str(model_dir / 'export' / 'manual' / 'onnx')) and onnx_file.endswith('model.onnx')
     assert exported[-2].startswith('verified: ')
+    assert run_cli('export', f'--model_dir={model_dir}', '--format=onnx').stdout.strip().splitlines() == exported
+    assert len(exporting.versions(model_dir / 'export' / 'manual' / 'onnx')) == 1
     images = np.random.default_rng(3).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / 'images.npz', x=images)
     by_onnx = json.loads(run_cli('predict', f'--onnx={onnx_file}', f'--input={tmp_path / "images.npz"}').stdout)
@@ -131,6 +133,27 @@ def test_bin_predict_onnx_answers_like_saved_model(digits_run, tmp_path):
         [row['classes'] for row in by_saved_model['predictions']]
     np.testing.assert_allclose([row['probabilities'] for row in by_onnx['predictions']],
                                [row['probabilities'] for row in by_saved_model['predictions']], atol=1e-4)
+
+
+def test_bin_predict_onnx_takes_a_version_or_a_base_directory_like_the_file(digits_run, tmp_path):
+    onnx_base = pathlib.Path(digits_run[0]) / 'export' / 'onnx'
+    newest = onnx_base / str(exporting.versions(onnx_base)[-1])
+    images = np.random.default_rng(4).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / 'images.npz', x=images)
+    answers = [run_cli('predict', f'--onnx={path}', f'--input={tmp_path / "images.npz"}').stdout
+               for path in (newest / 'model.onnx', newest, onnx_base)]
+    assert answers[1] == answers[0] and answers[2] == answers[0]
+
+
+def test_bin_predict_onnx_names_the_signatures_there_are_for_one_that_is_not(digits_run, tmp_path):
+    onnx_base = pathlib.Path(digits_run[0]) / 'export' / 'onnx'
+    newest = onnx_base / str(exporting.versions(onnx_base)[-1]) / 'model.onnx'
+    (tmp_path / 'body.json').write_text(json.dumps({'instances': [[[0.0] * 28] * 28]}))
+    result = run_cli('predict', f'--onnx={onnx_base}', f'--request={tmp_path / "body.json"}',
+                     '--signature=classification', check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: the ONNX model at {newest} has no signature 'classification'; "
+                                     'it has: serving_default')
 
 
 def test_clips_answer_bin_predict_requests_like_the_saved_model(tmp_path, clips_export):
@@ -163,7 +186,9 @@ def test_bad_onnx_files_and_inputs_are_one_line(tmp_path, clips_export):
     with open(onnx_file, 'rb') as stream:
         (tmp_path / 'truncated.onnx').write_bytes(stream.read()[:2000])
     (tmp_path / 'text.onnx').write_text('not a model')
-    for path, message in [(tmp_path / 'missing.onnx', 'no such file'),
+    (tmp_path / 'no_versions').mkdir()
+    for path, message in [(tmp_path / 'missing.onnx', 'no ONNX model at'),
+                          (tmp_path / 'no_versions', 'neither model.onnx nor integer version directories'),
                           (tmp_path / 'truncated.onnx', 'cannot load .* as an ONNX model'),
                           (tmp_path / 'text.onnx', 'cannot load .* as an ONNX model')]:
         with pytest.raises(UserError, match=message):
@@ -213,5 +238,5 @@ def test_a_graph_with_an_op_onnx_lacks_is_refused_leaving_nothing(tmp_path, digi
     result = run_cli('export', f'--model_dir={model_dir}', '--format=onnx', check=False, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: the serving graph holds ops with no ONNX mapping: Lgamma'
-    assert os.listdir(model_dir / 'export' / 'onnx') == []
+    assert os.listdir(model_dir / 'export' / 'manual' / 'onnx') == []
     assert sorted(os.listdir(model_dir / 'export' / 'latest')) == saved_models_before

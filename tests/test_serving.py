@@ -215,7 +215,7 @@ def test_bin_predict_answers_tf_serving_rest_requests(digits_export, tmp_path):
     ({'instances': [{'picture': 1}]}, 'serving_default', 'input tensor alias not found in signature: picture'),
     ({'instances': [{'b64': base64.b64encode(b'not a png').decode()}]}, 'predict_bytes', 'image'),
     ({'instances': [['a', 'b']]}, 'serving_default', 'cannot convert to float32'),
-    ({'instances': [[0.0]]}, 'nope', 'Serving signature name: "nope" not found'),
+    ({'instances': [[0.0]]}, 'nope', "has no signature 'nope'; it has: classification, predict_bytes, serving_default"),
     ({'rows': []}, 'serving_default', 'request body needs'),
 ])
 def test_bin_predict_rejects_malformed_requests_in_one_line(digits_export, tmp_path, body, signature, message):
@@ -225,6 +225,16 @@ def test_bin_predict_rejects_malformed_requests_in_one_line(digits_export, tmp_p
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: '), result.stderr
     assert message in lines[0]
+
+
+def test_bin_predict_names_the_signatures_there_are_for_one_that_is_not(digits_export, tmp_path):
+    _, path, held_out = digits_export
+    np.savez(tmp_path / 'digits.npz', x=held_out.inputs[:2])
+    result = run_cli('predict', f'--saved_model={os.path.dirname(path)}', f'--input={tmp_path / "digits.npz"}',
+                     '--signature=nosuch', check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: the SavedModel at {path} has no signature 'nosuch'; "
+                                     'it has: classification, predict_bytes, serving_default')
 
 
 def test_a_base_directory_serves_its_highest_version(digits_export):

@@ -6,6 +6,7 @@ exactly the signatures estimator_models.serving.receivers declares, from the sam
 in PREDICT mode, so a served prediction is an Estimator prediction.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,9 @@ from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 
 WARMUP_FILE = 'tf_serving_warmup_requests'
 EVAL_RESULT_FILE = 'eval_result.json'
+CHECKPOINT_FILE = 'checkpoint.json'
+EXTRA_DIR = 'assets.extra'
+SAVED_MODEL_CHECKPOINT_RECORD = os.path.join(EXTRA_DIR, CHECKPOINT_FILE)
 
 
 def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
@@ -30,21 +34,69 @@ def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
     It is written under a temporary name and renamed when complete, so a server
     watching export_base never loads half an export; the version is reserved
     (reserve_version), so an export made beside another never takes its number.
-    `eval_result`, when given, is kept in assets.extra/eval_result.json.
+    `eval_result`, when given, is kept in assets.extra/eval_result.json, and the
+    checkpoint's record in assets.extra/checkpoint.json. A base holds one version of a
+    checkpoint: when export_base has one already (exported_version), its path is
+    returned and nothing is written.
     """
+    existing = exported_version(export_base, checkpoint_path, SAVED_MODEL_CHECKPOINT_RECORD)
+    if existing is not None:
+        return existing
     version, temporary_path = reserve_version(export_base)
     final_path = os.path.join(export_base, str(version))
     try:
         _write_saved_model(run, checkpoint_path, temporary_path)
-        extra = os.path.join(temporary_path, 'assets.extra')
+        write_checkpoint_record(os.path.join(temporary_path, SAVED_MODEL_CHECKPOINT_RECORD), checkpoint_path)
         if eval_result is not None:
-            with open(os.path.join(extra, EVAL_RESULT_FILE), 'w') as stream:
-                json.dump(numbers_only(eval_result), stream, sort_keys=True)
+            write_json(os.path.join(temporary_path, EXTRA_DIR, EVAL_RESULT_FILE), numbers_only(eval_result))
         os.rename(temporary_path, final_path)
     except BaseException:
         shutil.rmtree(temporary_path, ignore_errors=True)
         raise
     return final_path
+
+
+def checkpoint_identity(checkpoint_path):
+    """What tells a checkpoint from any other, wherever it was copied to: its global step
+    and a digest of its index file, which holds a checksum of every variable's value."""
+    with tf.io.gfile.GFile(checkpoint_path + '.index', 'rb') as stream:
+        digest = hashlib.sha256(stream.read()).hexdigest()
+    return {'global_step': int(tf.train.load_variable(checkpoint_path, 'global_step')), 'index_sha256': digest}
+
+
+def write_checkpoint_record(path, checkpoint_path):
+    """The JSON file at `path` that names the checkpoint an export was made from."""
+    write_json(path, dict(checkpoint_identity(checkpoint_path), checkpoint=checkpoint_path))
+
+
+def exported_version(export_base, checkpoint_path, record_file):
+    """The newest version directory under export_base exported from the checkpoint, as
+    the record at `record_file` in each version (write_checkpoint_record) says; None if
+    there is none."""
+    found = versions(export_base)
+    if not found:
+        return None
+    identity = checkpoint_identity(checkpoint_path)
+    for version in reversed(found):
+        path = os.path.join(export_base, str(version))
+        recorded = read_json(os.path.join(path, record_file)) or {}
+        if all(recorded.get(key) == value for key, value in identity.items()):
+            return path
+    return None
+
+
+def read_json(path):
+    """The JSON value in the file at `path`; None when it is missing or not JSON."""
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, value):
+    with open(path, 'w') as stream:
+        json.dump(value, stream, sort_keys=True)
 
 
 def numbers_only(eval_result):
@@ -71,8 +123,8 @@ def _write_saved_model(run, checkpoint_path, path):
                 saver=saver, strip_default_attrs=True)
             builder.save()
             blank_png = session.run(blank_image)
-    os.makedirs(os.path.join(path, 'assets.extra'))
-    write_warmup_requests(os.path.join(path, 'assets.extra', WARMUP_FILE), run, blank_png, signature_inputs)
+    os.makedirs(os.path.join(path, EXTRA_DIR))
+    write_warmup_requests(os.path.join(path, EXTRA_DIR, WARMUP_FILE), run, blank_png, signature_inputs)
 
 
 def versions(export_base):
@@ -154,14 +206,6 @@ def write_warmup_requests(path, run, encoded, signature_inputs):
             writer.write(log.SerializeToString())
 
 
-def _saved_eval_result(export_path):
-    path = os.path.join(export_path, 'assets.extra', EVAL_RESULT_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as stream:
-        return json.load(stream)
-
-
 class ServingExporter(tf.estimator.Exporter):
     """Exports after an evaluation into EXPORT_DIR/<name>/<version>, keeping the newest
     `keep` versions. With `only_if_better`, it exports only when the eval accuracy beats
@@ -194,7 +238,7 @@ class ServingExporter(tf.estimator.Exporter):
 
     def _beats_existing(self, eval_result):
         for version in versions(self._base):
-            previous = _saved_eval_result(os.path.join(self._base, str(version)))
+            previous = read_json(os.path.join(self._base, str(version), EXTRA_DIR, EVAL_RESULT_FILE))
             if previous is not None and previous['accuracy'] >= eval_result['accuracy']:
                 return False
         return True

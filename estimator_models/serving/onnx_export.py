@@ -34,7 +34,6 @@ from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BO
 from input_fns.errors import UserError
 
 ONNX_DIR = 'onnx'
-MODEL_FILE = 'model.onnx'
 VERIFICATION_FILE = 'verification.json'
 OPSET = 17
 VERIFY_EXAMPLES = 64
@@ -63,14 +62,21 @@ def saved_model_signature(kind):
 
 
 def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source=None):
-    """Writes export_base/<version>/model.onnx and verification.json; returns the file's path.
+    """Writes export_base/<version>/model.onnx, verification.json and checkpoint.json (the
+    checkpoint's record, exporting.write_checkpoint_record); returns the file's path.
 
     `saved_model` is the SavedModel of the same checkpoint to verify against (its version
-    number is reused); without it, one is written to a temporary directory and removed.
+    number is reused); without it, one is written to a temporary directory and removed,
+    and an export_base that holds a version of the checkpoint already
+    (exporting.exported_version) answers with that version's file, writing nothing.
     Verification inputs come from the Source `eval_source` when given. A graph that does
     not convert, or a file that does not answer like the SavedModel, is a UserError and
     leaves nothing behind.
     """
+    if saved_model is None:
+        existing = exporting.exported_version(export_base, checkpoint_path, exporting.CHECKPOINT_FILE)
+        if existing is not None:
+            return os.path.join(existing, onnx_serving.MODEL_FILE)
     os.makedirs(export_base, exist_ok=True)
     kept_saved_model = saved_model
     scratch = tempfile.mkdtemp(prefix='onnx-export-')
@@ -82,12 +88,12 @@ def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source
         else:
             version = int(os.path.basename(os.path.normpath(saved_model)))
             final_path = os.path.join(export_base, str(version))
-            if _verification(final_path).get('checkpoint') == checkpoint_path:
-                return os.path.join(final_path, MODEL_FILE)  # best and latest exported this checkpoint at once
+            if _verification(final_path).get('checkpoint') == checkpoint_path:  # best and latest exported it at once
+                return os.path.join(final_path, onnx_serving.MODEL_FILE)
             temporary_path = os.path.join(export_base, f'temp-{version}')
             os.makedirs(temporary_path)
         try:
-            model_path = os.path.join(temporary_path, MODEL_FILE)
+            model_path = os.path.join(temporary_path, onnx_serving.MODEL_FILE)
             graph_def, inputs, outputs = frozen_serving_graph(run, checkpoint_path)
             write_onnx(graph_def, inputs, outputs, model_path)
             report = verify(run, saved_model, model_path, eval_source)
@@ -95,6 +101,7 @@ def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source
                           versions=library_versions())
             with open(os.path.join(temporary_path, VERIFICATION_FILE), 'w') as stream:
                 json.dump(report, stream, indent=2, sort_keys=True)
+            exporting.write_checkpoint_record(os.path.join(temporary_path, exporting.CHECKPOINT_FILE), checkpoint_path)
             shutil.rmtree(final_path, ignore_errors=True)
             os.rename(temporary_path, final_path)
         except BaseException:
@@ -102,7 +109,7 @@ def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return os.path.join(final_path, MODEL_FILE)
+    return os.path.join(final_path, onnx_serving.MODEL_FILE)
 
 
 def check_available():
@@ -136,11 +143,7 @@ def beside_saved_models(run, export_dir, eval_source=None):
 
 def _verification(version_path):
     """The verification.json of an ONNX version directory, or {} if there is none."""
-    try:
-        with open(os.path.join(version_path, VERIFICATION_FILE)) as stream:
-            return json.load(stream)
-    except (OSError, ValueError):
-        return {}
+    return exporting.read_json(os.path.join(version_path, VERIFICATION_FILE)) or {}
 
 
 def frozen_serving_graph(run, checkpoint_path):

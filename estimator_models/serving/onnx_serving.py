@@ -17,19 +17,28 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from estimator_models.serving import receivers
+from estimator_models.serving import predicting, receivers
 from input_fns import BOXES_KEY, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 from input_fns.errors import UserError
 
+MODEL_FILE = 'model.onnx'
 _ONNX_DTYPES = {'tensor(float)': tf.float32, 'tensor(int32)': tf.int32, 'tensor(int64)': tf.int64}
 
 
-def session(model_path):
-    """An onnxruntime InferenceSession of the file, on the CPU."""
+def model_file(path):
+    """The ONNX file that `path` names: the file itself, or the model.onnx of a version
+    directory or of the highest version of a base directory (as a SavedModel's are found)."""
+    if os.path.isfile(path):
+        return path
+    return os.path.join(predicting.resolve_version(path, MODEL_FILE, 'ONNX model'), MODEL_FILE)
+
+
+def session(path):
+    """An onnxruntime InferenceSession, on the CPU, of the ONNX file that `path` names (model_file)."""
     import onnxruntime  # imported here: only ONNX commands need it
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return onnxruntime.InferenceSession(model_path, options, providers=['CPUExecutionProvider'])
+    return onnxruntime.InferenceSession(model_file(path), options, providers=['CPUExecutionProvider'])
 
 
 def run_onnx(inference_session, feeds):
@@ -39,10 +48,10 @@ def run_onnx(inference_session, feeds):
 
 
 def load(path):
-    """The ONNX file at `path` as a SavedModel-like object with `signatures`; a UserError
-    of one line when it is missing, not ONNX, or not an export of this project."""
-    if not os.path.isfile(path):
-        raise UserError(f'no such file: {path}')
+    """The ONNX file that `path` names (model_file) as a SavedModel-like object with
+    `signatures`; a UserError of one line when it is missing, not ONNX, or not an export
+    of this project."""
+    path = model_file(path)
     try:
         inference_session = session(path)
     except Exception as error:  # onnxruntime raises its own classes for unreadable models
@@ -53,13 +62,15 @@ def load(path):
     if IMAGE_KEY not in specs and FRAMES_KEY not in specs:
         raise UserError(f'{path} takes {", ".join(sorted(specs))}, not image or frames: '
                         'not an ONNX export of this project')
-    return OnnxModel(inference_session, specs)
+    return OnnxModel(inference_session, specs, path)
 
 
 class OnnxModel:
-    """What predicting needs of a loaded SavedModel: `signatures` {key: callable}."""
+    """What predicting needs of a loaded SavedModel: `signatures` {key: callable}, and
+    `described` (where it was loaded from) for messages."""
 
-    def __init__(self, inference_session, specs):
+    def __init__(self, inference_session, specs, path):
+        self.described = f'the ONNX model at {path}'
         self.signatures = {'serving_default': OnnxSignature(inference_session, specs)}
         if FRAMES_KEY in specs:
             self.signatures = {

@@ -13,7 +13,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from estimator_models.layers import regions
-from estimator_models.serving import receivers
+from estimator_models.serving import exporting, receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY, arrays, preprocess
 from input_fns.errors import UserError, assertion_text
 
@@ -23,24 +23,38 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 # are 256 MB once converted). Deeper or larger bodies are refused before any conversion.
 MAX_REQUEST_DEPTH = 12
 MAX_REQUEST_VALUES = 2 ** 26
+SAVED_MODEL_FILE = 'saved_model.pb'
 
 
-def resolve_version(path):
-    """A SavedModel directory: `path` itself, or its highest integer version (TF Serving's rule)."""
-    if os.path.exists(os.path.join(path, 'saved_model.pb')):
+def resolve_version(path, model_file=SAVED_MODEL_FILE, described='SavedModel'):
+    """The version directory to load: `path` itself when it holds `model_file`, else its
+    highest integer version that does (TF Serving's rule); `described` names the model in
+    the UserError when there is none."""
+    if os.path.exists(os.path.join(path, model_file)):
         return path
     if not os.path.isdir(path):
-        raise UserError(f'no SavedModel at {path}')
-    versions = [name for name in os.listdir(path)
-                if name.isdigit() and os.path.exists(os.path.join(path, name, 'saved_model.pb'))]
-    if not versions:
-        raise UserError(f'no SavedModel at {path}: neither saved_model.pb nor integer version directories')
-    return os.path.join(path, max(versions, key=int))
+        raise UserError(f'no {described} at {path}')
+    holding = [version for version in exporting.versions(path)
+               if os.path.exists(os.path.join(path, str(version), model_file))]
+    if not holding:
+        raise UserError(f'no {described} at {path}: neither {model_file} nor integer version directories')
+    return os.path.join(path, str(holding[-1]))
 
 
 def load(path):
     """The SavedModel at `path` (a version directory or a base of versions)."""
-    return tf.saved_model.load(resolve_version(path))
+    return LoadedSavedModel(resolve_version(path))
+
+
+class LoadedSavedModel:
+    """A SavedModel as run_request and file_request use it: its `signatures`, and
+    `described` (where it was loaded from) for messages."""
+
+    def __init__(self, path):
+        self.described = f'the SavedModel at {path}'
+        # The loaded object owns the variables its signatures read: it lives as long as they do.
+        self._loaded = tf.saved_model.load(path)
+        self.signatures = self._loaded.signatures
 
 
 def read_inputs(paths, kind, frame_shape):
@@ -219,7 +233,8 @@ def _b64(data):
 
 def _signature(loaded, name):
     if name not in loaded.signatures:
-        raise UserError(f'Serving signature name: "{name}" not found in signature def')
+        raise UserError(f"{loaded.described} has no signature '{name}'; it has: "
+                        f"{', '.join(sorted(loaded.signatures))}")
     return loaded.signatures[name]
 
 

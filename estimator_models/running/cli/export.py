@@ -1,4 +1,5 @@
-"""bin/export: a SavedModel, or an ONNX file, of a trained model_dir's latest checkpoint."""
+"""bin/export: a SavedModel, or an ONNX file, of a trained model_dir's latest checkpoint,
+once: a checkpoint exported already answers with the path of its export."""
 
 import os
 
@@ -9,14 +10,19 @@ from estimator_models.running.cli.command import Command, require
 from estimator_models.running.cli.flag_groups import TRAINED_MODEL_DIR, FlagGroup, data_group, flag
 from estimator_models.serving import onnx_export
 
+# bin/export's own base directory: the trainer prunes best/ and latest/ to their newest versions.
+MANUAL_EXPORTS = 'manual'
+
 RUN = FlagGroup('run', (TRAINED_MODEL_DIR,))
 EXPORT = FlagGroup('export', (
     flag(flags.DEFINE_enum, 'format', 'saved_model',
-         'saved_model (for TensorFlow Serving), or onnx: EXPORT_DIR/<version>/model.onnx (default '
-         'EXPORT_DIR: MODEL_DIR/export/onnx), verified against the SavedModel of the same checkpoint.',
+         'saved_model (for TensorFlow Serving): EXPORT_DIR/<version>; or onnx: '
+         'EXPORT_DIR/onnx/<version>/model.onnx, verified against the SavedModel of the same checkpoint.',
          enum_values=['saved_model', 'onnx']),
     flag(flags.DEFINE_string, 'export_dir', None,
-         'Base directory; the SavedModel goes to EXPORT_DIR/<version>. Default: MODEL_DIR/export/latest.'),
+         f'Where the versions go (see --format). Default: MODEL_DIR/export/{MANUAL_EXPORTS}, which the '
+         'trainer leaves alone. A checkpoint that has a version there already is not exported again: '
+         'that version is printed.'),
     flag(flags.DEFINE_bool, 'list_variables', False,
          'Print the variables of the latest checkpoint (name, shape, dtype) instead of exporting.'),
 ))
@@ -33,10 +39,10 @@ def run(options, argv):
     trained = experiment.load_run(options.model_dir)
     if options.data_dir:
         trained.data_dir = options.data_dir
+    export_dir = options.export_dir or os.path.join(options.model_dir, 'export', MANUAL_EXPORTS)
     if options.format == 'onnx':
-        _export_onnx(trained, options)
+        _export_onnx(trained, os.path.join(export_dir, onnx_export.ONNX_DIR), options.data)
         return
-    export_dir = options.export_dir or os.path.join(options.model_dir, 'export', 'latest')
     print(experiment.export(trained, export_dir))
 
 
@@ -47,11 +53,10 @@ def _list_variables(model_dir):
         print(f'{name}\t{shape}\t{dtype}')
 
 
-def _export_onnx(trained, options):
+def _export_onnx(trained, onnx_base, data):
     onnx_export.check_available()
-    export_dir = options.export_dir or os.path.join(options.model_dir, 'export', onnx_export.ONNX_DIR)
-    eval_source = trained.evaluation_source(options.data) if options.data else None
-    path = experiment.export_onnx(trained, export_dir, eval_source)
+    eval_source = trained.evaluation_source(data) if data else None
+    path = experiment.export_onnx(trained, onnx_base, eval_source)
     print(f'verified: {os.path.join(os.path.dirname(path), onnx_export.VERIFICATION_FILE)}')
     print(path)
 

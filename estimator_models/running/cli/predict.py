@@ -13,8 +13,9 @@ from input_fns.errors import UserError
 MODEL = FlagGroup('model', (
     SAVED_MODEL,
     flag(flags.DEFINE_string, 'onnx', None,
-         'An ONNX file of bin/export --format=onnx, run by onnxruntime instead of --saved_model '
-         '(signatures serving_default and, for clips, predict_with_lengths).'),
+         'An ONNX file of bin/export --format=onnx, its version directory, or a base directory of '
+         'versions (the highest is used), run by onnxruntime instead of --saved_model (signatures '
+         'serving_default and, for clips, predict_with_lengths).'),
     flag(flags.DEFINE_string, 'signature', 'serving_default', 'Signature to run.'),
 ))
 INPUT = FlagGroup('input', (
@@ -59,6 +60,6 @@ COMMAND = Command(
     summary='classifies files, or answers a TensorFlow Serving REST request, with a SavedModel or an '
             'ONNX file.',
     examples=('--saved_model=runs/cnn_lstm/export/best --input=digit.png --input=more.npz',
-              '--onnx=runs/cnn_lstm/export/onnx/VERSION/model.onnx --request=request.json'),
+              '--onnx=runs/cnn_lstm/export/manual/onnx --request=request.json'),
     flag_groups=(MODEL, INPUT),
     run=run)
