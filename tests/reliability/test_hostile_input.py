@@ -18,9 +18,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from estimator_models.errors import UserError
 from estimator_models.serving import predicting, receivers
-from input_fns import CLIP, IMAGE, preprocess, source
-from input_fns.errors import UserError
+from input_fns import CLIP, IMAGE, preprocess
+from input_fns.sources import source
 
 # Peak resident memory allowed to a process that refuses a 30000x30000 image header.
 # TensorFlow alone takes ~400 MB here; decoding such a PNG would take 900 MB (gray) or more.
