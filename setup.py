@@ -31,7 +31,7 @@ setuptools.setup(
     name='estimator-lstm-pipeline',
     version='0.1.0',
     description=__doc__,
-    packages=setuptools.find_packages(include=['estimator_models', 'estimator_models.*', 'input_fns']),
+    packages=setuptools.find_packages(include=['estimator_models', 'estimator_models.*', 'input_fns', 'input_fns.*']),
     # The fused LSTM kernel is compiled from its source on the machine that runs it.
     package_data={'estimator_models.layers.kernels': ['*.cc']},
     python_requires='>=3.11,<3.12',

@@ -20,7 +20,7 @@ trap cleanup EXIT
 
 "$PYTHON" -c "
 import numpy as np
-from input_fns import glyphs
+from input_fns.embedded import glyphs
 images, labels = glyphs.render_digits(3000, seed=3)
 np.savez('$work/digits.npz', x=images, y=labels)"
 

@@ -16,8 +16,8 @@ attributes by estimator_models.legacy.user_model_fn.
 """
 
 from estimator_models import cnn_lstm, pixel_row_lstm, temporal_cnn_lstm
+from estimator_models.errors import UserError, with_closest
 from estimator_models.legacy import user_model_fn
-from input_fns.errors import UserError, with_closest
 
 MODELS = {
     'pixel_row_lstm': pixel_row_lstm,

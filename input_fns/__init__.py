@@ -1,5 +1,14 @@
 """tf.data input functions shared by every model.
 
+  sources/    one module per form of data (TFRecords, TFDS, .npz, class folders, arrays)
+  embedded/   the embedded datasets: their generators and TFDS builders
+  specs       a data spec to its sources, over both
+  dataset     the input_fn factory: a source to what an Estimator reads
+  writing     labelled images and clips written as TFRecord shards
+  preprocess  image preprocessing, also the serving receivers'
+  augment     training-time augmentation
+  progress    the progress lines of long counts of examples
+
 Feature dictionaries seen by a model_fn (and built by the serving receivers):
 
   images: {IMAGE_KEY: float32 [batch, H, W, C]}                 raw pixels 0..255
@@ -8,7 +17,7 @@ Feature dictionaries seen by a model_fn (and built by the serving receivers):
 
 Batches from the input functions (not the serving receivers) also carry
   BAD_RECORDS_KEY: int64 [batch], records of the source dropped as unreadable so far
-  in the current pass (see input_fns.source); the models ignore it.
+  in the current pass (see input_fns.sources.source); the models ignore it.
 Images from TFRecord Examples with boxes (image/object/bbox/{ymin,xmin,ymax,xmax}, the
 TF Object Detection API's keys) also carry
   BOXES_KEY: float32 [batch, R, 4]  (ymin, xmin, ymax, xmax) in fractions of the image,

@@ -14,7 +14,8 @@ fewer files than workers.
 
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, augment, preprocess, source
+from input_fns import CLIP, FRAMES_KEY, IMAGE_KEY, augment, preprocess
+from input_fns.sources import source
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 AUTOTUNE = tf.data.AUTOTUNE
@@ -27,7 +28,7 @@ def make_input_fn(data, mode, hparams, batch_size, seed=None, skip_bad_records=F
     """Returns an input_fn for Estimator.train / evaluate / predict.
 
     Args:
-      data: an input_fns.source.Source.
+      data: an input_fns.sources.source.Source.
       mode: a tf.estimator.ModeKeys; TRAIN shuffles (with `seed`, within a buffer of
         `shuffle_buffer` examples), repeats forever and warps each example at random as
         the `augment` hparam says (input_fns.augment), the others read every example

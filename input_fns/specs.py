@@ -18,11 +18,15 @@ import os
 
 import tensorflow as tf
 
-from input_fns import embedded, folders, npz, source, tfds_source, tfrecords
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns import embedded
+from input_fns.sources import folders, npz, source, tfds_source, tfrecords
 
 HOLDOUT_BUCKETS = 10  # one bucket of ten is held out for evaluation
 TFDS_PREFIX = 'tfds:'
+# `tfds:glyph_digits` is rendered on first use as `glyph_digits` is: importing
+# input_fns.embedded registered its builders with TFDS.
+_TFDS_PREPARERS = dict.fromkeys(embedded.EMBEDDED, embedded.prepare)
 
 
 def open_splits(spec, kind=None, data_dir=None):
@@ -33,7 +37,7 @@ def open_splits(spec, kind=None, data_dir=None):
         _check_kind(spec, embedded.EMBEDDED_KINDS[spec], kind)
         return embedded.open_embedded(spec, data_dir)
     if spec.startswith(TFDS_PREFIX):
-        return tfds_source.open_tfds(spec[len(TFDS_PREFIX):], data_dir, kind)
+        return tfds_source.open_tfds(spec[len(TFDS_PREFIX):], data_dir, kind, _TFDS_PREPARERS)
     if tfrecords.is_tfrecord_spec(spec):
         return tfrecords.open_tfrecords(spec, kind)
     if spec.endswith('.npz'):

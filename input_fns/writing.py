@@ -16,12 +16,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
-from input_fns.errors import UserError
 from input_fns.progress import Progress
 # The keys the reader knows, so writer and reader cannot drift apart.
-from input_fns.tfrecords import BOX_KEYS, CLIP_LABEL_KEY, ENCODED_KEY, METADATA_SUFFIX
-from input_fns.tfrecords import IMAGE_LABEL_KEY as LABEL_KEY
+from input_fns.sources.tfrecords import BOX_KEYS, CLIP_LABEL_KEY, ENCODED_KEY, METADATA_SUFFIX
+from input_fns.sources.tfrecords import IMAGE_LABEL_KEY as LABEL_KEY
 
 FORMAT_KEY = 'image/format'
 HEIGHT_KEY = 'image/height'

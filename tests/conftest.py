@@ -26,7 +26,8 @@ from estimator_models import cache  # noqa: E402
 from estimator_models.layers import kernels  # noqa: E402
 from estimator_models.running import cli, experiment  # noqa: E402
 from estimator_models.serving import exporting  # noqa: E402
-from input_fns import arrays, glyphs, moving_glyphs  # noqa: E402
+from input_fns.embedded import glyphs, moving_glyphs  # noqa: E402
+from input_fns.sources import arrays  # noqa: E402
 
 # Small models on the data as it is: a few steps must fit a batch, which random warps would
 # slow (augmentation has its own tests, tests/test_augment.py).

@@ -11,11 +11,12 @@ import tensorflow as tf
 
 from conftest import TINY, run_cli
 from estimator_models import cnn_lstm, pixel_row_lstm
+from estimator_models.errors import UserError
 from estimator_models.running import hparams as hparams_lib
-from input_fns import (FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, augment, dataset, embedded, glyphs,
-                       moving_glyphs, npz)
-from input_fns.arrays import LabelledArrays
-from input_fns.errors import UserError
+from input_fns import FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, augment, dataset, embedded
+from input_fns.embedded import glyphs, moving_glyphs
+from input_fns.sources import npz
+from input_fns.sources.arrays import LabelledArrays
 from test_dataset import CLIPS, DIGITS, batches_of
 
 ModeKeys = tf.estimator.ModeKeys

@@ -14,7 +14,7 @@ from conftest import (TINY, held_out_arrays, run_cli, serve_each_in_one_fresh_pr
                       train_without_evaluating)
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
-from input_fns import moving_glyphs
+from input_fns.embedded import moving_glyphs
 
 # cnn_lstm with each application at its smallest size. Eval reads BatchNorm's moving
 # statistics: in 25 steps they follow the weights only at a low momentum.

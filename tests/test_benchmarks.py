@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
-from estimator_models.running import benchmarks
+from estimator_models.benchmarks import input_pipeline, latency
 from estimator_models.serving import predicting
 
 
@@ -16,9 +16,9 @@ from estimator_models.serving import predicting
 def test_both_runtimes_answer_every_signature_alike(request, export_fixture):
     _, path, _ = request.getfixturevalue(export_fixture)
     loaded = tf.saved_model.load(path)
-    in_session = benchmarks.session_callers(path)
-    as_functions = benchmarks.function_callers(loaded)
-    inputs = benchmarks.signature_inputs(loaded, batch_size=3)
+    in_session = latency.session_callers(path)
+    as_functions = latency.function_callers(loaded)
+    inputs = latency.signature_inputs(loaded, batch_size=3)
     assert set(inputs) == set(in_session) == set(as_functions)
     for key, feed in inputs.items():
         session_outputs = in_session[key](feed)
@@ -41,7 +41,7 @@ def test_bin_benchmark_reports_each_runtime_signature_and_batch(clips_export, tm
     rows = json.loads(rows_file.read_text())
     signatures = set(predicting.load(path).signatures)
     assert {(row['runtime'], row['signature'], row['batch_size']) for row in rows} == {
-        (runtime, key, batch) for runtime in benchmarks.RUNTIMES for key in signatures for batch in (1, 4)}
+        (runtime, key, batch) for runtime in latency.RUNTIMES for key in signatures for batch in (1, 4)}
     for row in rows:
         assert 0 < row['p50_ms'] <= row['p99_ms'] and row['calls'] == 5
     assert '| session | predict_bytes | 4 |' in result.stdout
@@ -66,7 +66,7 @@ def test_noise_clips_for_the_memory_benchmark_train_from_tfrecords(tmp_path):
     """The small version of `make memory-benchmark`: noise clips written as TFRecords and
     read back by the clip model's input pipeline."""
     prefix = str(tmp_path / 'noise')
-    summary = benchmarks.write_noise_clips(prefix, gigabytes=0.003, frame_size=24, shards=2)
+    summary = input_pipeline.write_noise_clips(prefix, gigabytes=0.003, frame_size=24, shards=2)
     assert summary['examples'] > 0 and len(summary['shards']) == 2
     assert summary['bytes'] > 0.8 * 0.003e9  # noise does not compress
     result = run_cli('benchmark', '--input_only', f'--data={prefix}.tfrecord*', '--batches=3',

@@ -19,10 +19,11 @@ import tensorflow as tf
 
 from conftest import DIGITS_RUN_STEPS, digits_run_args, held_out_arrays, run_bin, run_cli
 from estimator_models.layers import precision
-from estimator_models.running.cli import failures
 from estimator_models.running import experiment
+from estimator_models.running.cli import failures
 from estimator_models.serving import exporting
-from input_fns import arrays, specs
+from input_fns import specs
+from input_fns.sources import arrays
 
 STEPS = DIGITS_RUN_STEPS
 # For runs that only have to finish (and leave a model for bin/export): one checkpoint.

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import REPO, TINY, run_bin, run_cli, train_without_evaluating
 from estimator_models import pixel_row_lstm
+from estimator_models.errors import UserError
 from estimator_models.running import hparams, tensorflow_logs
 from estimator_models.running.cli import COMMANDS, usage
-from input_fns.errors import UserError
 
 # Lines of --helpfull that --help must not hold: absl's, absltest's, TPU and TFDS flags.
 FOREIGN_FLAGS = ('--[no]alsologtostderr', '--[no]logtostderr', '--log_dir', '--[no]pdb',

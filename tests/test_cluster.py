@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from estimator_models.errors import UserError
 from estimator_models.running import cluster, experiment
-from input_fns import source, tfrecords
-from input_fns.errors import UserError
+from input_fns.sources import source, tfrecords
 
 PS_CLUSTER = {'chief': ['127.0.0.1:2000'], 'worker': ['127.0.0.1:2001', '127.0.0.1:2002'],
               'ps': ['127.0.0.1:2003']}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, npz, source, specs
-from input_fns.arrays import LabelledArrays
+from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, specs
+from input_fns.sources import npz, source
+from input_fns.sources.arrays import LabelledArrays
 
 ModeKeys = tf.estimator.ModeKeys
 DIGITS = {'height': 28, 'width': 28, 'channels': 1, 'num_classes': 10, 'resize': 'resize',

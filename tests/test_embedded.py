@@ -13,11 +13,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from estimator_models.errors import UserError
 from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
-from input_fns import embedded, glyphs, moving_glyphs, tfds_source
-from input_fns.errors import UserError
+from input_fns import embedded
+from input_fns.embedded import glyphs, moving_glyphs
 from input_fns.progress import Progress
-from input_fns.source import Shard
+from input_fns.sources import tfds_source
+from input_fns.sources.source import Shard
 
 TINY = embedded.EmbeddedConfig(name='tiny', train_examples=64, test_examples=32, num_shards=2)
 
@@ -145,7 +147,7 @@ def test_rendering_is_unchanged():
 RACER = textwrap.dedent('''
     import os, sys, time
     from input_fns import embedded
-    from input_fns.source import Shard
+    from input_fns.sources.source import Shard
     data_dir = sys.argv[1]
     # Start preparing together: each waits, TensorFlow imported, until both are ready.
     open(os.path.join(data_dir, f'ready-{os.getpid()}'), 'w').close()

@@ -1,4 +1,4 @@
-"""Class folders of images and clips as a streaming Source (input_fns.folders)."""
+"""Class folders of images and clips as a streaming Source (input_fns.sources.folders)."""
 
 import os
 import re
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, folders
-from input_fns.errors import UserError
-from input_fns.source import Shard
+from estimator_models.errors import UserError
+from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
+from input_fns.sources import folders
+from input_fns.sources.source import Shard
 
 # Class folders in unsorted order, so labels must come from sorting, not creation.
 IMAGES = {  # class -> [(file name, value of every pixel, (height, width))]

@@ -3,7 +3,7 @@ handwriting variation (pen pressure, breaks, short and overshooting strokes) rea
 
 import numpy as np
 
-from input_fns import glyphs
+from input_fns.embedded import glyphs
 
 # The per-pixel mean and standard deviation of MNIST's training images scaled to [0, 1]
 # (the normalisation constants every MNIST pipeline uses), and its share of inked pixels.

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from estimator_models import cnn_lstm, pixel_row_lstm, temporal_cnn_lstm
+from estimator_models.errors import UserError
 from estimator_models.running import hparams
-from input_fns.errors import UserError
 
 
 def test_overrides_parse_scalars_and_lists():

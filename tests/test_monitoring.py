@@ -27,10 +27,10 @@ from conftest import (DIGITS_RUN_BATCH_SIZE as BATCH_SIZE, DIGITS_RUN_CHECKPOINT
                       DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, digits_run_args,
                       held_out_arrays, run_cli)
 from estimator_models import pixel_row_lstm, registry
+from estimator_models.errors import UserError
 from estimator_models.layers import summaries
 from estimator_models.running import experiment, monitoring
 from estimator_models.running import hparams as hparams_lib
-from input_fns.errors import UserError
 
 NUM_CLASSES = 10
 TRAIN_SCALARS = ('loss', 'accuracy', 'learning_rate', 'gradient_norm', 'examples_per_sec',

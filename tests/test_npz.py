@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from estimator_models import cache
-from input_fns import arrays, npz
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns.sources import arrays, npz
 
 
 def test_rows_read_in_place_equal_the_arrays(digits_npz):

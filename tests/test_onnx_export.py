@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY, briefly_trained_export, held_out_arrays, run_cli, serve_each_in_one_fresh_process
+from estimator_models.errors import UserError
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, onnx_export, onnx_serving, predicting
-from input_fns.errors import UserError
 
 ONNX_EXPORTS = {
     'pixel_row_lstm': ('pixel_row_lstm', TINY['pixel_row_lstm']),

@@ -13,7 +13,8 @@ from conftest import TINY, held_out_arrays, run_cli, served_in_a_fresh_process, 
 from estimator_models.layers import head
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, onnx_export, onnx_serving, receivers
-from input_fns import embedded, moving_glyphs
+from input_fns import embedded
+from input_fns.embedded import moving_glyphs
 
 PER_FRAME = dict(TINY['temporal_cnn_lstm'], head='per_frame', learning_rate='0.005')
 

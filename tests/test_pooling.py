@@ -13,7 +13,7 @@ from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, serve_each_in_on
 from estimator_models.layers import pooling
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
-from input_fns.arrays import LabelledArrays
+from input_fns.sources.arrays import LabelledArrays
 
 LENGTHS = np.array([5, 2, 1, 3], np.int32)
 

@@ -8,10 +8,10 @@ import tensorflow as tf
 
 from conftest import train_on_a_few_examples
 from estimator_models import cnn_lstm
+from estimator_models.errors import UserError
 from estimator_models.layers import fused_recurrent, kernels, precision
 from estimator_models.running import cluster, experiment, hparams
 from estimator_models.serving import receivers
-from input_fns.errors import UserError
 
 TRAIN, EVAL, PREDICT = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.EVAL, tf.estimator.ModeKeys.PREDICT
 # As tests/test_cnn_lstm.py's fast settings (no BatchNorm: its moving statistics trail a

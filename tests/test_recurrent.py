@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from estimator_models import cache
+from estimator_models.errors import UserError
 from estimator_models.layers import fused_recurrent, kernels, recurrent
 from estimator_models.running import hparams
-from input_fns.errors import UserError
 
 TRAIN, EVAL, PREDICT = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.EVAL, tf.estimator.ModeKeys.PREDICT
 

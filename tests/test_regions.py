@@ -9,11 +9,12 @@ import tensorflow as tf
 
 from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_cli, serve_each_in_one_fresh_process,
                       train_on_a_few_examples)
+from estimator_models.errors import UserError
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
-from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY, glyphs, writing
-from input_fns.errors import UserError
+from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY, writing
+from input_fns.embedded import glyphs
 
 
 def test_grid_cells_tile_the_image_in_raster_order():

@@ -3,9 +3,9 @@
 import pytest
 
 from estimator_models import registry
+from estimator_models.errors import UserError
 from estimator_models.running import hparams
 from input_fns import CLIP, IMAGE, embedded
-from input_fns.errors import UserError
 
 
 def test_registry_holds_the_three_models():

@@ -14,10 +14,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import TINY, briefly_trained_export, run_cli
+from estimator_models.errors import UserError
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, predicting, receivers
-from input_fns.arrays import LabelledArrays
-from input_fns.errors import UserError
+from input_fns.sources.arrays import LabelledArrays
 
 EXPECTED_SIGNATURES = {
     'image': {

@@ -9,9 +9,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import TINY
+from estimator_models.errors import UserError
 from estimator_models.running import experiment
-from input_fns import FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, glyphs, moving_glyphs, specs, writing
-from input_fns.errors import UserError
+from input_fns import FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, dataset, specs, writing
+from input_fns.embedded import glyphs, moving_glyphs
 
 ModeKeys = tf.estimator.ModeKeys
 NUM_DIGITS, NUM_CLIPS = 40, 24

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import train_on_a_few_examples, train_without_evaluating
 from estimator_models.running import experiment
-from input_fns.arrays import LabelledArrays
+from input_fns.sources.arrays import LabelledArrays
 
 FAST = {'rnn_units': '32', 'cnn_filters': '[8,16]', 'frame_features': '32', 'batch_size': '16',
         'learning_rate': '0.005', 'warmup_steps': '1', 'lr_schedule': 'constant'}

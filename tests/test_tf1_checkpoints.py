@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
+from estimator_models.errors import UserError
 from estimator_models.legacy import tf1_checkpoints
-from input_fns.errors import UserError
 
 STEPS, FEATURES, UNITS, BATCH = 7, 5, 6, 4
 rnn_cell = tf.compat.v1.nn.rnn_cell

@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from estimator_models.errors import UserError
 from input_fns import BAD_RECORDS_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
-from input_fns import tfds_source
-from input_fns.errors import UserError
-from input_fns.source import Shard, bad_record_message
+from input_fns.sources import tfds_source
+from input_fns.sources.source import Shard, bad_record_message
 
 # Input and label feature of each dataset prepared here.
 FEATURES = {'mnist': ('image', 'label'), 'binarized_mnist': ('image', None),

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
-from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, tfrecords, writing
-from input_fns.errors import UserError
-from input_fns.source import bad_record_message
+from estimator_models.errors import UserError
+from input_fns import BAD_RECORDS_KEY, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, writing
+from input_fns.sources import tfrecords
+from input_fns.sources.source import bad_record_message
 
 
 def _png(pixels):

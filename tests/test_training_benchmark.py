@@ -5,10 +5,11 @@ import pytest
 
 from conftest import run_cli
 from estimator_models import registry
+from estimator_models.benchmarks import keras_twins, training
 from estimator_models.layers import precision
 from estimator_models.running import hparams as hparams_lib
-from estimator_models.running import training_benchmark
-from input_fns import CLIP, glyphs, moving_glyphs
+from input_fns import CLIP
+from input_fns.embedded import glyphs, moving_glyphs
 
 # rnn_implementation=keras: building the fused kernel would cost a minute of this file's
 # budget, and every implementation holds the same variables (tests/test_recurrent.py).
@@ -26,9 +27,9 @@ def _resolved(model, overrides):
     """The hparams a run resolves from the data the benchmark writes for `model`."""
     module = registry.get(model)
     if module.KIND == CLIP:
-        shape = training_benchmark.CLIP_FRAME_SHAPE + (moving_glyphs.NUM_CLASSES,)
+        shape = training.CLIP_FRAME_SHAPE + (moving_glyphs.NUM_CLASSES,)
     else:
-        shape = training_benchmark.IMAGE_SHAPE + (glyphs.NUM_CLASSES,)
+        shape = training.IMAGE_SHAPE + (glyphs.NUM_CLASSES,)
     return hparams_lib.resolve(module, overrides, shape)
 
 
@@ -38,22 +39,22 @@ def _resolved(model, overrides):
 ])
 def test_twin_has_the_parameters_of_the_estimator(model, overrides):
     hparams = _resolved(model, overrides)
-    twin = training_benchmark.keras_twin(model, hparams)
-    assert training_benchmark.trainable_parameter_count(twin) == \
-        training_benchmark.estimator_parameter_count(model, hparams)
+    twin = keras_twins.keras_twin(model, hparams)
+    assert keras_twins.trainable_parameter_count(twin) == \
+        training.estimator_parameter_count(model, hparams)
 
 
 def test_flops_of_pixel_row_lstm_are_those_of_its_lstm_and_logits():
-    twin = training_benchmark.keras_twin('pixel_row_lstm', _resolved('pixel_row_lstm', KERAS))
+    twin = keras_twins.keras_twin('pixel_row_lstm', _resolved('pixel_row_lstm', KERAS))
     # 28 steps of [28 + 128] x [128, 512], then [128] x [128, 10]; x2 per multiply-add,
     # x3 for forward and backward.
     forward = 2 * (28 * (28 + 128) * 512 + 128 * 10)
-    assert training_benchmark.flops_per_example(twin) == 3 * forward
-    assert training_benchmark.first_recurrent_shape(twin) == (28, 128)
+    assert keras_twins.flops_per_example(twin) == 3 * forward
+    assert keras_twins.first_recurrent_shape(twin) == (28, 128)
 
 
 def test_a_tiny_benchmark_reports_both_sides():
-    result = training_benchmark.train_benchmark(
+    result = training.train_benchmark(
         'pixel_row_lstm', {**KERAS, 'rnn_units': '8', 'batch_size': '8'}, steps=10, rounds=1,
         warmup_steps=3, with_startup=False)
     for side in ('project', 'keras'):

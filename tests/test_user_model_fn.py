@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from conftest import REPO, held_out_arrays, run_cli
 from estimator_models import registry
+from estimator_models.errors import UserError
 from estimator_models.legacy import user_model_fn
 from estimator_models.running import experiment, hparams
-from input_fns.errors import UserError
 
 EXAMPLES = {
     'image': ('examples.legacy_pixel_rnn:model_fn', 'rnn_units=16,batch_size=32'),

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY, TINY_WITHOUT_BATCH_NORM, held_out_arrays, run_cli
+from estimator_models.errors import UserError
 from estimator_models.running import experiment
-from input_fns.errors import UserError
 
 LEGACY = 'examples.legacy_pixel_rnn:model_fn'
 ModeKeys = tf.estimator.ModeKeys

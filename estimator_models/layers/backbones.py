@@ -19,9 +19,9 @@ from typing import Callable, List, NamedTuple, Optional
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.layers import precision
 from estimator_models.layers.hparam_declarations import FRACTION, NON_NEGATIVE, HParam
-from input_fns.errors import UserError
 
 BACKBONES = ('small_cnn', 'resnet50', 'mobilenet_v2')
 # The smallest height and width the applications accept.

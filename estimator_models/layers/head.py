@@ -7,8 +7,8 @@ three models differ only in how they compute logits.
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.layers import summaries
-from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 TOP_K = 5

@@ -24,8 +24,8 @@ import functools
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.layers import fused_recurrent, kernels, pooling, precision, unmasked_recurrent
-from input_fns.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'keras', 'fused', 'cudnn', 'unmasked')
 _LSTM_LAYERS = {'fused': fused_recurrent.FusedLSTM, 'cudnn': fused_recurrent.CudnnLSTM}

@@ -15,7 +15,7 @@ import re
 
 import tensorflow as tf
 
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
 
 SOURCES = ('grid', 'boxes')
 # A box over the whole image, (ymin, xmin, ymax, xmax): what an image without boxes reads.

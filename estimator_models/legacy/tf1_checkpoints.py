@@ -27,7 +27,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
 
 CELL_VARIABLE = re.compile(
     r'^(?P<scope>(?:.*?/)?)(?:(?P<direction>fw|bw)/)?(?:multi_rnn_cell/cell_(?P<layer>\d+)/)?'

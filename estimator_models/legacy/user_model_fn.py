@@ -21,10 +21,10 @@ import traceback
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.layers import head, summaries
 from estimator_models.layers.hparam_declarations import HParam, choices_of
 from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY
-from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 SPEC_PATTERN = re.compile(r'^([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$')

@@ -12,8 +12,8 @@ import re
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.legacy import tf1_checkpoints
-from input_fns.errors import UserError
 
 CONVERTED_PREFIX = os.path.join('warm_start', 'converted')
 

@@ -1,1 +1,1 @@
-"""Running models: command-line flags, hparams, the Estimator wiring, progress and monitoring, benchmarks."""
+"""Running models: the commands (cli/), hparams, the Estimator wiring, clusters, progress and monitoring."""

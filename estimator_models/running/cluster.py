@@ -23,8 +23,8 @@ import sys
 import threading
 import time
 
+from estimator_models.errors import UserError
 from estimator_models.running import hparams as hparams_lib
-from input_fns.errors import UserError
 
 TRAINING_TASKS = ('chief', 'worker')
 TASK_TYPES = TRAINING_TASKS + ('ps', 'evaluator')

@@ -15,13 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_models import registry
+from estimator_models.errors import UserError
 from estimator_models.layers import precision
 from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import cluster, monitoring, progress, run_directory
 from estimator_models.serving import exporting, onnx_export, receivers
 from input_fns import dataset, specs
-from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 LATEST_EXPORTS_KEPT = 3

@@ -17,11 +17,11 @@ import json
 import os
 import re
 
+from estimator_models.errors import UserError, with_closest
 from estimator_models.layers import backbones, recurrent, regions
 from estimator_models.layers.hparam_declarations import defaults_of
 from estimator_models.running.common_hparams import COMMON_HPARAMS
 from estimator_models.serving import receivers
-from input_fns.errors import UserError, with_closest
 
 RUN_FILE = 'hparams.json'
 COMMON_DEFAULTS = defaults_of(COMMON_HPARAMS)

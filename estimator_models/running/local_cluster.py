@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(PROJECT_ROOT, 'bin', 'train')

@@ -16,12 +16,12 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 
 from estimator_models import registry
+from estimator_models.errors import UserError
 from estimator_models.layers import summaries
 from estimator_models.legacy import user_model_fn
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import progress
 from input_fns import BAD_RECORDS_KEY
-from input_fns.errors import UserError
 
 ModeKeys = tf.estimator.ModeKeys
 BAD_RECORDS_TAG = 'input/bad_records'

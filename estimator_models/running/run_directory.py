@@ -42,7 +42,7 @@ from google.protobuf import text_format
 import tensorflow as tf
 from tensorflow.python.training import checkpoint_state_pb2
 
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
 
 LOCK_FILE = '.trainer.lock'
 LEASE_FILE = '.trainer.lease'

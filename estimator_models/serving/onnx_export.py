@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util_v2
 
+from estimator_models.errors import UserError
 from estimator_models.serving import exporting, onnx_serving, receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY
-from input_fns.errors import UserError
 
 ONNX_DIR = 'onnx'
 VERIFICATION_FILE = 'verification.json'

@@ -17,9 +17,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.serving import predicting, receivers
 from input_fns import BOXES_KEY, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
-from input_fns.errors import UserError
 
 MODEL_FILE = 'model.onnx'
 _ONNX_DTYPES = {'tensor(float)': tf.float32, 'tensor(int32)': tf.int32, 'tensor(int64)': tf.int64}

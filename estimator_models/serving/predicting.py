@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
+from estimator_models.errors import UserError, assertion_text
 from estimator_models.layers import regions
 from estimator_models.serving import exporting, receivers
-from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY, arrays, preprocess
-from input_fns.errors import UserError, assertion_text
+from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, NUM_BOXES_KEY, preprocess
+from input_fns.sources import arrays
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 # Request bodies: the deepest nesting a request needs ({"instances": [{"frames": T x H x W x

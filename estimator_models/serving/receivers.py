@@ -34,7 +34,7 @@ of no frames, lengths outside [1, T], and NaN or infinite pixel values.
 import tensorflow as tf
 
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY, preprocess
-from input_fns.tfrecords import BOX_KEYS
+from input_fns.sources.tfrecords import BOX_KEYS
 
 # Limits for runs whose hparams predate them (see estimator_models.running.hparams).
 DEFAULT_MAX_FRAMES_SERVED = 512

@@ -28,7 +28,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import tensorflow as tf  # noqa: E402
 
-from input_fns import glyphs  # noqa: E402
+from input_fns.embedded import glyphs  # noqa: E402
 
 TRAIN_STEPS = 400
 REFERENCE_SEEDS = (42, 43, 44)

@@ -15,9 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import run_cli
+from estimator_models.errors import UserError
 from estimator_models.serving import predicting
-from input_fns import BAD_RECORDS_KEY, preprocess, source, tfrecords
-from input_fns.errors import UserError
+from input_fns import BAD_RECORDS_KEY, preprocess
+from input_fns.sources import source, tfrecords
 from test_hostile_input import CLAIMING, bmp_claiming, decode_in_graph, png
 
 SEED = 0

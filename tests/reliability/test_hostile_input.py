@@ -18,9 +18,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from estimator_models.errors import UserError
 from estimator_models.serving import predicting, receivers
-from input_fns import CLIP, IMAGE, preprocess, source
-from input_fns.errors import UserError
+from input_fns import CLIP, IMAGE, preprocess
+from input_fns.sources import source
 
 # Peak resident memory allowed to a process that refuses a 30000x30000 image header.
 # TensorFlow alone takes ~400 MB here; decoding such a PNG would take 900 MB (gray) or more.
@@ -154,7 +155,8 @@ def test_valid_images_of_odd_sizes_still_decode(height, width):
 INPUT_FUNCTIONS_SNIPPET = '''
 import json, resource, sys
 import tensorflow as tf
-from input_fns import dataset, folders, tfrecords
+from input_fns import dataset
+from input_fns.sources import folders, tfrecords
 hparams = dict(height=28, width=28, channels=1, num_classes=2, resize='resize', shuffle_buffer=8)
 errors = {}
 for name, data in (('tfrecords', tfrecords.open_tfrecords(sys.argv[1], 'image')[0]),

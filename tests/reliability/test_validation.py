@@ -11,8 +11,8 @@ import pytest
 
 from conftest import run_bin, run_cli
 from estimator_models import pixel_row_lstm
+from estimator_models.errors import UserError
 from estimator_models.running import experiment, hparams
-from input_fns.errors import UserError
 
 # The CPU time (user + system) a refused run may take: TensorFlow's import and the
 # checks, far from the minutes of preparing the 70,000 embedded digits.

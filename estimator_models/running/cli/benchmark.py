@@ -8,14 +8,14 @@ import sys
 from absl import flags
 
 from estimator_models import registry
-from estimator_models.running import (
-    benchmarks, cluster_benchmark, experiment, hparams, training_benchmark)
+from estimator_models.benchmarks import clusters, input_pipeline, latency, training
+from estimator_models.errors import UserError
+from estimator_models.running import experiment, hparams
 from estimator_models.running.cli import json_output
 from estimator_models.running.cli.command import Command, require
 from estimator_models.running.cli.flag_groups import SAVED_MODEL, FlagGroup, data_group, flag, model_group
 from estimator_models.serving import onnx_export, onnx_serving, predicting
 from input_fns import specs
-from input_fns.errors import UserError
 
 BENCHMARK = FlagGroup('benchmark', (
     flag(flags.DEFINE_bool, 'train', False,
@@ -69,7 +69,7 @@ def run(options, argv):
     elif options.input_only:
         _benchmark_input(options)
     elif options.write_noise_clips:
-        summary = benchmarks.write_noise_clips(options.write_noise_clips, options.gigabytes)
+        summary = input_pipeline.write_noise_clips(options.write_noise_clips, options.gigabytes)
         print(f'wrote {summary["examples"]} clips, {summary["bytes"] / 1e9:.2f} GB: '
               f'{options.write_noise_clips}.tfrecord-*')
     elif options.serving:
@@ -90,10 +90,10 @@ def _benchmark_serving(options):
     if options.onnx:
         onnx_export.check_available()
         onnx_serving.load(options.onnx)  # a bad file is one line before any timing
-    rows = benchmarks.serving_latency(options.saved_model, batch_sizes, options.calls, options.onnx)
+    rows = latency.serving_latency(options.saved_model, batch_sizes, options.calls, options.onnx)
     print(f'serving latency of {predicting.resolve_version(options.saved_model)} '
           f'(in-process, {os.cpu_count()} CPU cores)')
-    print(benchmarks.markdown_table(rows))
+    print(latency.markdown_table(rows))
     json_output.write(rows, options.json_out)
 
 
@@ -107,7 +107,7 @@ def _benchmark_training(options):
                         f'got {options.warmup_steps}')
     # Training prints its progress lines on stdout; here stdout is the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
-        result = training_benchmark.train_benchmark(
+        result = training.train_benchmark(
             options.model, hparams.parse_overrides(options.hparams), options.steps, options.rounds,
             options.warmup_steps, options.startup)
     json_output.report(result, options.json_out)
@@ -119,9 +119,9 @@ def _benchmark_clusters(options):
     model = options.model or 'pixel_row_lstm'
     registry.get(model)
     # The clusters' progress goes to stderr; stdout is the one JSON object.
-    result = cluster_benchmark.cluster_benchmark(model, options.steps, options.hparams,
-                                                 os.path.join('runs', 'cluster_benchmark'), sys.stderr,
-                                                 data=options.data)
+    result = clusters.cluster_benchmark(model, options.steps, options.hparams,
+                                        os.path.join('runs', 'cluster_benchmark'), sys.stderr,
+                                        data=options.data)
     json_output.report(result, options.json_out)
 
 
@@ -134,7 +134,7 @@ def _benchmark_input(options):
         model = 'temporal_cnn_lstm' if kind == 'clip' else 'pixel_row_lstm'
     prepared, train_source, _ = experiment.prepare_training(
         model, None, options.data, None, hparams.parse_overrides(options.hparams), options.data_dir)
-    result = benchmarks.input_throughput(prepared, train_source, options.batches, options.warmup_batches)
+    result = input_pipeline.input_throughput(prepared, train_source, options.batches, options.warmup_batches)
     json_output.report(result, options.json_out)
 
 

@@ -3,8 +3,8 @@
 import dataclasses
 from typing import Callable
 
+from estimator_models.errors import UserError
 from estimator_models.running.cli.flag_groups import LOGGING
-from input_fns.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import sys
 
 import tensorflow as tf
 
+from estimator_models.errors import UserError
 from estimator_models.running import monitoring, tensorflow_logs
-from input_fns import source
-from input_fns.errors import UserError
+from input_fns.sources import source
 
 USER_MISTAKE_EXIT = 2
 # A run stopped by a NaN or infinite loss.

@@ -5,10 +5,10 @@ import sys
 
 from absl import flags
 
+from estimator_models.errors import UserError
 from estimator_models.running import local_cluster
 from estimator_models.running.cli.command import Command
 from estimator_models.running.cli.flag_groups import FlagGroup, flag
-from input_fns.errors import UserError
 
 CLUSTER = FlagGroup('cluster', (
     flag(flags.DEFINE_integer, 'workers', 1, 'Training processes: the chief and WORKERS-1 worker tasks.'),

@@ -4,10 +4,10 @@ import shlex
 
 from absl import flags
 
+from estimator_models.errors import UserError
 from estimator_models.running.cli.command import Command, require
 from estimator_models.running.cli.flag_groups import DATA_DIR, DATA_SPEC_FORMS, FlagGroup, flag
 from input_fns import specs, writing
-from input_fns.errors import UserError
 
 DATA = FlagGroup('data', (
     flag(flags.DEFINE_string, 'input', None, f'Data to convert. A data spec: {DATA_SPEC_FORMS}.'),

@@ -5,10 +5,10 @@ import json
 
 from absl import flags
 
+from estimator_models.errors import UserError
 from estimator_models.running.cli.command import Command
 from estimator_models.running.cli.flag_groups import SAVED_MODEL, FlagGroup, flag
 from estimator_models.serving import onnx_export, onnx_serving, predicting
-from input_fns.errors import UserError
 
 MODEL = FlagGroup('model', (
     SAVED_MODEL,

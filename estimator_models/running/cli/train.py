@@ -11,13 +11,13 @@ from absl import flags
 import tensorflow as tf
 
 from estimator_models import registry
+from estimator_models.errors import UserError
 from estimator_models.layers import backbones, recurrent
 from estimator_models.legacy import warm_start
 from estimator_models.running import cluster, experiment, hparams, monitoring, preemption, run_directory
 from estimator_models.running.cli.command import Command, require
 from estimator_models.running.cli.flag_groups import FORGET_BIAS, FlagGroup, data_group, flag, model_group
 from estimator_models.serving import onnx_export
-from input_fns.errors import UserError
 
 # Flags that set the hparam of their name.
 HPARAM_FLAGS = ('batch_size', 'learning_rate', 'summary_images_every', 'histograms', 'skip_bad_records')

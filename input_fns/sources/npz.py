@@ -25,8 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_models import cache
-from input_fns import CLIP, IMAGE, source
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns import CLIP, IMAGE
+from input_fns.sources import source
 
 _ZIP_LOCAL_HEADER = struct.Struct('<4sHHHHHIIIHH')
 

@@ -23,8 +23,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from input_fns import CLIP, IMAGE, preprocess, source
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns import CLIP, IMAGE, preprocess
+from input_fns.sources import source
 
 ENCODED_KEY = 'image/encoded'
 IMAGE_LABEL_KEY = 'image/class/label'

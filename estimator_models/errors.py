@@ -1,5 +1,8 @@
 """The one exception type that means "the user asked for something that cannot work",
-how to read the reason out of a TensorFlow error, and the valid names closest to a misspelt one."""
+how to read the reason out of a TensorFlow error, and the valid names closest to a misspelt one.
+
+It imports nothing of the project, so that every package may use it.
+"""
 
 import difflib
 import re

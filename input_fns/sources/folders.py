@@ -16,8 +16,9 @@ import re
 
 import tensorflow as tf
 
-from input_fns import CLIP, IMAGE, preprocess, source
-from input_fns.errors import UserError, assertion_text
+from estimator_models.errors import UserError, assertion_text
+from input_fns import CLIP, IMAGE, preprocess
+from input_fns.sources import source
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp')
 _EXTENSIONS_TEXT = ', '.join(extension[1:] for extension in IMAGE_EXTENSIONS)

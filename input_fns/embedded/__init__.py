@@ -1,4 +1,5 @@
-"""The embedded datasets: TFDS builders that render their examples locally, never downloading.
+"""The embedded datasets: TFDS builders that render their examples locally, never downloading,
+from the generators of this package's modules.
 
   glyph_digits   images uint8 [28, 28, 1], 10 classes (glyphs.CLASS_NAMES)
   moving_glyphs  clips uint8 [T, 32, 32, 1], T = 6..12 (only the clip's true frames
@@ -11,7 +12,7 @@ from the seed (split seed, i), split seeds train 1 and test 2: a config whose si
 multiples of the chunk holds the first examples of any larger one (`small` those of
 `full`). TFDS writes them shuffled into `num_shards` files per split.
 
-Importing this module registers the builders with TFDS, so `tfds:glyph_digits/small`
+Importing this package registers the builders with TFDS, so `tfds:glyph_digits/small`
 names the same data as `open_embedded('glyph_digits', config='small')`. Both read it
 through tfds_source.TfdsSource.
 """
@@ -27,9 +28,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_fns import CLIP, IMAGE, glyphs, moving_glyphs, tfds_source
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns import CLIP, IMAGE
+from input_fns.embedded import glyphs, moving_glyphs
 from input_fns.progress import Progress
+from input_fns.sources import tfds_source
 
 VERSION = tfds.core.Version('3.0.0')
 RELEASE_NOTES = {
@@ -120,7 +123,7 @@ def _configs(train, test, num_shards):
 
 
 class GlyphDigits(_EmbeddedBuilder):
-    """Handwriting-like digits, 28x28 grayscale, drawn like MNIST (input_fns.glyphs)."""
+    """Handwriting-like digits, 28x28 grayscale, drawn like MNIST (input_fns.embedded.glyphs)."""
 
     BUILDER_CONFIGS = _configs(60000, 10000, num_shards=4)
     INPUT_KEY = 'image'
@@ -139,7 +142,7 @@ class GlyphDigits(_EmbeddedBuilder):
 
 
 class MovingGlyphs(_EmbeddedBuilder):
-    """Clips of a glyph moving in one of 8 directions, 32x32 grayscale (input_fns.moving_glyphs)."""
+    """Clips of a glyph moving in one of 8 directions, 32x32 grayscale (input_fns.embedded.moving_glyphs)."""
 
     BUILDER_CONFIGS = _configs(12000, 2000, num_shards=4)
     INPUT_KEY = 'video'

@@ -15,7 +15,7 @@ before it can.
 
 import numpy as np
 
-from . import glyphs
+from input_fns.embedded import glyphs
 
 NUM_CLASSES = 8
 CLASS_NAMES = ('east', 'north_east', 'north', 'north_west', 'west',

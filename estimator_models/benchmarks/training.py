@@ -4,12 +4,12 @@ Both sides train in one process on the same seeded random data, with the same ba
 optimizer (Adam, the project's learning-rate schedule, gradients clipped to the same
 global norm) and number of steps, alternating round by round so that a machine that
 speeds up or slows down during the run affects both alike. The twin is a plain Keras
-model trained with `model.fit`, as someone writing the model in Keras would: it exists
-for this comparison only, and its parameter count is checked against the project's.
+model trained with `model.fit` (keras_twins): it exists for this comparison only, and
+its parameter count is checked against the project's.
 
-Work per example is counted analytically (flops_per_example) and set against the rate
-of the LSTM step's own matmul measured in the same run (matmul_rate), which says how
-much of the time goes to arithmetic and how much to everything around it.
+Work per example is counted analytically (keras_twins.flops_per_example) and set against
+the rate of the LSTM step's own matmul measured in the same run (matmul_rate), which says
+how much of the time goes to arithmetic and how much to everything around it.
 """
 
 import dataclasses
@@ -25,11 +25,13 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_models import registry
+from estimator_models.benchmarks import keras_twins
+from estimator_models.errors import UserError
 from estimator_models.layers import head
 from estimator_models.running import experiment, monitoring
 from estimator_models.running import hparams as hparams_lib
-from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, glyphs, moving_glyphs
-from input_fns.errors import UserError
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
+from input_fns.embedded import glyphs, moving_glyphs
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,189 +42,11 @@ CLIP_FRAME_SHAPE = (moving_glyphs.CANVAS_SIZE, moving_glyphs.CANVAS_SIZE, 1)
 # project holds out for evaluation (never read here) still fits a batch.
 MIN_EXAMPLES = {IMAGE: 4096, CLIP: 1024}
 MIN_BATCHES = 20
-# A training step is a forward pass, then a backward pass that computes the gradients
-# of both the activations and the weights: twice the forward's multiply-adds.
-TRAINING_FLOPS_PER_FORWARD_FLOP = 3
 STARTUP_TRAIN_STEPS = 20
 GNU_TIME = '/usr/bin/time'
 
 
-# ---------------------------------------------------------------- the Keras twin
-
-def keras_twin(model_name, hparams):
-    """An uncompiled tf.keras.Model with the architecture and parameters of the project's
-    `model_name` at resolved `hparams`.
-
-    Inputs are raw uint8 pixels keyed as the project's features: IMAGE_KEY [B, H, W, C],
-    or FRAMES_KEY [B, T, H, W, C] with LENGTH_KEY int32 [B]; the output is logits [B, K].
-    """
-    builders = {'pixel_row_lstm': _pixel_row_twin, 'cnn_lstm': _cnn_lstm_twin,
-                'temporal_cnn_lstm': _temporal_twin}
-    if model_name not in builders:
-        raise UserError(f'bin/benchmark --train has a Keras twin of {", ".join(builders)} only, '
-                        f'not of {model_name}')
-    inputs, sequence, lengths = builders[model_name](hparams)
-    final = _recurrent_stack(sequence, hparams, lengths)                    # [B, U]
-    logits = tf.keras.layers.Dense(hparams['num_classes'], name='logits')(final)
-    return tf.keras.Model(inputs, logits, name=f'{model_name}_twin')
-
-
-def _image_input(hparams):
-    """(uint8 input [B, H, W, C], the same as float32 in 0..1)."""
-    image = tf.keras.Input((hparams['height'], hparams['width'], hparams['channels']),
-                           dtype=tf.uint8, name=IMAGE_KEY)
-    return image, tf.keras.layers.Rescaling(1 / 255)(image)
-
-
-def _pixel_row_twin(hparams):
-    image, pixels = _image_input(hparams)
-    return image, _as_sequence(pixels, hparams['scan']), None
-
-
-def _cnn_lstm_twin(hparams):
-    image, pixels = _image_input(hparams)
-    feature_map = _cnn_blocks(pixels, hparams['cnn_filters'], hparams['cnn_batch_norm'])
-    return image, _as_sequence(feature_map, hparams['sequence']), None
-
-
-def _temporal_twin(hparams):
-    frame_shape = (hparams['height'], hparams['width'], hparams['channels'])
-    frames = tf.keras.Input((None,) + frame_shape, dtype=tf.uint8, name=FRAMES_KEY)
-    lengths = tf.keras.Input((), dtype=tf.int32, name=LENGTH_KEY)
-    pixels, true_lengths = tf.keras.layers.Rescaling(1 / 255)(frames), lengths
-    if hparams['max_frames']:
-        pixels = pixels[:, :hparams['max_frames']]
-        true_lengths = tf.minimum(lengths, hparams['max_frames'])
-    if hparams['frame_differences']:
-        previous = tf.concat([pixels[:, :1], pixels[:, :-1]], axis=1)   # the first frame's is 0
-        pixels = tf.concat([pixels, pixels - previous], axis=-1)        # [B, T, H, W, 2C]
-    per_frame = tf.keras.layers.TimeDistributed(
-        _frame_network(pixels.shape[2:], hparams), name='per_frame')(pixels)  # [B, T, D]
-    return [frames, lengths], per_frame, true_lengths
-
-
-def _frame_network(frame_shape, hparams):
-    """One frame [H, W, C'] -> its feature vector [D]: the CNN, flattened, then dense."""
-    frame = tf.keras.Input(frame_shape)
-    flat = tf.keras.layers.Flatten()(_cnn_blocks(frame, hparams['cnn_filters'], hparams['cnn_batch_norm']))
-    features = tf.keras.layers.Dense(hparams['frame_features'], activation='relu')(flat)
-    return tf.keras.Model(frame, features, name='frame_network')
-
-
-def _cnn_blocks(images, filters, batch_norm=False):
-    """[N, H, W, C] -> [N, H / 2^k, W / 2^k, filters[-1]]: 3x3 conv + ReLU, 2x2 max-pool;
-    with `batch_norm` (cnn_batch_norm), BatchNorm between the bias-free conv and the ReLU."""
-    for channels in filters:
-        if batch_norm:
-            images = tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False)(images)
-            images = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(images))
-        else:
-            images = tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu')(images)
-        images = tf.keras.layers.MaxPool2D(2)(images)
-    return images
-
-
-def _as_sequence(feature_map, how):
-    """[B, H, W, C] -> [B, T, F], read as the project's sequencing.SEQUENCERS[how] reads it."""
-    _, height, width, channels = feature_map.shape
-    if how == 'rows':
-        return tf.keras.layers.Reshape((height, width * channels))(feature_map)
-    if how == 'columns':
-        columns = tf.keras.layers.Permute((2, 1, 3))(feature_map)
-        return tf.keras.layers.Reshape((width, height * channels))(columns)
-    if how == 'flatten':
-        return tf.keras.layers.Reshape((height * width, channels))(feature_map)
-    if how == 'pooled':
-        pooled = tf.keras.layers.GlobalAveragePooling2D()(feature_map)
-        return tf.keras.layers.RepeatVector(height)(pooled)
-    raise UserError(f'the Keras twin cannot read a feature map as {how!r}')
-
-
-def _recurrent_stack(sequence, hparams, lengths=None):
-    """[B, T, F] -> [B, U] (x2 if bidirectional), masked past `lengths` [B] if given."""
-    mask = None if lengths is None else tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
-    outputs = sequence
-    if hparams['input_dropout']:
-        outputs = tf.keras.layers.Dropout(hparams['input_dropout'])(outputs)
-    for index in range(hparams['rnn_layers']):
-        return_sequences = index < hparams['rnn_layers'] - 1
-        if hparams['cell'] == 'gru':
-            layer = tf.keras.layers.GRU(hparams['rnn_units'], reset_after=hparams['gru_reset_after'],
-                                        return_sequences=return_sequences)
-        else:
-            layer = tf.keras.layers.LSTM(hparams['rnn_units'], return_sequences=return_sequences)
-        if hparams['bidirectional']:
-            layer = tf.keras.layers.Bidirectional(layer)
-        outputs = layer(outputs, mask=mask)
-        if hparams['dropout']:
-            outputs = tf.keras.layers.Dropout(hparams['dropout'])(outputs)
-    return outputs
-
-
-def trainable_parameter_count(model):
-    """Trainable parameters of a Keras model (BatchNorm's moving statistics are not)."""
-    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
-
-
-def estimator_parameter_count(model_name, hparams):
-    """Trainable parameters of the project's model_fn at `hparams` (experiment.model_variables)."""
-    run = experiment.Run(model_name, None, hparams)
-    return sum(int(np.prod(shape)) for shape in experiment.model_variables(run).values())
-
-
-# ---------------------------------------------------------------- work and machine rate
-
-def flops_per_example(model, frames=None):
-    """FLOPs of one training example through `model` (a twin): 2 per multiply-add of
-    its Conv2D, Dense, LSTM and GRU layers (activations, pooling and gate arithmetic are
-    not counted), times TRAINING_FLOPS_PER_FORWARD_FLOP for the backward pass. A time
-    dimension the model leaves open (clips) counts as `frames` steps: a masked
-    recurrent layer computes every step of the padded batch."""
-    return TRAINING_FLOPS_PER_FORWARD_FLOP * _forward_flops(model, frames)
-
-
-def _forward_flops(model, frames):
-    return sum(_layer_flops(layer, frames) for layer in model.layers)
-
-
-def _layer_flops(layer, frames):
-    """Forward FLOPs of one layer for one example."""
-    if isinstance(layer, tf.keras.layers.TimeDistributed):
-        return _time_steps(layer, frames) * _forward_flops(layer.layer, frames)
-    if isinstance(layer, tf.keras.layers.Bidirectional):
-        steps = _time_steps(layer, frames)
-        return _rnn_flops(layer.forward_layer, steps) + _rnn_flops(layer.backward_layer, steps)
-    if isinstance(layer, tf.keras.layers.RNN):
-        return _rnn_flops(layer, _time_steps(layer, frames))
-    if isinstance(layer, tf.keras.layers.Conv2D):
-        _, out_height, out_width, _ = layer.output_shape
-        return 2 * layer.kernel.shape.num_elements() * out_height * out_width
-    if isinstance(layer, tf.keras.layers.Dense):
-        # The twins apply Dense to one vector per example (per frame under TimeDistributed).
-        return 2 * layer.kernel.shape.num_elements()
-    return 0
-
-
-def _time_steps(layer, frames):
-    return layer.input_shape[1] or frames
-
-
-def _rnn_flops(layer, steps):
-    """Each step multiplies the input [I] by the kernel [I, G] and the state [U] by the
-    recurrent kernel [U, G] (G = 4U for an LSTM, 3U for a GRU)."""
-    cell = layer.cell
-    return 2 * steps * (cell.kernel.shape.num_elements() + cell.recurrent_kernel.shape.num_elements())
-
-
-def first_recurrent_shape(model):
-    """(input size I, units U) of the twin's first recurrent layer."""
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.Bidirectional):
-            layer = layer.forward_layer
-        if isinstance(layer, tf.keras.layers.RNN):
-            return layer.cell.kernel.shape[0], layer.cell.units
-    raise ValueError(f'{model.name} has no recurrent layer')
-
+# ---------------------------------------------------------------- the machine's rate
 
 def matmul_rate(batch_size, input_size, units, chain=64, warmup_runs=3, runs=21):
     """GFLOP/s of an LSTM step's matmul, [B, I+U] x [I+U, 4U], in a graph session.
@@ -359,7 +183,7 @@ def train_keras(model_name, hparams, data, steps, warmup_steps, seed):
     """
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(seed)
-    model = keras_twin(model_name, hparams)
+    model = keras_twins.keras_twin(model_name, hparams)
     # tf.compat.v1.train.AdamOptimizer's epsilon; global_clipnorm is tf.clip_by_global_norm.
     optimizer = tf.keras.optimizers.Adam(_ProjectSchedule(dict(hparams, train_steps=steps)),
                                          epsilon=1e-8, global_clipnorm=hparams['clip_norm'])
@@ -435,7 +259,7 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
     hparams = hparams_lib.resolve(module, overrides, shape)
     if hparams['pooling'] != 'last':
         raise UserError('the Keras twins read the last step only: compare with pooling=last')
-    twin = keras_twin(model_name, hparams)
+    twin = keras_twins.keras_twin(model_name, hparams)
     _check_parameters(model_name, hparams, twin)
     with tempfile.TemporaryDirectory(prefix='train_benchmark_') as work_dir:
         data = write_random_data(os.path.join(work_dir, 'data.npz'), kind, hparams['batch_size'], seed)
@@ -450,8 +274,8 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         startup_secs, startup_rss_mb = startup(model_name, work_dir) if with_startup else (None, None)
     # Batches of clips are padded to their longest clip: nearly always MAX_FRAMES.
     frames = min(hparams.get('max_frames') or moving_glyphs.MAX_FRAMES, moving_glyphs.MAX_FRAMES)
-    flops = flops_per_example(twin, frames)
-    input_size, units = first_recurrent_shape(twin)
+    flops = keras_twins.flops_per_example(twin, frames)
+    input_size, units = keras_twins.first_recurrent_shape(twin)
     matmul = matmul_rate(hparams['batch_size'], input_size, units)
     project, keras = (_side(rates[side], flops, matmul) for side in ('project', 'keras'))
     return {
@@ -463,7 +287,7 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         'overrides': dict(overrides),
         'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
         'cores': experiment.usable_cores(),
-        'parameters': trainable_parameter_count(twin),
+        'parameters': keras_twins.trainable_parameter_count(twin),
         'project': project,
         'keras': keras,
         'ratio': round(project['examples_per_sec'] / keras['examples_per_sec'], 3),
@@ -480,11 +304,18 @@ def _rounded(value, digits):
     return None if value is None else round(value, digits)
 
 
+def estimator_parameter_count(model_name, hparams):
+    """Trainable parameters of the project's model_fn at `hparams` (experiment.model_variables)."""
+    run = experiment.Run(model_name, None, hparams)
+    return sum(int(np.prod(shape)) for shape in experiment.model_variables(run).values())
+
+
 def _check_parameters(model_name, hparams, twin):
     """The twin must be the project's model, however the hparams set it."""
     expected = estimator_parameter_count(model_name, hparams)
-    if trainable_parameter_count(twin) != expected:
-        raise RuntimeError(f'the Keras twin of {model_name} has {trainable_parameter_count(twin)} parameters, '
+    twin_count = keras_twins.trainable_parameter_count(twin)
+    if twin_count != expected:
+        raise RuntimeError(f'the Keras twin of {model_name} has {twin_count} parameters, '
                            f'the project\'s model {expected}')
 
 

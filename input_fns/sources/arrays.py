@@ -8,8 +8,9 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY, source
-from input_fns.errors import UserError
+from estimator_models.errors import UserError
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, LENGTH_KEY
+from input_fns.sources import source
 
 
 @dataclasses.dataclass(frozen=True)

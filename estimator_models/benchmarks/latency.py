@@ -1,6 +1,5 @@
-"""Benchmarks: the latency of an exported SavedModel, and the training input pipeline's rate.
-
-Serving latency: an exported SavedModel, loaded in-process, for each of its signatures.
+"""bin/benchmark --serving: the latency of an exported SavedModel, loaded in-process, for
+each of its signatures.
 
 Two runtimes are timed, and a third when an ONNX file of the same model is given:
   session      a tf.compat.v1.Session feeding and fetching the SignatureDef's tensors by
@@ -12,14 +11,13 @@ Two runtimes are timed, and a third when an ONNX file of the same model is given
                with their lengths).
 """
 
-import resource
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from estimator_models.serving import exporting, onnx_serving, predicting, receivers
-from input_fns import CLIP, writing
+from input_fns import CLIP
 
 BENCHMARK_FRAMES = 9  # a typical clip of the embedded data (6 to 12 frames)
 RUNTIMES = ('session', 'function')
@@ -131,47 +129,3 @@ def markdown_table(rows):
     lines += [f'| {row["runtime"]} | {row["signature"]} | {row["batch_size"]} | {row["p50_ms"]:.2f} '
               f'| {row["p99_ms"]:.2f} | {row["mean_ms"]:.2f} | {row["calls"]} |' for row in rows]
     return '\n'.join(lines)
-
-
-def input_throughput(run, data, batches, warmup_batches):
-    """Examples per second the training input_fn of `run` delivers from `data`, alone.
-
-    The pipeline runs as the Estimator runs it (a graph, a session, one `get_next` per
-    step), after `warmup_batches` untimed batches that fill the shuffle buffer.
-    Returns a JSON-ready dict.
-    """
-    batch_size = run.hparams['batch_size']
-    with tf.Graph().as_default():
-        next_batch = tf.compat.v1.data.make_one_shot_iterator(
-            run.input_fn(data, tf.estimator.ModeKeys.TRAIN, seed=0)()).get_next()
-        with tf.compat.v1.Session() as session:
-            start = time.perf_counter()
-            for _ in range(warmup_batches):
-                session.run(next_batch)
-            warm = time.perf_counter()
-            for _ in range(batches):
-                session.run(next_batch)
-            seconds = time.perf_counter() - warm
-    return {'data': data.info.spec, 'model': run.model, 'batch_size': batch_size,
-            'batches': batches, 'examples_per_sec': round(batches * batch_size / seconds, 1),
-            'warmup_secs': round(warm - start, 2),
-            'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-
-
-def write_noise_clips(prefix, gigabytes, frame_size=96, shards=16, seed=0):
-    """Writes about `gigabytes` of TFRecord clips whose frames are PNGs of uniform noise
-    (PNG cannot compress them, so the files are as large as the pixels), 6 to 12 frames
-    of frame_size x frame_size x 3 each, 8 random labels: data for measuring what
-    training from a large source costs in memory. Returns write_tfrecords' summary."""
-    rng = np.random.default_rng(seed)
-    frame_bytes = frame_size * frame_size * 3
-    num_clips = int(gigabytes * 1e9 / (9 * frame_bytes))
-
-    def clips():
-        for _ in range(num_clips):
-            length = int(rng.integers(6, 13))
-            frames = rng.integers(0, 256, (length, frame_size, frame_size, 3), dtype=np.uint8)
-            yield [writing.encode_pixels(frame) for frame in frames], int(rng.integers(0, 8))
-
-    return writing.write_tfrecords(clips(), prefix, shards, CLIP, [str(label) for label in range(8)],
-                                   frame_shape=(frame_size, frame_size, 3), total=num_clips)

@@ -5,8 +5,8 @@ Spec body (what follows `tfds:`): `NAME[/CONFIG][:VERSION][:SPLIT]`, e.g. `mnist
 syntax). Without a split: the `train` split, and `test` when the dataset has one.
 
 Nothing here downloads. A dataset that is not prepared under the data dir is an error
-that says how to prepare it, except the embedded datasets (input_fns.embedded), which are
-rendered locally on first use.
+that says how to prepare it, unless the caller knows how to make it locally (input_fns.specs
+renders the embedded datasets of input_fns.embedded on first use).
 
 Pixels stay encoded through the TFDS reader (`SkipDecoding`) and are decoded in
 `decode`, so a bad image fails inside the guard of `Source.examples` and is reported as
@@ -21,9 +21,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
-from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, preprocess, source
-from input_fns.errors import UserError
-from input_fns.tfrecords import decode_frames
+from estimator_models.errors import UserError
+from input_fns import CLIP, FRAMES_KEY, IMAGE, IMAGE_KEY, preprocess
+from input_fns.sources import source
+from input_fns.sources.tfrecords import decode_frames
 
 # TFDS 4.9.4 asks its public GCS bucket about every dataset it does not find on disk
 # (DatasetInfo.initialize_from_bucket, is_dataset_on_gcs): offline that is seconds of
@@ -69,17 +70,17 @@ def default_data_dir():
                                                         'tensorflow_datasets')
 
 
-def open_tfds(body, data_dir=None, kind=None):
+def open_tfds(body, data_dir=None, kind=None, preparers=None):
     """(train TfdsSource, test TfdsSource or None) of a spec body (see the module docstring).
 
     Args:
       body: the spec after `tfds:`.
       data_dir: where prepared datasets live; default `default_data_dir()`.
       kind: IMAGE or CLIP, what the model reads; None accepts either.
+      preparers: {dataset name: function of its builder, not prepared yet, that prepares
+        it and returns a builder reading it} for the datasets made locally; any other
+        dataset must be prepared under data_dir already.
     """
-    # Importing input_fns.embedded registers its builders with TFDS, so that
-    # `tfds:glyph_digits` works whoever imported what; here, as it imports this module.
-    from input_fns import embedded  # pylint: disable=import-outside-toplevel
     name, config, version, split = parse_body(body)
     data_dir = data_dir or default_data_dir()
     builder = _builder(name, config, version, data_dir)
@@ -87,9 +88,9 @@ def open_tfds(body, data_dir=None, kind=None):
     if kind is not None and holds != kind:
         raise UserError(f'dataset {"tfds:" + body!r} holds {holds}s but this model reads {kind}s')
     if not builder.is_prepared():
-        if builder.name not in embedded.EMBEDDED:
+        if builder.name not in (preparers or {}):
             raise _not_prepared(builder, data_dir)
-        builder = embedded.prepare(builder)
+        builder = preparers[builder.name](builder)
     return sources_of(builder, f'tfds:{name}' + (f'/{config}' if config else ''), split)
 
 
