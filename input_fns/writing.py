@@ -10,8 +10,10 @@
 """
 
 import collections.abc
+import dataclasses
 import json
 import os
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -102,8 +104,21 @@ def shard_paths(prefix, shards):
     return [f'{prefix}.tfrecord-{index:05d}-of-{shards:05d}' for index in range(shards)]
 
 
-def write_tfrecords(examples, prefix, shards, kind, class_names, frame_shape=None,
-                    total=None, progress=True):
+@dataclasses.dataclass(frozen=True)
+class ShardContents:
+    """What write_tfrecords' examples are, as its metadata file records them.
+
+    kind: input_fns.IMAGE or input_fns.CLIP.
+    class_names: the K class names, in label order.
+    frame_shape: (H, W, C) of every image or frame if the caller knows them all to be
+      the same, else None; images then also carry image/height and image/width.
+    """
+    kind: str
+    class_names: Sequence[str]
+    frame_shape: Optional[tuple] = None
+
+
+def write_tfrecords(examples, prefix, shards, contents, total=None, progress=True):
     """Writes examples round-robin into `shards` TFRecord files and a metadata file.
 
     Each shard is written under a hidden temporary name and renamed once all are
@@ -115,10 +130,7 @@ def write_tfrecords(examples, prefix, shards, kind, class_names, frame_shape=Non
         them (the frames) for clips; labels in [0, len(class_names)).
       prefix: path prefix of the output files; its folder is created if needed.
       shards: number of shard files.
-      kind: input_fns.IMAGE or input_fns.CLIP.
-      class_names: the K class names, in label order.
-      frame_shape: (H, W, C) of every image or frame if the caller knows them all to
-        be the same, else None; images then also carry image/height and image/width.
+      contents: the ShardContents: kind, class names and frame shape.
       total: the number of examples for the progress bar (default: len(examples)
         when it has one).
       progress: show the progress on stderr (input_fns.progress).
@@ -129,6 +141,7 @@ def write_tfrecords(examples, prefix, shards, kind, class_names, frame_shape=Non
       The metadata file holds {'kind', 'class_names', 'num_examples', 'frame_shape'
       (or null), 'shards' (file names, relative to its folder)}.
     """
+    kind, class_names, frame_shape = contents.kind, contents.class_names, contents.frame_shape
     if kind not in (IMAGE, CLIP):
         raise ValueError(f'kind must be {IMAGE!r} or {CLIP!r}, not {kind!r}')
     paths = shard_paths(prefix, shards)
@@ -247,5 +260,6 @@ def source_to_tfrecords(data, prefix, shards, progress=True):
             else:
                 yield encode_pixels(features[IMAGE_KEY]), int(label)
 
-    return write_tfrecords(encoded_examples(), prefix, shards, info.kind, class_names,
-                           frame_shape=info.frame_shape, total=info.num_examples, progress=progress)
+    contents = ShardContents(info.kind, class_names, info.frame_shape)
+    return write_tfrecords(encoded_examples(), prefix, shards, contents, total=info.num_examples,
+                           progress=progress)

@@ -12,6 +12,9 @@ The circles are those of the imports Python runs when a module is imported: thos
 module level. An import inside a function is how a circle is hidden from that check
 while the modules still need each other; the few imports that sit in a function for
 another reason are listed in DEFERRED, each with that reason.
+
+And the shape of the code: no function takes more parameters than a reader can hold at
+once (MAX_PARAMETERS).
 """
 
 import ast
@@ -41,6 +44,9 @@ LEVELS = {
     'estimator_models.running.cli': 11,
     'estimator_models.running.launch': 11,
 }
+# Parameters of a function or method, self and cls not counted; *args and **kwargs count
+# one each.
+MAX_PARAMETERS = 7
 
 _ONNX = 'optional, and seconds to load: only the ONNX commands need it'
 # (module, what it imports inside a function): why there and not at the top.
@@ -87,11 +93,15 @@ def _project_modules():
     return modules
 
 
+def _syntax_tree(path):
+    with open(path) as stream:
+        return ast.parse(stream.read())
+
+
 def _imports(module_name, path):
     """Every import of a module's file: `from a.b import c` counts as a.b.c, relative
     imports resolved, each marked whether it sits inside a function."""
-    with open(path) as stream:
-        tree = ast.parse(stream.read())
+    tree = _syntax_tree(path)
     package = module_name if path.endswith('__init__.py') else module_name.rpartition('.')[0]
 
     def walk(node, in_function):
@@ -108,6 +118,19 @@ def _imports(module_name, path):
             yield from walk(child, inside)
 
     return list(walk(tree, False))
+
+
+def _parameter_counts(path):
+    """(name, line, parameters) of each function and method a file defines."""
+    for node in ast.walk(_syntax_tree(path)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args
+            positional = [argument.arg for argument in arguments.posonlyargs + arguments.args]
+            if positional[:1] in (['self'], ['cls']):
+                positional = positional[1:]
+            count = (len(positional) + len(arguments.kwonlyargs) + (arguments.vararg is not None)
+                     + (arguments.kwarg is not None))
+            yield node.name, node.lineno, count
 
 
 MODULES = _project_modules()
@@ -191,3 +214,10 @@ def test_no_module_imports_inside_a_function():
 def test_each_deferred_import_is_still_there():
     used = {_deferred_entry(name, i.name) for name, i in _in_functions()}
     assert set(DEFERRED) - used == set()
+
+
+@pytest.mark.parametrize('module_name', sorted(MODULES))
+def test_no_function_takes_more_than_seven_parameters(module_name):
+    crowded = [f'{name} (line {line}) takes {count}'
+               for name, line, count in _parameter_counts(MODULES[module_name]) if count > MAX_PARAMETERS]
+    assert crowded == [], f'{module_name}: {"; ".join(crowded)}; group them (a dataclass of options)'

@@ -66,8 +66,8 @@ def test_clips_of_3_to_12_frames_come_back_frame_by_frame(tmp_path):
 
 def test_metadata_written_beside_the_shards_gives_classes_and_count(tmp_path):
     examples = [(_png(_digit(label)), label) for label in (0, 1, 1)]
-    writing.write_tfrecords(examples, str(tmp_path / 'digits'), 2, 'image',
-                            ['zero', 'one', 'two'], progress=False)
+    writing.write_tfrecords(examples, str(tmp_path / 'digits'), 2,
+                            writing.ShardContents('image', ['zero', 'one', 'two']), progress=False)
     source, _ = tfrecords.open_tfrecords(str(tmp_path / 'digits.tfrecord*'), 'image')
     assert len(source.files) == 2  # the metadata file is not a shard
     assert source.info.class_names == ('zero', 'one', 'two') and source.info.num_examples == 3

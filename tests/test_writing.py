@@ -105,8 +105,8 @@ def records_of(path):
 def test_write_three_shards(tmp_path, capsys):
     prefix = str(tmp_path / 'out' / 'train')
     examples = [(png(index), index % 3) for index in range(10)]
-    summary = writing.write_tfrecords(examples, prefix, 3, IMAGE, CLASS_NAMES,
-                                      frame_shape=(4, 5, 1))
+    summary = writing.write_tfrecords(examples, prefix, 3,
+                                      writing.ShardContents(IMAGE, CLASS_NAMES, frame_shape=(4, 5, 1)))
     paths = writing.shard_paths(prefix, 3)
     assert summary['shards'] == paths
     assert sorted(os.listdir(tmp_path / 'out')) == sorted(
@@ -134,7 +134,7 @@ def test_write_three_shards(tmp_path, capsys):
 def test_write_clips_without_a_known_size(tmp_path, capsys):
     prefix = str(tmp_path / 'clips')
     clips = ([png(value) for value in range(length)] for length in (3, 5))
-    summary = writing.write_tfrecords(zip(clips, [1, 0]), prefix, 1, CLIP, ['a', 'b'],
+    summary = writing.write_tfrecords(zip(clips, [1, 0]), prefix, 1, writing.ShardContents(CLIP, ['a', 'b']),
                                       progress=False)
     assert capsys.readouterr().err == ''
     decoded = [parse_clip(record) for record in records_of(summary['shards'][0])]
@@ -148,19 +148,19 @@ def test_write_clips_without_a_known_size(tmp_path, capsys):
 def test_failed_write_leaves_no_files(tmp_path):
     examples = [(png(1), 0), (png(2), 1), (b'not an image', 0)]
     with pytest.raises(ValueError, match='neither PNG nor JPEG'):
-        writing.write_tfrecords(examples, str(tmp_path / 'train'), 2, IMAGE, ['a', 'b'],
+        writing.write_tfrecords(examples, str(tmp_path / 'train'), 2, writing.ShardContents(IMAGE, ['a', 'b']),
                                 progress=False)
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match='label 5'):
-        writing.write_tfrecords([(png(1), 5)], str(tmp_path / 'train'), 2, IMAGE, ['a', 'b'],
-                                progress=False)
+        writing.write_tfrecords([(png(1), 5)], str(tmp_path / 'train'), 2,
+                                writing.ShardContents(IMAGE, ['a', 'b']), progress=False)
     assert os.listdir(tmp_path) == []
 
 
 def test_progress_goes_to_a_log_as_a_few_lines(tmp_path, capsys):
     encoded = png(1)
     writing.write_tfrecords(((encoded, 0) for _ in range(500)), str(tmp_path / 'many'), 2,
-                            IMAGE, ['a', 'b'])
+                            writing.ShardContents(IMAGE, ['a', 'b']))
     progress = capsys.readouterr().err  # not a terminal: lines, not a redrawn bar
     assert '\r' not in progress and progress.count('\n') <= 3
     assert progress.splitlines()[-1].startswith('500 examples')

@@ -51,5 +51,5 @@ def write_noise_clips(prefix, gigabytes, frame_size=96, shards=16, seed=0):
             frames = rng.integers(0, 256, (length, frame_size, frame_size, 3), dtype=np.uint8)
             yield [writing.encode_pixels(frame) for frame in frames], int(rng.integers(0, 8))
 
-    return writing.write_tfrecords(clips(), prefix, shards, CLIP, [str(label) for label in range(8)],
-                                   frame_shape=(frame_size, frame_size, 3), total=num_clips)
+    contents = writing.ShardContents(CLIP, [str(label) for label in range(8)], (frame_size, frame_size, 3))
+    return writing.write_tfrecords(clips(), prefix, shards, contents, total=num_clips)

@@ -208,16 +208,24 @@ def describe(hparams):
     return f'{name}, {start}, fine-tuned at {hparams["backbone_learning_rate_scale"]:g}x the learning rate'
 
 
+def check_size(hparams):
+    """Refuses images too small for a Keras application; a size still 0 (left to the data)
+    passes."""
+    name = hparams['backbone']
+    if name == 'small_cnn':
+        return
+    small = [f'{key}={hparams[key]}' for key in ('height', 'width')
+             if 0 < hparams[key] < APPLICATION_MIN_SIZE]
+    if small:
+        raise UserError(f'backbone={name} needs height and width of at least '
+                        f'{APPLICATION_MIN_SIZE} (got {", ".join(small)}); add height=32,width=32 '
+                        f'(or larger) to --hparams')
+
+
 def check_hparams(hparams):
     """Refuses backbone hparams that cannot work, before any data is read."""
+    check_size(hparams)
     name, path = hparams['backbone'], hparams['backbone_weights']
-    if name != 'small_cnn':
-        small = [f'{key}={hparams[key]}' for key in ('height', 'width')
-                 if 0 < hparams[key] < APPLICATION_MIN_SIZE]
-        if small:
-            raise UserError(f'backbone={name} needs height and width of at least '
-                            f'{APPLICATION_MIN_SIZE} (got {", ".join(small)}); add height=32,width=32 '
-                            f'(or larger) to --hparams')
     if not path:
         return
     if name == 'small_cnn':

@@ -8,7 +8,7 @@ from estimator_models.layers import pooling, precision, recurrent
 from estimator_models.layers.hparam_declarations import FRACTION, NON_NEGATIVE, POSITIVE, HParam
 from input_fns import augment, preprocess
 
-# The shape keys in the order of a data shape (running.hparams.DATA_SHAPE_KEYS).
+# The shape keys in the order of a data shape (running.hparams.DATA_SHAPE_DECLARATIONS).
 _INPUT_SIZE = (
     HParam('height', 0, 'input height in pixels; images of other sizes are fitted as resize says',
            bound=POSITIVE, from_data=True),

@@ -1,6 +1,7 @@
 """From a resolved run to Estimator calls: train_and_evaluate, evaluate, export.
 
-bin/ scripts parse flags and call these; everything here takes plain values.
+bin/ scripts parse flags and call these with plain values; bin/train with the
+run_plan.RunPlan its flags made.
 """
 
 import dataclasses
@@ -9,7 +10,7 @@ import math
 import os
 import random
 import re
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -91,36 +92,31 @@ def prepare_training(model, model_dir, data=None, eval_data=None, overrides=None
     so a mistake costs no data preparation; then open_training. Returns (run,
     train_source, eval_source). Writes nothing; without a model_dir, a new run is resolved.
     """
-    validated = validate_training(model, model_dir, data, eval_data, overrides, data_dir, export_dir)
-    return open_training(validated, model, model_dir, data, eval_data, data_dir)
+    return open_training(validate_training(model, model_dir, data, eval_data, overrides, data_dir,
+                                           export_dir))
 
 
-def open_training(validated, model, model_dir, data=None, eval_data=None, data_dir=None):
-    """The second half of prepare_training, after validate_training gave `validated`:
-    the data's metadata (kind, frame shape, classes) fills the hparams the user left
-    unset; nothing is read beyond what that takes. Returns (run, train_source,
-    eval_source). A user's model_fn has its serving graph built once here, so its
-    mistakes show before training.
+@dataclasses.dataclass(frozen=True)
+class UnopenedRun:
+    """A training run as validate_training checked it, before its data is opened.
+
+    module: the model's module (estimator_models.registry).
+    hparams: resolved, but for the shape keys left at 0 for the data to fill.
+    data, eval_data, data_dir: the specs given, else those the saved run recorded.
+    saved_run: the run record model_dir held; None for a new run.
+    eval_examples: the evaluation examples, where the specs tell their number without
+      reading any data (the batch size is checked against it already); None until the
+      data is opened.
     """
-    module, saved, overrides = validated
-    data, eval_data, data_dir = _with_saved_specs(saved, data, eval_data, data_dir)
-    train_source, eval_source = specs.train_and_eval_sources(
-        data, eval_data, module.KIND, module.DEFAULT_DATA, data_dir)
-    info = train_source.info
-    frame_shape = train_source.first_frame_shape()
-    if frame_shape is None:
-        raise UserError(f'cannot tell the image size of {info.spec}; '
-                        'pass --hparams=height=H,width=W,channels=C')
-    resolved = hparams_lib.resolve(module, overrides, tuple(frame_shape) + (info.num_classes,),
-                                   saved['hparams'] if saved else None)
-    _check_batch_fits(resolved['batch_size'], eval_source.info.num_examples, eval_source.info.spec)
-    _check_boxes(resolved, train_source, eval_source)
-    _fill_frame_classes(resolved, train_source, eval_source)
-    class_names = saved.get('class_names') if saved else info.class_names
-    run = Run(model, model_dir, resolved, data, eval_data, list(class_names or []), data_dir)
-    if isinstance(module, user_model_fn.UserModel):
-        model_variables(run)
-    return run, train_source, eval_source
+    model: str
+    model_dir: Optional[str]
+    module: Any
+    hparams: dict
+    data: Optional[str] = None
+    eval_data: Optional[str] = None
+    data_dir: Optional[str] = None
+    saved_run: Optional[dict] = None
+    eval_examples: Optional[int] = None
 
 
 def validate_training(model, model_dir, data=None, eval_data=None, overrides=None, data_dir=None,
@@ -128,7 +124,7 @@ def validate_training(model, model_dir, data=None, eval_data=None, overrides=Non
     """The checks of a training run that need no data and build no graph: the model, the
     hparams (all but the shape keys taken from the data), a resumed run's agreement with
     what model_dir holds, the output directories, and the data specs' files. Each failure
-    is one UserError. Returns (model module, saved run record or None, overrides)."""
+    is one UserError. Returns the UnopenedRun."""
     for flag, directory in (('--model_dir', model_dir), ('--export_dir', export_dir)):
         if directory:
             check_writable_directory(directory, flag)
@@ -140,11 +136,40 @@ def validate_training(model, model_dir, data=None, eval_data=None, overrides=Non
                         'use a new --model_dir')
     resolved = hparams_lib.resolve(module, overrides, None, saved['hparams'] if saved else None)
     data, eval_data, data_dir = _with_saved_specs(saved, data, eval_data, data_dir)
-    test_size = specs.check_without_reading(data or module.DEFAULT_DATA, module.KIND, data_dir)
+    eval_examples = specs.check_without_reading(data or module.DEFAULT_DATA, module.KIND, data_dir)
     if eval_data:
-        test_size = specs.check_without_reading(eval_data, module.KIND, data_dir)
-    _check_batch_fits(resolved['batch_size'], test_size, eval_data or data or module.DEFAULT_DATA)
-    return module, saved, overrides
+        eval_examples = specs.check_without_reading(eval_data, module.KIND, data_dir)
+    _check_batch_fits(resolved['batch_size'], eval_examples, eval_data or data or module.DEFAULT_DATA)
+    return UnopenedRun(model, model_dir, module, resolved, data, eval_data, data_dir, saved, eval_examples)
+
+
+def open_training(unopened):
+    """Opens the data of an UnopenedRun and runs the checks that need it: the data's
+    metadata (kind, frame shape, classes) fills the hparams the user left unset; nothing
+    is read beyond what that takes. Returns (run, train_source, eval_source). A user's
+    model_fn has its serving graph built once here, so its mistakes show before training.
+    """
+    module = unopened.module
+    train_source, eval_source = specs.train_and_eval_sources(
+        unopened.data, unopened.eval_data, module.KIND, module.DEFAULT_DATA, unopened.data_dir)
+    info = train_source.info
+    frame_shape = train_source.first_frame_shape()
+    if frame_shape is None:
+        raise UserError(f'cannot tell the image size of {info.spec}; '
+                        'pass --hparams=height=H,width=W,channels=C')
+    hparams = hparams_lib.with_data_shape(unopened.hparams, tuple(frame_shape) + (info.num_classes,))
+    if unopened.eval_examples is None:
+        _check_batch_fits(hparams['batch_size'], eval_source.info.num_examples, eval_source.info.spec)
+    _check_boxes(hparams, train_source, eval_source)
+    _fill_frame_classes(hparams, train_source, eval_source)
+    saved = unopened.saved_run
+    class_names = saved.get('class_names') if saved else info.class_names
+    run = Run(unopened.model, unopened.model_dir, hparams, unopened.data, unopened.eval_data,
+              list(class_names or []), unopened.data_dir)
+    run.module = module  # validate_training's lookup, which Run's own would repeat
+    if isinstance(module, user_model_fn.UserModel):
+        model_variables(run)
+    return run, train_source, eval_source
 
 
 def _with_saved_specs(saved, data, eval_data, data_dir):
@@ -223,10 +248,12 @@ def training_precision(hparams, task=cluster.Task()):
     return 'float32'
 
 
-def make_estimator(run, config=None, train_steps=0, warm_start_from=None, task=cluster.Task()):
+def make_estimator(run, config=None, train_steps=0, warm_start_from=None, precision_policy=None):
+    """The run's Estimator; a model with a precision hparam trains in `precision_policy`
+    (training_precision's answer), by default in a local run's."""
     params = dict(run.hparams, train_steps=train_steps)
     if 'precision' in params:
-        params['precision'] = training_precision(run.hparams, task)
+        params['precision'] = precision_policy or training_precision(run.hparams)
     return tf.compat.v1.estimator.Estimator(
         model_fn=_keras_seeded(monitoring.instrumented(run.module.model_fn)), model_dir=run.model_dir,
         config=config, params=params, warm_start_from=warm_start_from)
@@ -257,8 +284,6 @@ def _keras_seeded(model_fn):
 def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False, task=cluster.Task()):
     """The RunConfig of a training run; under TF_CONFIG RunConfig reads the cluster and
     this process's `task` (a cluster.Task, already checked against `distribution`)."""
-    if distribution not in DISTRIBUTIONS:
-        raise UserError(f'unknown --distribution {distribution!r}; choose one of {", ".join(DISTRIBUTIONS)}')
     return tf.estimator.RunConfig(
         model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=checkpoint_every,
         save_summary_steps=min(100, checkpoint_every), log_step_count_steps=min(100, checkpoint_every),
@@ -323,33 +348,38 @@ def exporters(run, export_dir, export_formats=('saved_model',), eval_source=None
     ]
 
 
-def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export_dir,
-                       checkpoint_every, distribution='none', profile_steps=None, warm_start_from=None,
-                       extra_hooks=(), xla=False, task=cluster.Task(), export_formats=('saved_model',)):
-    """Trains to `train_steps` (resuming from model_dir), evaluating and exporting at each
-    checkpoint (a SavedModel, and an ONNX file beside it if 'onnx' is in `export_formats`), tracing the global steps `profile_steps` (first, last) if given, starting
-    a new run from the WarmStartSettings `warm_start_from` if given, with `extra_hooks`
-    in the training loop, its graphs compiled by XLA with `xla`. Returns the last eval
-    result (None if there was nothing left to train, and in a cluster, where this
-    process is the cluster.Task `task` and evaluation is the evaluator's).
+def train_and_evaluate(plan, run, train_source, eval_source, warm_start_from=None, extra_hooks=()):
+    """Trains `run` as the run_plan.RunPlan `plan` says: to its train_steps (resuming from
+    model_dir), evaluating and exporting at each checkpoint (a SavedModel, and an ONNX
+    file beside it if its export_formats list onnx), tracing its profile_steps if any,
+    starting a new run from the WarmStartSettings `warm_start_from` if given, with
+    `extra_hooks` in the training loop. Returns the last eval result (None if there was
+    nothing left to train, and in a cluster, where evaluation is the evaluator's).
 
-    A resumed run shuffles with `seed` plus the step it resumes from, so it does not
+    A resumed run shuffles with the seed plus the step it resumes from, so it does not
     replay the batches the interrupted run already trained on in the same order.
     """
+    task = plan.task
     if task.writes_run:
         hparams_lib.save_run(run.model_dir, run.record())
         monitoring.write_hparams_session(run)
-    config = run_config(run.model_dir, seed, checkpoint_every, distribution, xla, task)
-    estimator = make_estimator(run, config, train_steps, warm_start_from, task)
-    shuffle_seed = seed + checkpoint_step(run.model_dir)
+    config = run_config(run.model_dir, plan.seed, plan.checkpoint_every, plan.distribution, plan.xla, task)
+    estimator = make_estimator(run, config, plan.train_steps, warm_start_from, plan.precision)
+    shuffle_seed = plan.seed + checkpoint_step(run.model_dir)
     train_spec = tf.estimator.TrainSpec(
-        run.input_fn(train_source, ModeKeys.TRAIN, shuffle_seed), max_steps=train_steps,
-        hooks=monitoring.training_hooks(config, run.hparams, profile_steps, task.writes_run)
+        run.input_fn(train_source, ModeKeys.TRAIN, shuffle_seed), max_steps=plan.train_steps,
+        hooks=monitoring.training_hooks(config, run.hparams, plan.profile_steps, task.writes_run)
         + list(extra_hooks))
     eval_spec = tf.estimator.EvalSpec(
         run.input_fn(eval_source, ModeKeys.EVAL), steps=None,
-        exporters=exporters(run, export_dir, export_formats, eval_source),
+        exporters=exporters(run, plan.export_dir, plan.export_formats, eval_source),
         start_delay_secs=0, throttle_secs=0 if task.is_local else CLUSTER_EVAL_POLL_SECS)
+    return _train_and_evaluate_newest(estimator, train_spec, eval_spec, task)
+
+
+def _train_and_evaluate_newest(estimator, train_spec, eval_spec, task):
+    """TensorFlow's train_and_evaluate, in which an evaluator that fell behind goes on with
+    the newest checkpoint."""
     while True:
         try:
             # Returns (eval result, export results) locally, nothing in a cluster.
@@ -357,8 +387,7 @@ def train_and_evaluate(run, train_source, eval_source, train_steps, seed, export
             return outcome[0] if outcome else None
         except (ValueError, tf.errors.NotFoundError) as error:
             # The evaluator can fall behind a chief that checkpoints often and deletes
-            # all but its newest checkpoints, while evaluating or exporting one; it goes
-            # on with the newest.
+            # all but its newest checkpoints, while evaluating or exporting one.
             replaced = _replaced_checkpoint(error)
             if task.type != 'evaluator' or replaced is None:
                 raise

@@ -26,7 +26,7 @@ from estimator_models.serving import receivers
 RUN_FILE = 'hparams.json'
 COMMON_DEFAULTS = defaults_of(COMMON_HPARAMS)
 # In the order of resolve's data_shape.
-DATA_SHAPE_KEYS = tuple(declared.name for declared in COMMON_HPARAMS if declared.from_data)
+DATA_SHAPE_DECLARATIONS = tuple(declared for declared in COMMON_HPARAMS if declared.from_data)
 
 _ASSIGNMENT = re.compile(r'\s*(\w+)\s*=\s*(\[[^\]]*\]|[^,]*)\s*(?:,|$)')
 
@@ -112,11 +112,23 @@ def resolve(model_module, overrides, data_shape=None, saved=None):
     resolved = {**defaults, **parsed}
     if receivers.reads_boxes(resolved) and 'augment' not in parsed:
         resolved['augment'] = 'none'  # a model's default warps would move the image under its boxes
-    for key, value in zip(DATA_SHAPE_KEYS, data_shape or ()):
-        if not resolved[key]:
-            resolved[key] = int(value)
-    _check(resolved, declared, shape_known=data_shape is not None)
-    return resolved
+    _check(resolved, declared, shape_known=False)
+    return with_data_shape(resolved, data_shape) if data_shape else resolved
+
+
+def with_data_shape(resolved, data_shape):
+    """The hparams `resolved` (by resolve, without a data_shape) with the shape keys left
+    at 0 taken from `data_shape`, (height, width, channels, num_classes) of the training
+    data, and checked: the rest was checked already."""
+    filled = {}
+    for declared, value in zip(DATA_SHAPE_DECLARATIONS, data_shape):
+        if not resolved[declared.name]:
+            filled[declared.name] = int(value)
+            _check_declared(declared, int(value))
+    shaped = {**resolved, **filled}
+    if filled and 'backbone' in shaped:
+        backbones.check_size(shaped)
+    return shaped
 
 
 def _resumed(declared, defaults, saved, parsed):
@@ -134,10 +146,7 @@ def _check(hparams, declared, shape_known):
         # Shape keys left at 0 are filled from the data, once it is opened.
         if declaration.from_data and not shape_known and hparams[name] == 0:
             continue
-        try:
-            declaration.check(hparams[name])
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        _check_declared(declaration, hparams[name])
     recurrent.check_cell(hparams)
     if 'backbone' in hparams:
         backbones.check_hparams(hparams)
@@ -145,6 +154,13 @@ def _check(hparams, declared, shape_known):
         regions.parse_grid(hparams['grid'])
     if receivers.reads_boxes(hparams):
         _check_boxes_fit_pixels(hparams)
+
+
+def _check_declared(declaration, value):
+    try:
+        declaration.check(value)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _check_boxes_fit_pixels(hparams):
