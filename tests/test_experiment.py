@@ -54,3 +54,12 @@ def test_another_seed_starts_from_other_weights_and_leaves_the_callers_random_st
     assert (random.random(), np.random.random()) == expected
     for name in ('cnn/cnn_conv_0/kernel', 'rnn_0/lstm_cell/recurrent_kernel', 'logits/kernel'):
         assert not np.array_equal(seed_3_checkpoints[0][name], other[name]), name
+
+
+def test_checkpoints_go_by_time_unless_given_steps(tmp_path):
+    timed = experiment.run_config(str(tmp_path), seed=1, checkpoint_every=None)
+    assert (timed.save_checkpoints_secs, timed.save_checkpoints_steps) == (experiment.CHECKPOINT_EVERY_SECS, None)
+    assert timed.save_summary_steps == experiment.SUMMARY_EVERY_STEPS
+    stepped = experiment.run_config(str(tmp_path), seed=1, checkpoint_every=40)
+    assert (stepped.save_checkpoints_secs, stepped.save_checkpoints_steps) == (None, 40)
+    assert stepped.save_summary_steps == 40

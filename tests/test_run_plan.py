@@ -33,7 +33,7 @@ def test_the_plan_fills_in_the_defaults_and_writes_nothing(tmp_path):
     assert plan.unopened_run.model_dir == model_dir
     assert plan.export_dir == os.path.join(model_dir, 'export')
     assert plan.train_steps == pixel_row_lstm.DEFAULT_TRAIN_STEPS
-    assert plan.checkpoint_every == pixel_row_lstm.DEFAULT_TRAIN_STEPS // 5
+    assert plan.checkpoint_every is None  # every experiment.CHECKPOINT_EVERY_SECS, and at the end
     assert (plan.seed, plan.export_formats, plan.distribution) == (42, ('saved_model',), 'none')
     assert (plan.warm_start, plan.profile_steps, plan.save_every_secs) == (None, None, 600)
     assert plan.precision in ('float32', 'mixed_bfloat16')
@@ -45,8 +45,8 @@ def test_the_plan_fills_in_the_defaults_and_writes_nothing(tmp_path):
 
 def test_the_plan_carries_the_flags(tmp_path):
     plan = _plan(f'--model_dir={tmp_path / "run"}', '--train_steps=10', '--profile_steps=2,4',
-                 '--batch_size=32', '--hparams=rnn_units=8', '--xla', '--seed=7')
-    assert (plan.train_steps, plan.checkpoint_every, plan.profile_steps) == (10, 2, (2, 4))
+                 '--batch_size=32', '--hparams=rnn_units=8', '--xla', '--seed=7', '--checkpoint_every=5')
+    assert (plan.train_steps, plan.checkpoint_every, plan.profile_steps) == (10, 5, (2, 4))
     assert plan.unopened_run.hparams['batch_size'] == 32 and plan.unopened_run.hparams['rnn_units'] == 8
     assert plan.xla and plan.seed == 7
 

@@ -33,6 +33,11 @@ DISTRIBUTIONS = ('none', 'mirrored', 'multi_worker_mirrored')
 # Under TF_CONFIG the evaluator looks for a new checkpoint this often (locally each
 # checkpoint is evaluated as it is written).
 CLUSTER_EVAL_POLL_SECS = 5
+# Each checkpoint is evaluated on the whole eval data and exported. By time, not a share of
+# the steps: a 200-step pixel_row_lstm run (36 s) spent 15 s on its five evaluations of
+# 10,000 digits; one every 2 minutes costs a long run about 3% (BENCHMARKS.md).
+CHECKPOINT_EVERY_SECS = 120
+SUMMARY_EVERY_STEPS = 100
 XLA_CPU_FLAG = '--tf_xla_cpu_global_jit'
 
 
@@ -282,11 +287,15 @@ def _keras_seeded(model_fn):
 
 
 def run_config(model_dir, seed, checkpoint_every, distribution='none', xla=False, task=cluster.Task()):
-    """The RunConfig of a training run; under TF_CONFIG RunConfig reads the cluster and
-    this process's `task` (a cluster.Task, already checked against `distribution`)."""
+    """The RunConfig of a training run that checkpoints every `checkpoint_every` steps (None:
+    every CHECKPOINT_EVERY_SECS seconds) and at its end; under TF_CONFIG RunConfig reads
+    the cluster and this process's `task` (a cluster.Task, already checked against
+    `distribution`)."""
+    every_steps = min(SUMMARY_EVERY_STEPS, checkpoint_every or SUMMARY_EVERY_STEPS)
     return tf.estimator.RunConfig(
         model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=checkpoint_every,
-        save_summary_steps=min(100, checkpoint_every), log_step_count_steps=min(100, checkpoint_every),
+        save_checkpoints_secs=None if checkpoint_every else CHECKPOINT_EVERY_SECS,
+        save_summary_steps=every_steps, log_step_count_steps=every_steps,
         keep_checkpoint_max=3,
         # The evaluator is outside the cluster's all-reduce: it evaluates checkpoints alone.
         train_distribute=None if task.type == 'evaluator' else strategy(distribution),

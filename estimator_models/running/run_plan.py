@@ -33,7 +33,8 @@ class RunPlan:
     unopened_run: the experiment.UnopenedRun: the model, model_dir, data specs and the
       hparams but for those the data fills.
     train_steps: the global step training stops at.
-    checkpoint_every: steps between checkpoints, each followed by an evaluation and exports.
+    checkpoint_every: steps between checkpoints, each followed by an evaluation and
+      exports; None: every experiment.CHECKPOINT_EVERY_SECS seconds and at the end.
     export_dir: where the SavedModels go.
     seed: of initialisation and shuffling.
     export_formats: 'saved_model', and 'onnx' for an ONNX file beside each SavedModel.
@@ -49,7 +50,7 @@ class RunPlan:
     """
     unopened_run: experiment.UnopenedRun
     train_steps: int
-    checkpoint_every: int
+    checkpoint_every: Optional[int]
     export_dir: str
     seed: int
     export_formats: tuple = ('saved_model',)
@@ -79,7 +80,8 @@ def from_flags(options, task):
     train_steps = options.train_steps or unopened.module.DEFAULT_TRAIN_STEPS
     return RunPlan(
         unopened_run=unopened, train_steps=train_steps,
-        checkpoint_every=options.checkpoint_every or max(1, train_steps // 5), export_dir=export_dir, seed=options.seed, export_formats=tuple(options.export_formats),
+        checkpoint_every=options.checkpoint_every, export_dir=export_dir, seed=options.seed,
+        export_formats=tuple(options.export_formats),
         distribution=options.distribution, precision=_precision(unopened.hparams, task),
         warm_start=_warm_start(options), profile_steps=_profile_steps(options.profile_steps, train_steps),
         save_every_secs=options.save_every_secs, xla=options.xla,

@@ -37,7 +37,7 @@ RUN = FlagGroup('run', (
     flag(flags.DEFINE_integer, 'train_steps', None, "Total training steps; default: the model's own."),
     flag(flags.DEFINE_integer, 'checkpoint_every', None,
          'Steps between checkpoints, each followed by an evaluation and exports; default: a '
-         'fifth of --train_steps.'),
+         'checkpoint every 2 minutes of training and one at the end.'),
     flag(flags.DEFINE_integer, 'save_every_secs', 600,
          'Also save a checkpoint every this many seconds (0: only every --checkpoint_every '
          'steps), bounding what a killed run loses.'),
