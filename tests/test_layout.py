@@ -3,7 +3,7 @@ circle, and no module imports inside a function.
 
 The stack, top first: the commands (estimator_models.running.cli, and
 estimator_models.running.launch that starts them) -> benchmarks -> running -> serving ->
-the model_fns and registry -> legacy -> layers -> input_fns, with estimator_models.cache
+the model_fns, the registry and Run -> legacy -> layers -> input_fns, with estimator_models.cache
 (where everything cached is kept) and estimator_models.errors (the error of a user's
 mistake) below them all. Inside input_fns: specs, dataset and writing -> embedded ->
 sources -> the rest.
@@ -37,7 +37,7 @@ LEVELS = {
     'input_fns.writing': 4,
     'estimator_models.layers': 5,
     'estimator_models.legacy': 6,
-    'estimator_models': 7,  # the model_fns and the registry
+    'estimator_models': 7,  # the model_fns, the registry and Run (run_description)
     'estimator_models.serving': 8,
     'estimator_models.running': 9,
     'estimator_models.benchmarks': 10,

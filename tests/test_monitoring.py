@@ -26,7 +26,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from conftest import (DIGITS_RUN_BATCH_SIZE as BATCH_SIZE, DIGITS_RUN_CHECKPOINT_EVERY as CHECKPOINT_EVERY,
                       DIGITS_RUN_PROFILE_STEPS as PROFILE_STEPS, DIGITS_RUN_STEPS as STEPS, digits_run_args,
                       held_out_arrays, run_cli)
-from estimator_models import pixel_row_lstm, registry
+from estimator_models import pixel_row_lstm, registry, run_description
 from estimator_models.errors import UserError
 from estimator_models.layers import summaries
 from estimator_models.running import experiment, monitoring
@@ -390,7 +390,7 @@ def test_hparams_tab_shows_two_runs_side_by_side_with_their_final_eval_metrics(m
 def test_a_user_model_fns_own_hparams_show_typed_as_written_and_a_list_as_text():
     model = 'examples.legacy_clip_rnn:model_fn'
     own = {'frame_units': '32', 'rate': '0.5', 'name': 'wide', 'sizes': '[1,2]', 'tied': 'true'}
-    run = experiment.Run(model, 'unused', hparams_lib.resolve(registry.get(model), own, (32, 32, 1, 8)))
+    run = run_description.Run(model, 'unused', hparams_lib.resolve(registry.get(model), own, (32, 32, 1, 8)))
     shown = monitoring.session_hparams(run)
     assert {name: shown[name] for name in own} == {
         'frame_units': 32, 'rate': 0.5, 'name': 'wide', 'sizes': '[1, 2]', 'tied': True}

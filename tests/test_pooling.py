@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from conftest import (TINY_WITHOUT_BATCH_NORM, held_out_arrays, serve_each_in_one_fresh_process,
                       train_on_a_few_examples)
+from estimator_models import run_description
 from estimator_models.layers import pooling
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
@@ -70,7 +71,7 @@ TRAINED_CASES = [('temporal_cnn_lstm', 'mean'), ('temporal_cnn_lstm', 'max'), ('
 
 class Trained(NamedTuple):
     """A run trained a few steps with one pooling, and its answers on 8 held-out examples."""
-    run: experiment.Run
+    run: run_description.Run
     model_dir: str
     loss_before: float
     loss_after: float

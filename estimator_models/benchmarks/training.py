@@ -24,7 +24,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from estimator_models import registry
+from estimator_models import registry, run_description
 from estimator_models.benchmarks import keras_twins
 from estimator_models.errors import UserError
 from estimator_models.layers import head
@@ -306,7 +306,7 @@ def _rounded(value, digits):
 
 def estimator_parameter_count(model_name, hparams):
     """Trainable parameters of the project's model_fn at `hparams` (experiment.model_variables)."""
-    run = experiment.Run(model_name, None, hparams)
+    run = run_description.Run(model_name, None, hparams)
     return sum(int(np.prod(shape)) for shape in experiment.model_variables(run).values())
 
 

@@ -5,12 +5,11 @@ run_plan.RunPlan its flags made.
 """
 
 import dataclasses
-import functools
 import math
 import os
 import random
 import re
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -19,10 +18,11 @@ from estimator_models import registry
 from estimator_models.errors import UserError
 from estimator_models.layers import precision
 from estimator_models.legacy import user_model_fn, warm_start
+from estimator_models.run_description import Run
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import cluster, monitoring, progress, run_directory
 from estimator_models.serving import exporting, onnx_export, receivers
-from input_fns import dataset, specs
+from input_fns import specs
 
 ModeKeys = tf.estimator.ModeKeys
 LATEST_EXPORTS_KEPT = 3
@@ -39,45 +39,6 @@ CLUSTER_EVAL_POLL_SECS = 5
 CHECKPOINT_EVERY_SECS = 120
 SUMMARY_EVERY_STEPS = 100
 XLA_CPU_FLAG = '--tf_xla_cpu_global_jit'
-
-
-@dataclasses.dataclass
-class Run:
-    """One model_dir's model, data and hparams, as saved in MODEL_DIR/hparams.json."""
-    model: str
-    model_dir: str
-    hparams: dict
-    data: Optional[str] = None
-    eval_data: Optional[str] = None
-    class_names: Optional[List[str]] = None
-    data_dir: Optional[str] = None
-
-    def __post_init__(self):
-        if not self.class_names:
-            self.class_names = [str(index) for index in range(self.hparams['num_classes'])]
-
-    @functools.cached_property
-    def module(self):
-        return registry.get(self.model, self.hparams.get('kind'))
-
-    def record(self):
-        return {'model': self.model, 'data': self.data, 'eval_data': self.eval_data,
-                'data_dir': self.data_dir, 'class_names': self.class_names, 'hparams': self.hparams}
-
-    def sources(self):
-        """(train, eval) Sources of the run's data."""
-        return specs.train_and_eval_sources(self.data, self.eval_data, self.module.KIND,
-                                            self.module.DEFAULT_DATA, self.data_dir)
-
-    def evaluation_source(self, spec):
-        """The Source to evaluate on for a --data spec (None: the run's own eval data)."""
-        if spec is None:
-            return self.sources()[1]
-        return specs.evaluation_source(spec, self.module.KIND, self.module.DEFAULT_DATA, self.data_dir)
-
-    def input_fn(self, data, mode, seed=None, num_examples=None):
-        return dataset.make_input_fn(data, mode, self.hparams, self.hparams['batch_size'], seed,
-                                     self.hparams['skip_bad_records'], num_examples)
 
 
 def load_run(model_dir):

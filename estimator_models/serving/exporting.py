@@ -18,6 +18,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from estimator_models.layers import regions
+from estimator_models.run_description import Run
 from estimator_models.serving import receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 
@@ -28,7 +29,7 @@ EXTRA_DIR = 'assets.extra'
 SAVED_MODEL_CHECKPOINT_RECORD = os.path.join(EXTRA_DIR, CHECKPOINT_FILE)
 
 
-def export_saved_model(run, checkpoint_path, export_base, eval_result=None):
+def export_saved_model(run: Run, checkpoint_path, export_base, eval_result=None):
     """Writes the checkpoint's SavedModel to export_base/<version> and returns that path.
 
     It is written under a temporary name and renamed when complete, so a server

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util_v2
 
 from estimator_models.errors import UserError
+from estimator_models.run_description import Run
 from estimator_models.serving import exporting, onnx_serving, receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY
 
@@ -61,7 +62,7 @@ def saved_model_signature(kind):
     return receivers.LENGTHS_SIGNATURE if kind == CLIP else 'serving_default'
 
 
-def export_onnx(run, checkpoint_path, export_base, saved_model=None, eval_source=None):
+def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_source=None):
     """Writes export_base/<version>/model.onnx, verification.json and checkpoint.json (the
     checkpoint's record, exporting.write_checkpoint_record); returns the file's path.
 
