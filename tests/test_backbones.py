@@ -17,9 +17,9 @@ from estimator_models.serving import exporting
 from input_fns.embedded import moving_glyphs
 
 # cnn_lstm with each application at its smallest size. Eval reads BatchNorm's moving
-# statistics: in 25 steps they follow the weights only at a low momentum.
+# statistics: in 12 steps they follow the weights only at a low momentum.
 APPLICATION = dict(TINY['cnn_lstm'], batch_size='8', backbone_batch_norm_momentum='0.5', height='32', width='32')
-APPLICATION_STEPS = 25
+APPLICATION_STEPS = 12
 # Steps of the frozen-backbone run: its loss falls while the backbone stays as loaded.
 FROZEN_STEPS = 20
 
