@@ -40,14 +40,16 @@ def export_saved_model(run: Run, checkpoint_path, export_base, eval_result=None)
     checkpoint: when export_base has one already (exported_version), its path is
     returned and nothing is written.
     """
-    existing = exported_version(export_base, checkpoint_path, SAVED_MODEL_CHECKPOINT_RECORD)
+    identity = checkpoint_identity(checkpoint_path)
+    existing = exported_version(export_base, identity, SAVED_MODEL_CHECKPOINT_RECORD)
     if existing is not None:
         return existing
     version, temporary_path = reserve_version(export_base)
     final_path = os.path.join(export_base, str(version))
     try:
         _write_saved_model(run, checkpoint_path, temporary_path)
-        write_checkpoint_record(os.path.join(temporary_path, SAVED_MODEL_CHECKPOINT_RECORD), checkpoint_path)
+        write_checkpoint_record(os.path.join(temporary_path, SAVED_MODEL_CHECKPOINT_RECORD), checkpoint_path,
+                                identity)
         if eval_result is not None:
             write_json(os.path.join(temporary_path, EXTRA_DIR, EVAL_RESULT_FILE), numbers_only(eval_result))
         os.rename(temporary_path, final_path)
@@ -65,20 +67,17 @@ def checkpoint_identity(checkpoint_path):
     return {'global_step': int(tf.train.load_variable(checkpoint_path, 'global_step')), 'index_sha256': digest}
 
 
-def write_checkpoint_record(path, checkpoint_path):
-    """The JSON file at `path` that names the checkpoint an export was made from."""
-    write_json(path, dict(checkpoint_identity(checkpoint_path), checkpoint=checkpoint_path))
+def write_checkpoint_record(path, checkpoint_path, identity):
+    """The JSON file at `path` that names the checkpoint an export was made from, with its
+    checkpoint_identity."""
+    write_json(path, dict(identity, checkpoint=checkpoint_path))
 
 
-def exported_version(export_base, checkpoint_path, record_file):
-    """The newest version directory under export_base exported from the checkpoint, as
-    the record at `record_file` in each version (write_checkpoint_record) says; None if
-    there is none."""
-    found = versions(export_base)
-    if not found:
-        return None
-    identity = checkpoint_identity(checkpoint_path)
-    for version in reversed(found):
+def exported_version(export_base, identity, record_file):
+    """The newest version directory under export_base exported from the checkpoint of
+    `identity` (checkpoint_identity), as the record at `record_file` in each version
+    (write_checkpoint_record) says; None if there is none."""
+    for version in reversed(versions(export_base)):
         path = os.path.join(export_base, str(version))
         recorded = read_json(os.path.join(path, record_file)) or {}
         if all(recorded.get(key) == value for key, value in identity.items()):

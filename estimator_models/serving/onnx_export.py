@@ -74,8 +74,9 @@ def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_s
     not convert, or a file that does not answer like the SavedModel, is a UserError and
     leaves nothing behind.
     """
+    identity = exporting.checkpoint_identity(checkpoint_path)
     if saved_model is None:
-        existing = exporting.exported_version(export_base, checkpoint_path, exporting.CHECKPOINT_FILE)
+        existing = exporting.exported_version(export_base, identity, exporting.CHECKPOINT_FILE)
         if existing is not None:
             return os.path.join(existing, onnx_serving.MODEL_FILE)
     os.makedirs(export_base, exist_ok=True)
@@ -102,7 +103,8 @@ def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_s
                           versions=library_versions())
             with open(os.path.join(temporary_path, VERIFICATION_FILE), 'w') as stream:
                 json.dump(report, stream, indent=2, sort_keys=True)
-            exporting.write_checkpoint_record(os.path.join(temporary_path, exporting.CHECKPOINT_FILE), checkpoint_path)
+            exporting.write_checkpoint_record(os.path.join(temporary_path, exporting.CHECKPOINT_FILE), checkpoint_path,
+                                              identity)
             shutil.rmtree(final_path, ignore_errors=True)
             os.rename(temporary_path, final_path)
         except BaseException:
