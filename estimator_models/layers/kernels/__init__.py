@@ -31,6 +31,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lstm_sequence
 # CPU's flags), and AVX-512 doubles the matmul rate of the recurrent step where present.
 OPTIMIZATION_FLAGS = ['-O3', '-march=native', '-shared', '-fPIC']
 
+
 class KernelUnavailable(Exception):
     """The kernels cannot be built or loaded here; the message says why, in one line."""
 
