@@ -8,7 +8,7 @@ from absl import flags
 from estimator_models.running import experiment
 from estimator_models.running.cli.command import Command, require
 from estimator_models.running.cli.flag_groups import TRAINED_MODEL_DIR, FlagGroup, data_group, flag
-from estimator_models.serving import onnx_export
+from estimator_models.serving import onnx_export, verification
 
 # bin/export's own base directory: the trainer prunes best/ and latest/ to their newest versions.
 MANUAL_EXPORTS = 'manual'
@@ -26,7 +26,7 @@ EXPORT = FlagGroup('export', (
     flag(flags.DEFINE_bool, 'list_variables', False,
          'Print the variables of the latest checkpoint (name, shape, dtype) instead of exporting.'),
 ))
-DATA = data_group(f'With --format=onnx: the data whose first {onnx_export.VERIFY_EXAMPLES} examples '
+DATA = data_group(f'With --format=onnx: the data whose first {verification.VERIFY_EXAMPLES} examples '
                   'verify the file; default: seeded random pixels (and clip lengths)')
 
 
