@@ -19,7 +19,6 @@ it records what was compared.
 """
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from estimator_models.run_description import Run
 from estimator_models.serving import exporting, onnx_serving, verification
 
 ONNX_DIR = 'onnx'
-VERIFICATION_FILE = 'verification.json'
+VERIFICATION_FILE = verification.VERIFICATION_FILE
 OPSET = 17
 OUTPUT_KEYS = ('classes', 'probabilities', 'logits', 'attention')
 
@@ -70,22 +69,15 @@ def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_s
                 return os.path.join(final_path, onnx_serving.MODEL_FILE)
             temporary_path = os.path.join(export_base, f'temp-{version}')
             os.makedirs(temporary_path)
-        try:
+        with exporting.renamed_when_complete(temporary_path, final_path):
             model_path = os.path.join(temporary_path, onnx_serving.MODEL_FILE)
             graph_def, inputs, outputs = frozen_serving_graph(run, checkpoint_path)
             write_onnx(graph_def, inputs, outputs, model_path)
             report = verify(run, saved_model, model_path, eval_source)
             report.update(checkpoint=checkpoint_path, saved_model=kept_saved_model, opset=OPSET,
                           versions=library_versions())
-            with open(os.path.join(temporary_path, VERIFICATION_FILE), 'w') as stream:
-                json.dump(report, stream, indent=2, sort_keys=True)
-            exporting.write_checkpoint_record(os.path.join(temporary_path, exporting.CHECKPOINT_FILE), checkpoint_path,
-                                              identity)
+            verification.write_records(temporary_path, report, checkpoint_path, identity)
             shutil.rmtree(final_path, ignore_errors=True)
-            os.rename(temporary_path, final_path)
-        except BaseException:
-            shutil.rmtree(temporary_path, ignore_errors=True)
-            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return os.path.join(final_path, onnx_serving.MODEL_FILE)

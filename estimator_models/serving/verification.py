@@ -12,13 +12,18 @@ They are VERIFY_EXAMPLES eval examples when eval data is given, else seeded rand
 pixels (and clip lengths 1..T in turn, boxes 0..3 per image).
 """
 
+import json
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from estimator_models.errors import UserError
-from estimator_models.serving import receivers
+from estimator_models.serving import exporting, receivers
 from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY
 
+# Beside each converted file: what agreement() compared and found.
+VERIFICATION_FILE = 'verification.json'
 VERIFY_EXAMPLES = 64
 TOLERANCE = 1e-4
 # Random clips for verification, when no eval data is given, are this many frames long at most.
@@ -79,6 +84,14 @@ def agreement(expected, answered, feeds, described, what):
     return {'inputs': described, 'examples': int(len(next(iter(feeds.values())))),
             'largest_probability_difference': difference, 'argmax_differences': argmax_differences,
             'tolerance': TOLERANCE}
+
+
+def write_records(folder, report, checkpoint_path, identity):
+    """Writes `report` (agreement's figures and more) to folder/verification.json and the
+    checkpoint's record (exporting.write_checkpoint_record) to folder/checkpoint.json."""
+    with open(os.path.join(folder, VERIFICATION_FILE), 'w') as stream:
+        json.dump(report, stream, indent=2, sort_keys=True)
+    exporting.write_checkpoint_record(os.path.join(folder, exporting.CHECKPOINT_FILE), checkpoint_path, identity)
 
 
 def verification_inputs(run, eval_source=None, count=VERIFY_EXAMPLES, seed=0):
