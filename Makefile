@@ -12,7 +12,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TENSORFLOW_GPU := tensorflow[and-cuda]==2.15.1
 
-.PHONY: train test docs test-profile memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test docs test-profile keras3-env memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -49,6 +49,12 @@ $(INSTALLED): requirements.txt requirements-no-deps.txt setup.py estimator_model
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(VENV_PYTHON) -m estimator_models.layers.kernels
 	touch $@
+
+# The second Python environment of bin/export --format=keras3 (requirements-keras3.txt:
+# Keras 3 on JAX), made once per machine in the cache folder (about 40 s, 700 MB) and
+# its interpreter printed. bin/export and the tests make it on first use without this.
+keras3-env: $(INSTALLED)
+	$(VENV_PYTHON) -m estimator_models.serving.keras3_environment
 
 # Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.
 MEMORY_RUN := runs/memory_benchmark

@@ -27,10 +27,11 @@ def configured():
     return os.path.join(base, 'estimator_lstm')
 
 
-def directory():
-    """The folder to read and write the cache in, made if needed: configured(), or the
-    temporary one where that cannot be written. Raises OSError when neither can."""
-    return _writable(configured())
+def directory(folder=None):
+    """The folder to read and write the cache in, made if needed: `folder` (default
+    configured()), or the temporary one where that cannot be written. Raises OSError when
+    neither can."""
+    return _writable(folder or configured())
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from estimator_models import cache  # noqa: E402
 from estimator_models.layers import kernels  # noqa: E402
 from estimator_models.running import cli, experiment  # noqa: E402
-from estimator_models.serving import exporting  # noqa: E402
+from estimator_models.serving import exporting, keras3_environment  # noqa: E402
 from input_fns.embedded import glyphs, moving_glyphs  # noqa: E402
 from input_fns.sources import arrays  # noqa: E402
 
@@ -42,6 +42,9 @@ TINY = {
 TINY_WITHOUT_BATCH_NORM = dict(TINY, cnn_lstm=dict(TINY['cnn_lstm'], cnn_batch_norm='false'))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ModeKeys = tf.estimator.ModeKeys
+# The cache folder of the user running the tests, read before data_dirs points the tests at
+# a temporary one: what is made once per machine (the Keras 3 environment) is kept there.
+USER_CACHE = cache.configured()
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -56,6 +59,21 @@ def data_dirs(tmp_path_factory):
     if os.path.exists(installed_kernel):
         os.makedirs(os.path.dirname(kernels.library_path()))
         os.symlink(installed_kernel, kernels.library_path())
+
+
+@pytest.fixture(scope='session')
+def keras3_python():
+    """The interpreter of the Keras 3 environment (requirements-keras3.txt), made once per
+    machine in the user's cache folder (about 40 s, the first time; keras3_environment's
+    lock lets one test worker make it while the others wait) and linked into the tests'
+    cache folder, where bin/export --format=keras3 finds it without --keras3_python."""
+    user_cache = cache.directory(USER_CACHE)
+    python = keras3_environment.cached_environment(user_cache).python
+    linked = keras3_environment.environment_path(cache.directory())
+    if not os.path.exists(linked):
+        os.makedirs(os.path.dirname(linked), exist_ok=True)
+        os.symlink(keras3_environment.environment_path(user_cache), linked)
+    return python
 
 
 @pytest.fixture(scope='session')
@@ -77,6 +95,15 @@ def clips_npz(tmp_path_factory):
     frames, lengths, labels = moving_glyphs.render_clips(200, seed=7)
     path = str(tmp_path_factory.mktemp('data') / 'clips.npz')
     np.savez(path, x=frames, y=labels, lengths=lengths)
+    return path
+
+
+@pytest.fixture(scope='session')
+def clips_with_frame_labels(tmp_path_factory):
+    """160 moving-glyph clips with their per-frame labels as .npz (frame_labels [N, T])."""
+    frames, lengths, labels, frame_labels = moving_glyphs.render_clips(160, seed=5, with_frame_labels=True)
+    path = str(tmp_path_factory.mktemp('per_frame') / 'clips.npz')
+    np.savez(path, x=frames, y=labels, lengths=lengths, frame_labels=frame_labels)
     return path
 
 

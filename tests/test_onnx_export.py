@@ -18,7 +18,7 @@ import tensorflow as tf
 from conftest import TINY, briefly_trained_export, held_out_arrays, run_cli, serve_each_in_one_fresh_process
 from estimator_models.errors import UserError
 from estimator_models.running import experiment
-from estimator_models.serving import exporting, onnx_export, onnx_serving, predicting
+from estimator_models.serving import exporting, onnx_export, onnx_serving, predicting, verification
 
 ONNX_EXPORTS = {
     'pixel_row_lstm': ('pixel_row_lstm', TINY['pixel_row_lstm']),
@@ -64,7 +64,7 @@ def saved_models(request, tmp_path_factory, digits_npz, clips_npz):
             run, saved_model, _ = briefly_trained_export(model, data, tmp_path_factory, overrides)
         trained[name] = run, saved_model, _raw_pixel_inputs(run, held_out_arrays(run, 16))
     served = serve_each_in_one_fresh_process(
-        {name: (saved_model, onnx_export.saved_model_signature(run.module.KIND), inputs)
+        {name: (saved_model, verification.saved_model_signature(run.module.KIND), inputs)
          for name, (run, saved_model, inputs) in trained.items()}, tmp_path_factory.mktemp('served'))
     return {name: (run, tf.train.latest_checkpoint(run.model_dir), saved_model, inputs, served[name])
             for name, (run, saved_model, inputs) in trained.items()}

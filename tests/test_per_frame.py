@@ -14,7 +14,6 @@ from estimator_models.layers import head
 from estimator_models.running import experiment
 from estimator_models.serving import exporting, onnx_export, onnx_serving, receivers
 from input_fns import embedded
-from input_fns.embedded import moving_glyphs
 
 PER_FRAME = dict(TINY['temporal_cnn_lstm'], head='per_frame', learning_rate='0.005')
 
@@ -30,15 +29,6 @@ def test_accuracy_counts_true_frames_only():
             session.run(update)
             # 2 of clip 0's 3 frames and clip 1's one frame are right; every padding frame is wrong.
             assert session.run(value) == pytest.approx(0.75)
-
-
-@pytest.fixture(scope='module')
-def clips_with_frame_labels(tmp_path_factory):
-    """160 moving-glyph clips with their per-frame labels as .npz (frame_labels [N, T])."""
-    frames, lengths, labels, frame_labels = moving_glyphs.render_clips(160, seed=5, with_frame_labels=True)
-    path = str(tmp_path_factory.mktemp('per_frame') / 'clips.npz')
-    np.savez(path, x=frames, y=labels, lengths=lengths, frame_labels=frame_labels)
-    return path
 
 
 def test_per_frame_head_trains_and_serves_like_estimator_predict(clips_with_frame_labels, tmp_path):

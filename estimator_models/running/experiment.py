@@ -21,7 +21,7 @@ from estimator_models.legacy import user_model_fn, warm_start
 from estimator_models.run_description import Run
 from estimator_models.running import hparams as hparams_lib
 from estimator_models.running import cluster, monitoring, progress, run_directory
-from estimator_models.serving import exporting, onnx_export, receivers
+from estimator_models.serving import exporting, keras3_export, onnx_export, receivers
 from input_fns import specs
 
 ModeKeys = tf.estimator.ModeKeys
@@ -406,6 +406,15 @@ def export_onnx(run, export_dir, eval_source=None):
     """Exports the latest checkpoint as export_dir/<version>/model.onnx, verified against
     its SavedModel on `eval_source` (default: seeded random inputs); returns that path."""
     return onnx_export.export_onnx(run, _latest_checkpoint(run.model_dir), export_dir, eval_source=eval_source)
+
+
+def export_keras3(run, export_dir, keras3_python=None, eval_source=None):
+    """Exports the latest checkpoint as export_dir/<version>/model.keras, built by
+    `keras3_python` (default: the cached Keras 3 environment) and verified against its
+    SavedModel on `eval_source` (default: seeded random inputs); returns that path."""
+    keras3_export.refuse_unconvertible(run)
+    return keras3_export.export_keras3(run, _latest_checkpoint(run.model_dir), export_dir, keras3_python,
+                                       eval_source)
 
 
 def _latest_checkpoint(model_dir):

@@ -6,6 +6,7 @@ exactly the signatures estimator_models.serving.receivers declares, from the sam
 in PREDICT mode, so a served prediction is an Estimator prediction.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -158,6 +159,18 @@ def reserve_version(export_base):
             return version, temporary_path
         os.rmdir(temporary_path)  # finished by another export since next_version looked
         version += 1
+
+
+@contextlib.contextmanager
+def renamed_when_complete(temporary_path, final_path):
+    """Runs the block that fills temporary_path (reserve_version's), then renames it to
+    final_path; removes it instead when the block raises."""
+    try:
+        yield
+        os.rename(temporary_path, final_path)
+    except BaseException:
+        shutil.rmtree(temporary_path, ignore_errors=True)
+        raise
 
 
 def warmup_inputs(run, encoded, signature_inputs):

@@ -11,55 +11,30 @@ the names of the SavedModel's raw-pixel signature:
 
 The graph is the PREDICT graph of the model_fn with the recurrent stack in its
 `unmasked` form (estimator_models.layers.unmasked_recurrent), whose LSTM layers tf2onnx
-maps to ONNX's LSTM op (GRU layers become a generic Loop). Before the file is kept, VERIFY_EXAMPLES inputs (from eval data
-when given, else seeded random pixels and clip lengths) run through it in onnxruntime and
+maps to ONNX's LSTM op (GRU layers become a generic Loop). Before the file is kept, the
+inputs of estimator_models.serving.verification run through it in onnxruntime and
 through the SavedModel of the same checkpoint in TensorFlow; a larger probability
-difference than TOLERANCE or a different argmax removes it. verification.json beside it
-records what was compared.
+difference than its TOLERANCE or a different argmax removes it. verification.json beside
+it records what was compared.
 """
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util_v2
 
 from estimator_models.errors import UserError
 from estimator_models.run_description import Run
-from estimator_models.serving import exporting, onnx_serving, receivers
-from input_fns import BOXES_KEY, CLIP, FRAMES_KEY, IMAGE_KEY, LENGTH_KEY, NUM_BOXES_KEY
+from estimator_models.serving import exporting, onnx_serving, verification
 
 ONNX_DIR = 'onnx'
-VERIFICATION_FILE = 'verification.json'
+VERIFICATION_FILE = verification.VERIFICATION_FILE
 OPSET = 17
-VERIFY_EXAMPLES = 64
-TOLERANCE = 1e-4
 OUTPUT_KEYS = ('classes', 'probabilities', 'logits', 'attention')
-# Random clips for verification, when no eval data is given, are this many frames long at most.
-RANDOM_CLIP_FRAMES = 8
-# The model_fn's feature key for each ONNX input name that differs from it.
-_FEATURE_KEYS = {receivers.LENGTHS_KEY: LENGTH_KEY}
-
-
-def input_signature(kind, hparams):
-    """{input name: (dtype, shape)} of the ONNX model of a run's kind and hparams."""
-    pixels = [hparams['height'], hparams['width'], hparams['channels']]
-    if kind == CLIP:
-        return {FRAMES_KEY: (tf.float32, [None, None] + pixels), receivers.LENGTHS_KEY: (tf.int32, [None])}
-    signature = {IMAGE_KEY: (tf.float32, [None] + pixels)}
-    if receivers.reads_boxes(hparams):
-        signature.update({BOXES_KEY: (tf.float32, [None, None, 4]), NUM_BOXES_KEY: (tf.int32, [None])})
-    return signature
-
-
-def saved_model_signature(kind):
-    """The SavedModel signature that takes the same inputs as the ONNX model."""
-    return receivers.LENGTHS_SIGNATURE if kind == CLIP else 'serving_default'
 
 
 def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_source=None):
@@ -94,22 +69,15 @@ def export_onnx(run: Run, checkpoint_path, export_base, saved_model=None, eval_s
                 return os.path.join(final_path, onnx_serving.MODEL_FILE)
             temporary_path = os.path.join(export_base, f'temp-{version}')
             os.makedirs(temporary_path)
-        try:
+        with exporting.renamed_when_complete(temporary_path, final_path):
             model_path = os.path.join(temporary_path, onnx_serving.MODEL_FILE)
             graph_def, inputs, outputs = frozen_serving_graph(run, checkpoint_path)
             write_onnx(graph_def, inputs, outputs, model_path)
             report = verify(run, saved_model, model_path, eval_source)
             report.update(checkpoint=checkpoint_path, saved_model=kept_saved_model, opset=OPSET,
                           versions=library_versions())
-            with open(os.path.join(temporary_path, VERIFICATION_FILE), 'w') as stream:
-                json.dump(report, stream, indent=2, sort_keys=True)
-            exporting.write_checkpoint_record(os.path.join(temporary_path, exporting.CHECKPOINT_FILE), checkpoint_path,
-                                              identity)
+            verification.write_records(temporary_path, report, checkpoint_path, identity)
             shutil.rmtree(final_path, ignore_errors=True)
-            os.rename(temporary_path, final_path)
-        except BaseException:
-            shutil.rmtree(temporary_path, ignore_errors=True)
-            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return os.path.join(final_path, onnx_serving.MODEL_FILE)
@@ -156,8 +124,8 @@ def frozen_serving_graph(run, checkpoint_path):
     """
     with tf.Graph().as_default() as graph, _loops_without_intermediates():
         placeholders = {name: tf.compat.v1.placeholder(dtype, shape, name=name)
-                        for name, (dtype, shape) in input_signature(run.module.KIND, run.hparams).items()}
-        features = {_FEATURE_KEYS.get(name, name): tensor for name, tensor in placeholders.items()}
+                        for name, (dtype, shape) in verification.input_signature(run.module.KIND, run.hparams).items()}
+        features = {verification.FEATURE_KEYS.get(name, name): tensor for name, tensor in placeholders.items()}
         spec = run.module.model_fn(features, None, tf.estimator.ModeKeys.PREDICT, conversion_hparams(run.hparams))
         outputs = {key: tf.identity(spec.predictions[key], name=key)
                    for key in OUTPUT_KEYS if key in spec.predictions}
@@ -236,84 +204,12 @@ def _all_nodes(graph):
 
 def verify(run, saved_model, model_path, eval_source=None):
     """Runs the same inputs through the SavedModel and the ONNX file; returns the figures,
-    or raises UserError with them when the two disagree."""
-    feeds, described = verification_inputs(run, eval_source)
-    expected = _saved_model_outputs(saved_model, saved_model_signature(run.module.KIND), feeds)
-    onnx_outputs = onnx_serving.run_onnx(onnx_serving.session(model_path), feeds)
-    difference = float(np.max(np.abs(onnx_outputs['probabilities'] - expected['probabilities'])))
-    argmax_differences = int(np.sum(np.argmax(onnx_outputs['probabilities'], -1)
-                                    != np.argmax(expected['probabilities'], -1)))
-    if difference > TOLERANCE or argmax_differences:
-        raise UserError(f'the ONNX model disagrees with the SavedModel on {described}: largest '
-                        f'probability difference {difference:.3g} (allowed {TOLERANCE:g}), '
-                        f'{argmax_differences} different argmax; no ONNX file written')
-    return {'inputs': described, 'examples': int(len(next(iter(feeds.values())))),
-            'largest_probability_difference': difference, 'argmax_differences': argmax_differences,
-            'tolerance': TOLERANCE}
-
-
-def _saved_model_outputs(saved_model, signature_key, feeds):
-    """{output name: numpy value} of one signature of the SavedModel, run in a graph and
-    session of its own (TensorFlow Serving's way): exporters run inside a training
-    session's hook, where eager execution would land in the finalized training graph."""
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], saved_model)
-        signature = meta_graph.signature_def[signature_key]
-        names = sorted(signature.outputs)
-        values = session.run([signature.outputs[name].name for name in names],
-                             {signature.inputs[name].name: value for name, value in feeds.items()})
-    return dict(zip(names, values))
-
-
-def verification_inputs(run, eval_source=None, count=VERIFY_EXAMPLES, seed=0):
-    """({ONNX input name: numpy array} of `count` examples, what they are in words)."""
-    if eval_source is not None:
-        return _eval_inputs(run, eval_source, count), f'{count} examples of {eval_source.info.spec}'
-    rng = np.random.default_rng(seed)
-    signature = input_signature(run.module.KIND, run.hparams)
-    pixels = signature[FRAMES_KEY if run.module.KIND == CLIP else IMAGE_KEY][1][-3:]
-    if run.module.KIND == CLIP:
-        frames = RANDOM_CLIP_FRAMES if not run.hparams.get('max_frames') else run.hparams['max_frames']
-        lengths = (np.arange(count) % frames + 1).astype(np.int32)                       # 1..T, in turn
-        clips = rng.uniform(0, 255, size=[count, frames] + pixels).astype(np.float32)
-        clips[np.arange(frames)[None, :] >= lengths[:, None]] = 0
-        return ({FRAMES_KEY: clips, receivers.LENGTHS_KEY: lengths},
-                f'{count} clips of seeded random pixels (seed {seed}), lengths 1..{frames}')
-    feeds = {IMAGE_KEY: rng.uniform(0, 255, size=[count] + pixels).astype(np.float32)}
-    described = f'{count} images of seeded random pixels (seed {seed})'
-    if BOXES_KEY in signature:
-        rows, columns = (np.sort(rng.uniform(0, 1, size=[count, 3, 2]), axis=-1) for _ in range(2))
-        feeds[BOXES_KEY] = np.stack([rows[..., 0], columns[..., 0], rows[..., 1], columns[..., 1]],
-                                    axis=-1).astype(np.float32)                         # [N, 3, 4]
-        feeds[NUM_BOXES_KEY] = (np.arange(count) % 4).astype(np.int32)                     # 0..3 boxes
-        described += ', 0 to 3 random boxes each'
-    return feeds, described
-
-
-def _eval_inputs(run, eval_source, count):
-    """The first `count` examples of eval data, as ONNX inputs."""
-    input_fn = run.input_fn(eval_source, tf.estimator.ModeKeys.PREDICT, num_examples=count)
-    names = {_FEATURE_KEYS.get(name, name): name for name in input_signature(run.module.KIND, run.hparams)}
-    batches = []
-    with tf.Graph().as_default():  # a graph of its own, as in _saved_model_outputs
-        next_batch = tf.compat.v1.data.make_one_shot_iterator(input_fn()).get_next()
-        with tf.compat.v1.Session() as session:
-            while True:
-                try:
-                    features, _ = session.run(next_batch)
-                except tf.errors.OutOfRangeError:
-                    break
-                batches.append({names[key]: value for key, value in features.items() if key in names})
-    return {name: _concatenated([batch[name] for batch in batches]) for name in batches[0]}
-
-
-def _concatenated(arrays):
-    """Batches of one input joined; clips or boxes padded with zeros to the longest."""
-    if arrays[0].ndim < 2:
-        return np.concatenate(arrays)
-    longest = max(array.shape[1] for array in arrays)
-    return np.concatenate([np.pad(array, [(0, 0), (0, longest - array.shape[1])] + [(0, 0)] * (array.ndim - 2))
-                           for array in arrays])
+    or raises UserError with them when the two disagree (verification.agreement)."""
+    feeds, described = verification.verification_inputs(run, eval_source)
+    expected = verification.saved_model_outputs(
+        saved_model, verification.saved_model_signature(run.module.KIND), feeds)
+    answered = onnx_serving.run_onnx(onnx_serving.session(model_path), feeds)
+    return verification.agreement(expected, answered, feeds, described, 'ONNX model')
 
 
 def library_versions():
