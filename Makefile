@@ -12,7 +12,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TENSORFLOW_GPU := tensorflow[and-cuda]==2.15.1
 
-.PHONY: train test docs test-profile keras3-env memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test docs test-profile keras3-env keras3-exports memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -55,6 +55,12 @@ $(INSTALLED): requirements.txt requirements-no-deps.txt setup.py estimator_model
 # its interpreter printed. bin/export and the tests make it on first use without this.
 keras3-env: $(INSTALLED)
 	$(VENV_PYTHON) -m estimator_models.serving.keras3_environment
+
+# Keras 3 exports of every option the Keras 3 models express (13 variants, each trained
+# 3 steps, exported, verified and answering held-out examples; docs/keras3.md); about
+# 5 minutes. make test exports three of them.
+keras3-exports: $(INSTALLED)
+	KERAS3_EVERY_OPTION=1 $(VENV_PYTHON) -m pytest -p no:xdist -q tests/test_keras3_export.py -k each_model
 
 # Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.
 MEMORY_RUN := runs/memory_benchmark

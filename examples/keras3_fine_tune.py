@@ -8,7 +8,7 @@ printed by the export, and lives in the cache folder's keras3/), not in the proj
         --data=train.npz --eval_data=test.npz --steps=300 --output=fine_tuned.keras
 
 It loads `model.keras`, scores it on --eval_data, trains it with `model.fit` on --data
-(Adam, sparse cross-entropy on the `logits` output), scores it again and saves it. The
+(Adam at --learning_rate, sparse cross-entropy on the `logits` output), scores it again and saves it. The
 .npz files hold what the model takes, raw pixels 0..255: `x` [N, H, W] or [N, H, W, C]
 images and `y` [N] labels; clips `x` [N, T, H, W(, C)] with `lengths` [N]. Prints the
 loss on --data and the accuracy on --eval_data before and after, one line each.
@@ -60,7 +60,8 @@ def main():
     parser.add_argument('--eval_data', help='.npz to score on (default: --data)')
     parser.add_argument('--steps', type=int, default=300, help='training steps')
     parser.add_argument('--batch_size', type=int, default=32)
-    parser.add_argument('--learning_rate', type=float, default=1e-3)
+    parser.add_argument('--learning_rate', type=float, default=3e-4,
+                        help="Adam's rate; below the training run's, as a fine-tuning rate usually is")
     parser.add_argument('--seed', type=int, default=42)
     parser.add_argument('--output', required=True, help='where the fine-tuned model.keras goes')
     arguments = parser.parse_args()

@@ -26,6 +26,7 @@ from estimator_models import cache  # noqa: E402
 from estimator_models.layers import kernels  # noqa: E402
 from estimator_models.running import cli, experiment  # noqa: E402
 from estimator_models.serving import exporting, keras3_environment  # noqa: E402
+from input_fns import writing  # noqa: E402
 from input_fns.embedded import glyphs, moving_glyphs  # noqa: E402
 from input_fns.sources import arrays  # noqa: E402
 
@@ -104,6 +105,23 @@ def clips_with_frame_labels(tmp_path_factory):
     frames, lengths, labels, frame_labels = moving_glyphs.render_clips(160, seed=5, with_frame_labels=True)
     path = str(tmp_path_factory.mktemp('per_frame') / 'clips.npz')
     np.savez(path, x=frames, y=labels, lengths=lengths, frame_labels=frame_labels)
+    return path
+
+
+@pytest.fixture(scope='session')
+def digits_with_boxes(tmp_path_factory):
+    """200 digits as TFRecord Examples, each with 0 to 4 boxes (the first over the digit)."""
+    images, labels = glyphs.render_digits(200, seed=11)
+    rng = np.random.default_rng(11)
+    path = str(tmp_path_factory.mktemp('boxes') / 'digits.tfrecord')
+    with tf.io.TFRecordWriter(path) as writer:
+        for index, (image, label) in enumerate(zip(images, labels)):
+            corners = rng.uniform(0.0, 0.5, size=(4, 2))
+            boxes = np.concatenate([corners, corners + rng.uniform(0.3, 0.5, size=(4, 2))], axis=1)
+            boxes[0] = [0.1, 0.1, 0.9, 0.9]
+            example = writing.image_example(writing.encode_pixels(image), int(label),
+                                            boxes=boxes[:index % 5])
+            writer.write(example.SerializeToString())
     return path
 
 

@@ -13,8 +13,7 @@ from estimator_models.errors import UserError
 from estimator_models.layers import regions
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
-from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY, writing
-from input_fns.embedded import glyphs
+from input_fns import BOXES_KEY, IMAGE_KEY, NUM_BOXES_KEY
 
 
 def test_grid_cells_tile_the_image_in_raster_order():
@@ -79,23 +78,6 @@ def test_regions_train_and_serve_like_estimator_predict(grid, step, steps_read, 
 # Regions from the data: each image's own boxes (regions=boxes).
 
 BOXES = dict(TINY_WITHOUT_BATCH_NORM['cnn_lstm'], sequence='regions', regions='boxes', pooling='attention')
-
-
-@pytest.fixture(scope='module')
-def digits_with_boxes(tmp_path_factory):
-    """200 digits as TFRecord Examples, each with 0 to 4 boxes (the first over the digit)."""
-    images, labels = glyphs.render_digits(200, seed=11)
-    rng = np.random.default_rng(11)
-    path = str(tmp_path_factory.mktemp('boxes') / 'digits.tfrecord')
-    with tf.io.TFRecordWriter(path) as writer:
-        for index, (image, label) in enumerate(zip(images, labels)):
-            corners = rng.uniform(0.0, 0.5, size=(4, 2))
-            boxes = np.concatenate([corners, corners + rng.uniform(0.3, 0.5, size=(4, 2))], axis=1)
-            boxes[0] = [0.1, 0.1, 0.9, 0.9]
-            example = writing.image_example(writing.encode_pixels(image), int(label),
-                                            boxes=boxes[:index % 5])
-            writer.write(example.SerializeToString())
-    return path
 
 
 def batch_arrays(run, data):
