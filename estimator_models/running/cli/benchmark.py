@@ -8,7 +8,7 @@ import sys
 from absl import flags
 
 from estimator_models import registry
-from estimator_models.benchmarks import clusters, input_pipeline, latency, training
+from estimator_models.benchmarks import clusters, input_pipeline, latency, step_breakdown, training
 from estimator_models.errors import UserError
 from estimator_models.running import experiment, hparams
 from estimator_models.running.cli import json_output
@@ -21,6 +21,9 @@ BENCHMARK = FlagGroup('benchmark', (
     flag(flags.DEFINE_bool, 'train', False,
          'Compare the training rate of --model with a Keras twin of the same architecture, on the '
          'same random data, in rounds.'),
+    flag(flags.DEFINE_bool, 'step_breakdown', False,
+         "Trace --model's training steps on the same random data as --train and report the time of "
+         'each kind of op per step (--steps in all, traced after --warmup_steps).'),
     flag(flags.DEFINE_bool, 'cluster', False,
          'Train --model (default pixel_row_lstm) for --steps global steps in local clusters of 1 '
          'worker, 2 workers + 1 ps, and 2 all-reduce workers; report their examples/s. Runs go to '
@@ -64,6 +67,8 @@ def run(options, argv):
     del argv
     if options.train:
         _benchmark_training(options)
+    elif options.step_breakdown:
+        _step_breakdown(options)
     elif options.cluster:
         _benchmark_clusters(options)
     elif options.input_only:
@@ -75,8 +80,8 @@ def run(options, argv):
     elif options.serving:
         _benchmark_serving(options)
     else:
-        raise UserError('choose a benchmark: --train, --cluster, --serving, --input_only or '
-                        '--write_noise_clips')
+        raise UserError('choose a benchmark: --train, --step_breakdown, --cluster, --serving, --input_only '
+                        'or --write_noise_clips')
 
 
 def _benchmark_serving(options):
@@ -110,6 +115,20 @@ def _benchmark_training(options):
         result = training.train_benchmark(
             options.model, hparams.parse_overrides(options.hparams), options.steps, options.rounds,
             options.warmup_steps, options.startup)
+    json_output.report(result, options.json_out)
+
+
+def _step_breakdown(options):
+    require(options, 'model')
+    if options.warmup_steps < 1 or options.steps < options.warmup_steps + step_breakdown.TRACED_STEPS + 10:
+        raise UserError(f'--step_breakdown traces {step_breakdown.TRACED_STEPS} steps after --warmup_steps and '
+                        f'times 10 more: --steps must be at least --warmup_steps + '
+                        f'{step_breakdown.TRACED_STEPS + 10}, got --steps={options.steps} '
+                        f'--warmup_steps={options.warmup_steps}')
+    with contextlib.redirect_stdout(sys.stderr):
+        result = step_breakdown.step_breakdown(options.model, hparams.parse_overrides(options.hparams),
+                                               options.steps, options.warmup_steps)
+    print(step_breakdown.markdown_table(result), file=sys.stderr)
     json_output.report(result, options.json_out)
 
 
