@@ -53,14 +53,14 @@ def model_fn(features, labels, mode, params):
     pixel_differences = params['frame_differences'] and params['backbone'] == 'small_cnn'
     if pixel_differences:
         frames = with_frame_differences(frames)                             # [B, T, H, W, 2C]
-    images = sequencing.frames_as_images(frames)                            # [B*T, H, W, C]
+    images, positions = sequencing.true_frames_as_images(frames, lengths)   # [N, H, W, C], N true frames
     backbone = backbones.apply_backbone(images, params, mode)
-    feature_map = backbone.feature_map                                      # [B*T, h, w, F]
+    feature_map = backbone.feature_map                                      # [N, h, w, F]
     # Flattened rather than pooled: the motion is in where things are.
     per_frame = tf.keras.layers.Dense(
         params['frame_features'], activation='relu', name='frame_features')(
-            tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [B*T, D]
-    sequence = sequencing.images_as_frames(per_frame, frames)               # [B, T, D]
+            tf.keras.layers.Flatten(name='flatten_frame')(feature_map))     # [N, D]
+    sequence = sequencing.true_frames_as_sequences(per_frame, positions, frames)  # [B, T, D]
     if params['frame_differences'] and not pixel_differences:
         sequence = with_frame_differences(sequence)                         # [B, T, 2D]
     if params['head'] == 'per_frame':
