@@ -12,7 +12,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TENSORFLOW_GPU := tensorflow[and-cuda]==2.15.1
 
-.PHONY: train test docs test-profile keras3-env memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test docs test-profile keras3-env torch-env memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -55,6 +55,12 @@ $(INSTALLED): requirements.txt requirements-no-deps.txt setup.py estimator_model
 # its interpreter printed. bin/export and the tests make it on first use without this.
 keras3-env: $(INSTALLED)
 	$(VENV_PYTHON) -m estimator_models.serving.keras3_environment
+
+# The PyTorch environment of bin/benchmark --train's PyTorch twins (requirements-torch.txt:
+# torch's CPU build), made once per machine in the cache folder (about 50 s, 1 GB) and
+# its interpreter printed. bin/benchmark and the tests make it on first use without this.
+torch-env: $(INSTALLED)
+	$(VENV_PYTHON) -m estimator_models.benchmarks.torch_environment
 
 # Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.
 MEMORY_RUN := runs/memory_benchmark

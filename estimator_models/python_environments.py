@@ -28,6 +28,8 @@ import time
 from estimator_models import cache
 from estimator_models.errors import UserError
 
+# The repository's root, where the requirements files are.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Written last into a made environment: its script's `versions` answer there.
 VERSIONS_FILE = 'versions.json'
 # Seconds: pip downloads and unpacks up to about a gigabyte.
@@ -160,3 +162,13 @@ def last_line(stderr, returncode):
     if not lines:
         return f'exit status {returncode}'
     return lines[-1].removeprefix('error: ')
+
+
+def make_and_print(recipe):
+    """What `python -m` of an environment's module does: makes the environment of
+    `recipe` in the cache if it is not there and prints its interpreter's path; a
+    failure is one line and exit status 1."""
+    try:
+        print(cached(recipe)[0])
+    except UserError as error:
+        sys.exit(f'error: {error}')

@@ -55,8 +55,8 @@ def test_flops_of_pixel_row_lstm_are_those_of_its_lstm_and_logits():
 
 def test_a_tiny_benchmark_reports_both_sides():
     result = training.train_benchmark(
-        'pixel_row_lstm', {**KERAS, 'rnn_units': '8', 'batch_size': '8'}, steps=10, rounds=1,
-        warmup_steps=3, with_startup=False)
+        'pixel_row_lstm', {**KERAS, 'rnn_units': '8', 'batch_size': '8'},
+        training.Timing(steps=10, rounds=1, warmup_steps=3), peers=('keras_float32',), with_startup=False)
     for side in ('project', 'keras'):
         assert result[side]['examples_per_sec'] > 0
         assert result[side]['examples_per_sec_min'] <= result[side]['examples_per_sec_max']

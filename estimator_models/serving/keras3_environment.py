@@ -18,14 +18,11 @@ prints its interpreter's path.
 
 import dataclasses
 import os
-import sys
 
 from estimator_models import cache, python_environments
-from estimator_models.errors import UserError
 
 BUILDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'keras3_model.py')
-REQUIREMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                            'requirements-keras3.txt')
+REQUIREMENTS = os.path.join(python_environments.REPO, 'requirements-keras3.txt')
 CACHE_DIR = 'keras3'
 # The backend requirements-keras3.txt installs, and that of an interpreter when
 # KERAS_BACKEND does not name one.
@@ -94,7 +91,4 @@ def _keras_3_problem(versions):
 
 
 if __name__ == '__main__':
-    try:
-        print(cached_environment(cache.directory()).python)
-    except UserError as error:
-        sys.exit(f'error: {error}')
+    python_environments.make_and_print(_recipe(DEFAULT_BACKEND))
