@@ -308,7 +308,7 @@ def train_benchmark(model_name, overrides, timing=Timing(), peers=PEERS, torch_p
     if with_startup and not os.access(GNU_TIME, os.X_OK):
         raise UserError(f'timing the start-up of bin/train takes {GNU_TIME} (GNU time) for its '
                         'peak memory: install it, or pass --nostartup')
-    kind, hparams = _resolved(model_name, overrides)
+    kind, hparams = resolved_hparams(model_name, overrides)
     twin = keras_twins.keras_twin(model_name, hparams)
     parameters = _check_parameters(model_name, hparams, twin)
     torch_run, versions = None, {'tensorflow': tf.__version__}
@@ -368,7 +368,7 @@ def _check_peers(peers):
         raise UserError(f'name each peer once, and at least one: {listing}')
 
 
-def _resolved(model_name, overrides):
+def resolved_hparams(model_name, overrides):
     """(the model's KIND, the hparams the run will resolve from the data the benchmark
     writes: known before it is)."""
     module = registry.get(model_name)
