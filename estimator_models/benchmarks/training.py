@@ -313,9 +313,7 @@ def train_benchmark(model_name, overrides, timing=Timing(), peers=PEERS, torch_p
     parameters = _check_parameters(model_name, hparams, twin)
     torch_run, versions = None, {'tensorflow': tf.__version__}
     if set(peers) & set(TORCH_PEERS):
-        python, torch_versions = torch_environment.environment(torch_python)
-        torch_run = (python, _torch_spec(model_name, hparams, parameters, seed))
-        run_torch_twins(python, 'describe', torch_run[1])  # refuses what it has no twin of, before any round
+        torch_run, torch_versions = _prepared_torch(model_name, hparams, parameters, seed, torch_python)
         versions.update(torch_versions)
     with tempfile.TemporaryDirectory(prefix='train_benchmark_') as work_dir:
         data = write_random_data(os.path.join(work_dir, 'data.npz'), kind, hparams['batch_size'], seed)
@@ -381,10 +379,15 @@ def resolved_hparams(model_name, overrides):
     return kind, hparams
 
 
-def _torch_spec(model_name, hparams, parameters, seed):
-    """What torch_twins.py is told of the model (its SPEC), without the data and steps."""
-    return {'model': model_name, 'hparams': hparams, 'parameters': parameters, 'seed': seed,
+def _prepared_torch(model_name, hparams, parameters, seed, torch_python):
+    """((the interpreter of the PyTorch twins, the spec of `model_name`'s twin without data
+    or steps), the environment's versions). The environment is made first if needed and
+    the twin built and checked once, so that what cannot run is refused before any round."""
+    python, versions = torch_environment.environment(torch_python)
+    spec = {'model': model_name, 'hparams': hparams, 'parameters': parameters, 'seed': seed,
             'threads': experiment.usable_cores()}
+    run_torch_twins(python, 'describe', spec)
+    return (python, spec), versions
 
 
 def _peer_round(model_name, hparams, data, timing, seed, torch_run, rates):
