@@ -66,16 +66,42 @@ def test_a_torch_twin_of_another_size_than_the_projects_is_refused(torch_python)
         _describe(torch_python, 'cnn_lstm', {}, parameters=7)
 
 
+def _in_torch(torch_python, program, *arguments):
+    """What `program` prints as JSON, run by the PyTorch environment's python with
+    torch_twins importable and `arguments` (JSON) as sys.argv[1:]."""
+    program = f'import json, sys; sys.path.insert(0, {os.path.dirname(torch_environment.TWINS)!r}); ' + program
+    answer = subprocess.run([torch_python, '-c', program, *map(json.dumps, arguments)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(answer.stdout)
+
+
 def test_the_torch_twins_learning_rate_is_the_projects(torch_python):
     hparams = training.resolved_hparams('pixel_row_lstm', {'warmup_steps': '10'})[1]
     steps = [0, 1, 5, 9, 10, 11, 50, 99, 120]
-    program = ('import json, sys; sys.path.insert(0, sys.argv[1]); import torch_twins; '
-               'hparams = json.loads(sys.argv[2]); '
-               'print(json.dumps([torch_twins.learning_rate(step, hparams, 100) for step in json.loads(sys.argv[3])]))')
-    answer = subprocess.run([torch_python, '-c', program, os.path.dirname(torch_environment.TWINS),
-                             json.dumps(hparams), json.dumps(steps)], capture_output=True, text=True, check=True)
+    program = ('import torch_twins; hparams, steps = map(json.loads, sys.argv[1:]); '
+               'print(json.dumps([torch_twins.learning_rate(step, hparams, 100) for step in steps]))')
     project = [float(head.learning_rate_schedule(step, dict(hparams, train_steps=100))) for step in steps]
-    np.testing.assert_allclose(json.loads(answer.stdout), project, rtol=1e-6)
+    np.testing.assert_allclose(_in_torch(torch_python, program, hparams, steps), project, rtol=1e-6)
+
+
+# The state at each clip's last true step: gathered from a forward LSTM over the padded
+# batch, and as packed sequences give it; and in bfloat16 under autocast.
+LAST_TRUE_STEP = """
+import torch, torch_twins
+from torch.nn.utils import rnn
+torch.manual_seed(0)
+lstm, steps, lengths = torch.nn.LSTM(8, 16, batch_first=True), torch.randn(4, 6, 8), torch.tensor([6, 3, 2, 4])
+gathered = torch_twins._run_layer(lstm, steps, lengths, last=True)
+_, (packed, _) = lstm(rnn.pack_padded_sequence(steps, lengths, batch_first=True, enforce_sorted=False))
+with torch.autocast('cpu', dtype=torch.bfloat16):
+    dtype = torch_twins._run_layer(lstm, steps, lengths, last=True).dtype
+print(json.dumps({'difference': float((gathered - packed[0]).abs().max()), 'autocast_dtype': str(dtype)}))
+"""
+
+
+def test_the_torch_lstm_reads_each_clip_to_its_last_true_frame(torch_python):
+    answer = _in_torch(torch_python, LAST_TRUE_STEP)
+    assert answer['difference'] < 1e-6 and answer['autocast_dtype'] == 'torch.bfloat16'
 
 
 @pytest.mark.parametrize('model', ['cnn_lstm', 'temporal_cnn_lstm'])

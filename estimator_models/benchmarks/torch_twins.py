@@ -171,9 +171,8 @@ class RecurrentStack(nn.Module):
     """[B, T, F] -> [B, U] (x2 if bidirectional): `rnn_layers` LSTM or GRU layers, each
     followed by dropout, the last one's state at each sequence's last true step.
 
-    With lengths, each layer reads packed sequences: the forward direction stops at a
-    sequence's last true step and the backward one starts there, as Keras' masked layers
-    do. The LSTMs' second bias (bias_hh, which Keras' LSTM does not have) is frozen at
+    With lengths, what each sequence's padding gives is left out (_run_layer), as Keras'
+    masked layers leave it out. The LSTMs' second bias (bias_hh, which Keras' LSTM does not have) is frozen at
     zero, so that the trainable parameters are Keras'.
     """
 
@@ -207,9 +206,18 @@ class RecurrentStack(nn.Module):
 
 def _run_layer(layer, sequence, lengths, last):
     """One recurrent layer over [B, T, F]: its outputs [B, T, D*U], or with `last` its
-    final state [B, D*U] (forward then backward, as Keras' Bidirectional concatenates)."""
-    if lengths is None:
+    state at each sequence's last true step [B, D*U] (forward then backward, as Keras'
+    Bidirectional concatenates).
+
+    A forward layer's outputs at true steps do not depend on the padding after them, so it
+    reads the padded batch and the last layer's output is gathered at lengths - 1. A
+    bidirectional one reads packed sequences, so that its backward direction starts at
+    each sequence's last true step (torch.autocast leaves packed sequences in float32).
+    """
+    if lengths is None or not layer.bidirectional:
         outputs, final = layer(sequence)
+        if lengths is not None and last:
+            return outputs[torch.arange(outputs.shape[0]), lengths - 1]
     else:
         packed = rnn_utils.pack_padded_sequence(sequence, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, final = layer(packed)
