@@ -12,7 +12,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TENSORFLOW_GPU := tensorflow[and-cuda]==2.15.1
 
-.PHONY: train test docs test-profile keras3-env keras3-exports memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
+.PHONY: train test docs test-profile keras3-env keras3-exports torch-env memory-benchmark reliability-trials cluster-trials cluster-benchmark clean
 
 train: $(INSTALLED)
 	$(VENV_PYTHON) bin/train --model=temporal_cnn_lstm
@@ -61,6 +61,12 @@ keras3-env: $(INSTALLED)
 # 5 minutes. make test exports three of them.
 keras3-exports: $(INSTALLED)
 	KERAS3_EVERY_OPTION=1 $(VENV_PYTHON) -m pytest -p no:xdist -q tests/test_keras3_export.py -k each_model
+
+# The PyTorch environment of bin/benchmark --train's PyTorch twins (requirements-torch.txt:
+# torch's CPU build), made once per machine in the cache folder (about 50 s, 1 GB) and
+# its interpreter printed. bin/benchmark and the tests make it on first use without this.
+torch-env: $(INSTALLED)
+	$(VENV_PYTHON) -m estimator_models.benchmarks.torch_environment
 
 # Trains from 2 GB of TFRecord clips and reports the peak memory (BENCHMARKS.md); ~10 min.
 MEMORY_RUN := runs/memory_benchmark

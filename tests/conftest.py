@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from estimator_models import cache  # noqa: E402
+from estimator_models.benchmarks import torch_environment  # noqa: E402
 from estimator_models.layers import kernels  # noqa: E402
 from estimator_models.running import cli, experiment  # noqa: E402
 from estimator_models.serving import exporting, keras3_environment  # noqa: E402
@@ -44,7 +45,8 @@ TINY_WITHOUT_BATCH_NORM = dict(TINY, cnn_lstm=dict(TINY['cnn_lstm'], cnn_batch_n
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ModeKeys = tf.estimator.ModeKeys
 # The cache folder of the user running the tests, read before data_dirs points the tests at
-# a temporary one: what is made once per machine (the Keras 3 environment) is kept there.
+# a temporary one: what is made once per machine (the Keras 3 and PyTorch environments) is
+# kept there.
 USER_CACHE = cache.configured()
 
 
@@ -70,11 +72,26 @@ def keras3_python():
     cache folder, where bin/export --format=keras3 finds it without --keras3_python."""
     user_cache = cache.directory(USER_CACHE)
     python = keras3_environment.cached_environment(user_cache).python
-    linked = keras3_environment.environment_path(cache.directory())
+    _link(keras3_environment.environment_path(user_cache), keras3_environment.environment_path(cache.directory()))
+    return python
+
+
+@pytest.fixture(scope='session')
+def torch_python():
+    """The interpreter of the PyTorch environment (requirements-torch.txt), made once per
+    machine in the user's cache folder (about 50 s and 1 GB, the first time) and linked
+    into the tests' cache folder, where bin/benchmark --train finds it without --torch_python."""
+    user_cache = cache.directory(USER_CACHE)
+    python = torch_environment.cached_python(user_cache)
+    _link(torch_environment.environment_path(user_cache), torch_environment.environment_path(cache.directory()))
+    return python
+
+
+def _link(environment, linked):
+    """Links a second environment made in the user's cache at `linked` in the tests' cache."""
     if not os.path.exists(linked):
         os.makedirs(os.path.dirname(linked), exist_ok=True)
-        os.symlink(keras3_environment.environment_path(user_cache), linked)
-    return python
+        os.symlink(environment, linked)
 
 
 @pytest.fixture(scope='session')

@@ -4,8 +4,9 @@ circle, and no module imports inside a function.
 The stack, top first: the commands (estimator_models.running.cli, and
 estimator_models.running.launch that starts them) -> benchmarks -> running -> serving ->
 the model_fns, the registry and Run -> legacy -> layers -> input_fns, with estimator_models.cache
-(where everything cached is kept) and estimator_models.errors (the error of a user's
-mistake) below them all. Inside input_fns: specs, dataset and writing -> embedded ->
+(where everything cached is kept), estimator_models.python_environments (the second Python
+environments made there) and estimator_models.errors (the error of a user's mistake) below
+them all. Inside input_fns: specs, dataset and writing -> embedded ->
 sources -> the rest.
 
 The circles are those of the imports Python runs when a module is imported: those at
@@ -29,6 +30,7 @@ from conftest import REPO
 LEVELS = {
     'estimator_models.cache': 0,
     'estimator_models.errors': 0,
+    'estimator_models.python_environments': 0,  # second Python environments, made in the cache
     'input_fns': 1,  # the feature keys, preprocess, augment, progress
     'input_fns.sources': 2,
     'input_fns.embedded': 3,

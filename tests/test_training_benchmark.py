@@ -7,9 +7,6 @@ from conftest import run_cli
 from estimator_models import registry
 from estimator_models.benchmarks import keras_twins, training
 from estimator_models.layers import precision
-from estimator_models.running import hparams as hparams_lib
-from input_fns import CLIP
-from input_fns.embedded import glyphs, moving_glyphs
 
 # rnn_implementation=keras: building the fused kernel would cost a minute of this file's
 # budget, and every implementation holds the same variables (tests/test_recurrent.py).
@@ -25,12 +22,7 @@ NON_DEFAULT = {
 
 def _resolved(model, overrides):
     """The hparams a run resolves from the data the benchmark writes for `model`."""
-    module = registry.get(model)
-    if module.KIND == CLIP:
-        shape = training.CLIP_FRAME_SHAPE + (moving_glyphs.NUM_CLASSES,)
-    else:
-        shape = training.IMAGE_SHAPE + (glyphs.NUM_CLASSES,)
-    return hparams_lib.resolve(module, overrides, shape)
+    return training.resolved_hparams(model, overrides)[1]
 
 
 @pytest.mark.parametrize('model, overrides', [
@@ -55,8 +47,8 @@ def test_flops_of_pixel_row_lstm_are_those_of_its_lstm_and_logits():
 
 def test_a_tiny_benchmark_reports_both_sides():
     result = training.train_benchmark(
-        'pixel_row_lstm', {**KERAS, 'rnn_units': '8', 'batch_size': '8'}, steps=10, rounds=1,
-        warmup_steps=3, with_startup=False)
+        'pixel_row_lstm', {**KERAS, 'rnn_units': '8', 'batch_size': '8'},
+        training.Timing(steps=10, rounds=1, warmup_steps=3), peers=('keras_float32',), with_startup=False)
     for side in ('project', 'keras'):
         assert result[side]['examples_per_sec'] > 0
         assert result[side]['examples_per_sec_min'] <= result[side]['examples_per_sec_max']

@@ -3,6 +3,8 @@ the same architecture and parameters, written as someone writing the model in Ke
 would, and the work of a training example through one, counted from its layers.
 """
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,11 +14,17 @@ from input_fns import FRAMES_KEY, IMAGE_KEY, LENGTH_KEY
 # A training step is a forward pass, then a backward pass that computes the gradients
 # of both the activations and the weights: twice the forward's multiply-adds.
 TRAINING_FLOPS_PER_FORWARD_FLOP = 3
+# The Keras mixed-precision policies a twin is built under.
+FLOAT32 = 'float32'
+MIXED_BFLOAT16 = 'mixed_bfloat16'
 
 
-def keras_twin(model_name, hparams):
+def keras_twin(model_name, hparams, policy=FLOAT32):
     """An uncompiled tf.keras.Model with the architecture and parameters of the project's
-    `model_name` at resolved `hparams`.
+    `model_name` at resolved `hparams`, its layers built under the mixed-precision
+    `policy` (FLOAT32 or MIXED_BFLOAT16: computing in bfloat16 on float32 variables). The
+    logits layer is float32 under either, as the Keras mixed-precision guide has it, so
+    that the loss is float32. The global policy is restored when it returns.
 
     Inputs are raw uint8 pixels keyed as the project's features: IMAGE_KEY [B, H, W, C],
     or FRAMES_KEY [B, T, H, W, C] with LENGTH_KEY int32 [B]; the output is logits [B, K].
@@ -26,10 +34,22 @@ def keras_twin(model_name, hparams):
     if model_name not in builders:
         raise UserError(f'bin/benchmark --train has a Keras twin of {", ".join(builders)} only, '
                         f'not of {model_name}')
-    inputs, sequence, lengths = builders[model_name](hparams)
-    final = _recurrent_stack(sequence, hparams, lengths)                    # [B, U]
-    logits = tf.keras.layers.Dense(hparams['num_classes'], name='logits')(final)
-    return tf.keras.Model(inputs, logits, name=f'{model_name}_twin')
+    with _global_policy(policy):
+        inputs, sequence, lengths = builders[model_name](hparams)
+        final = _recurrent_stack(sequence, hparams, lengths)                    # [B, U]
+        logits = tf.keras.layers.Dense(hparams['num_classes'], name='logits', dtype=FLOAT32)(final)
+        return tf.keras.Model(inputs, logits, name=f'{model_name}_twin')
+
+
+@contextlib.contextmanager
+def _global_policy(policy):
+    """Layers made inside take `policy`; the global policy before is restored after."""
+    before = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(before)
 
 
 def _image_input(hparams):

@@ -1,11 +1,17 @@
-"""`bin/benchmark --train`: the project's Estimator against a Keras twin of the same model.
+"""`bin/benchmark --train`: the project's Estimator against its peers, twins of the same
+model written as a user of another framework would write them, each at its own precision:
 
-Both sides train in one process on the same seeded random data, with the same batch,
-optimizer (Adam, the project's learning-rate schedule, gradients clipped to the same
-global norm) and number of steps, alternating round by round so that a machine that
-speeds up or slows down during the run affects both alike. The twin is a plain Keras
-model trained with `model.fit` (keras_twins): it exists for this comparison only, and
-its parameter count is checked against the project's.
+  - keras_float32 and keras_mixed_bfloat16: a plain Keras model trained with `model.fit`
+    (keras_twins), in float32 and under Keras' mixed_bfloat16 policy, in this process;
+  - torch_float32 and torch_autocast_bfloat16: a PyTorch module trained by a plain loop
+    (torch_twins), in float32 and under torch.autocast to bfloat16, in a subprocess of
+    the PyTorch environment (torch_environment), once per round for both.
+
+Every side trains on the same seeded random data, with the same batch, optimizer (Adam,
+the project's learning-rate schedule, gradients clipped to the same global norm) and
+number of steps, alternating round by round so that a machine that speeds up or slows
+down during the run affects all alike. The twins exist for this comparison only, and
+their trainable parameter counts are checked against the project's.
 
 Work per example is counted analytically (keras_twins.flops_per_example) and set against
 the rate of the LSTM step's own matmul measured in the same run (matmul_rate), which says
@@ -13,6 +19,7 @@ how much of the time goes to arithmetic and how much to everything around it.
 """
 
 import dataclasses
+import json
 import os
 import resource
 import statistics
@@ -24,9 +31,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from estimator_models import registry, run_description
-from estimator_models.benchmarks import keras_twins
-from estimator_models.errors import UserError
+from estimator_models import python_environments, registry, run_description
+from estimator_models.benchmarks import keras_twins, torch_environment
+from estimator_models.errors import UserError, with_closest
 from estimator_models.layers import head
 from estimator_models.running import experiment, monitoring
 from estimator_models.running import hparams as hparams_lib
@@ -44,6 +51,25 @@ MIN_EXAMPLES = {IMAGE: 4096, CLIP: 1024}
 MIN_BATCHES = 20
 STARTUP_TRAIN_STEPS = 20
 GNU_TIME = '/usr/bin/time'
+# Every peer and the precision it trains at: a Keras mixed-precision policy, or
+# torch_twins.PRECISIONS.
+PEER_PRECISIONS = {
+    'keras_float32': keras_twins.FLOAT32,
+    'keras_mixed_bfloat16': keras_twins.MIXED_BFLOAT16,
+    'torch_float32': 'float32',
+    'torch_autocast_bfloat16': 'autocast_bfloat16',
+}
+PEERS = tuple(PEER_PRECISIONS)
+TORCH_PEERS = ('torch_float32', 'torch_autocast_bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Each side trains `steps` steps per round for `rounds` rounds; the first
+    `warmup_steps` of each are not timed."""
+    steps: int = 200
+    rounds: int = 3
+    warmup_steps: int = 20
 
 
 # ---------------------------------------------------------------- the machine's rate
@@ -173,9 +199,10 @@ class _ProjectSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         return head.learning_rate_schedule(step, self._params)
 
 
-def train_keras(model_name, hparams, data, steps, warmup_steps, seed):
-    """Trains a new Keras twin with model.fit for `steps` steps on `data`, shuffled and
-    repeated, with the project's optimizer. Returns examples/s after `warmup_steps`.
+def train_keras(model_name, hparams, data, steps, warmup_steps, seed, policy=keras_twins.FLOAT32):
+    """Trains a new Keras twin, built under the mixed-precision `policy`, with model.fit
+    for `steps` steps on `data`, shuffled and repeated, with the project's optimizer.
+    Returns examples/s after `warmup_steps`.
 
     Clips stay padded to MAX_FRAMES, where the project pads each batch to its longest
     clip: the same nearly always (a batch of 32 clips of 6 to 12 frames lacks a 12-frame
@@ -183,7 +210,7 @@ def train_keras(model_name, hparams, data, steps, warmup_steps, seed):
     """
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(seed)
-    model = keras_twins.keras_twin(model_name, hparams)
+    model = keras_twins.keras_twin(model_name, hparams, policy)
     # tf.compat.v1.train.AdamOptimizer's epsilon; global_clipnorm is tf.clip_by_global_norm.
     optimizer = tf.keras.optimizers.Adam(_ProjectSchedule(dict(hparams, train_steps=steps)),
                                          epsilon=1e-8, global_clipnorm=hparams['clip_norm'])
@@ -194,6 +221,29 @@ def train_keras(model_name, hparams, data, steps, warmup_steps, seed):
     clock = _StepClock(warmup_steps)
     model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[_ClockCallback(clock)])
     return clock.examples_per_sec(hparams['batch_size'])
+
+
+def run_torch_twins(python, command, spec):
+    """Runs `torch_twins.py COMMAND SPEC` with `python`; returns its stdout's lines. A
+    UserError with the line it wrote last on stderr when it fails."""
+    result = subprocess.run([python, torch_environment.TWINS, command, json.dumps(spec)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f'the PyTorch twin of {spec["model"]} failed ({command}): '
+                        f'{python_environments.last_line(result.stderr, result.returncode)}')
+    return result.stdout.strip().splitlines()
+
+
+def train_torch(python, spec, peers):
+    """Trains a new PyTorch twin at the precision of each of `peers` (TORCH_PEERS) in
+    one subprocess, as torch_twins.run_training does for `spec`. Returns {peer: examples/s}."""
+    precisions = {PEER_PRECISIONS[peer]: peer for peer in peers}
+    lines = run_torch_twins(python, 'train', dict(spec, precisions=list(precisions)))
+    rates = {}
+    for line in lines:
+        answer = json.loads(line)
+        rates[precisions[answer['precision']]] = answer['examples_per_sec']
+    return rates
 
 
 # ---------------------------------------------------------------- start-up of bin/train
@@ -228,69 +278,73 @@ def startup(model_name, work_dir, train_steps=STARTUP_TRAIN_STEPS):
 
 # ---------------------------------------------------------------- the benchmark
 
-def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_startup=True, seed=0):
-    """Trains the project's `model_name` and its Keras twin `rounds` times each, alternately,
-    for `steps` steps, timing the steps after `warmup_steps`.
+def train_benchmark(model_name, overrides, timing=Timing(), peers=PEERS, torch_python=None, with_startup=True,
+                    seed=0):
+    """Trains the project's `model_name` and each of its `peers` `timing.rounds` times,
+    alternately, for `timing.steps` steps, timing the steps after `timing.warmup_steps`.
 
     Args:
       model_name: a registered model (pixel_row_lstm, cnn_lstm, temporal_cnn_lstm).
       overrides: {hparam: value string}, as from --hparams; `augment` defaults to none
         here, whatever the model's default.
+      peers: names of PEERS. The torch_ ones run in the interpreter `torch_python`, by
+        default the PyTorch environment, made first if needed (a UserError in one line
+        when it cannot be).
       with_startup: also time a default bin/train to its first step (startup()).
 
     Returns:
-      A JSON-ready dict: the model and the hparams that set the speed, the examples/s of
-      each side (median, min, max, each round's) with the GFLOP/s they achieve and their
-      fraction of the LSTM-shaped matmul's rate, the ratio of the medians
-      (project / keras), FLOPs per training example, parameters, this process's peak
-      RSS, and the start-up seconds and peak RSS of a default bin/train (None without
-      with_startup).
+      A JSON-ready dict: the model and the hparams that set the speed; the examples/s of
+      the project and of each peer under `peers` (median, min, max, each round's, its
+      precision, the GFLOP/s achieved and their fraction of the LSTM-shaped matmul's
+      rate); the fastest peer and the fastest float32 peer with the ratio of the
+      project's median to theirs; `keras` and `ratio`: the float32 Keras twin's and the
+      ratio to it (None without it); FLOPs per training example, parameters, this
+      process's peak RSS, and the start-up seconds and peak RSS of a default bin/train
+      (None without with_startup).
     """
-    # The Keras twin trains on the data as it is: the project's side does too, unless asked.
+    # The twins train on the data as it is: the project's side does too, unless asked.
     overrides = {'augment': 'none', **overrides}
+    _check_peers(peers)
     if with_startup and not os.access(GNU_TIME, os.X_OK):
         raise UserError(f'timing the start-up of bin/train takes {GNU_TIME} (GNU time) for its '
                         'peak memory: install it, or pass --nostartup')
-    module = registry.get(model_name)
-    kind = module.KIND
-    shape = (CLIP_FRAME_SHAPE if kind == CLIP else IMAGE_SHAPE) + (
-        moving_glyphs.NUM_CLASSES if kind == CLIP else glyphs.NUM_CLASSES,)
-    # The hparams the run will resolve from the data written below: known before it is.
-    hparams = hparams_lib.resolve(module, overrides, shape)
-    if hparams['pooling'] != 'last':
-        raise UserError('the Keras twins read the last step only: compare with pooling=last')
+    kind, hparams = resolved_hparams(model_name, overrides)
     twin = keras_twins.keras_twin(model_name, hparams)
-    _check_parameters(model_name, hparams, twin)
+    parameters = _check_parameters(model_name, hparams, twin)
+    torch_run, versions = None, {'tensorflow': tf.__version__}
+    if set(peers) & set(TORCH_PEERS):
+        torch_run, torch_versions = _prepared_torch(model_name, hparams, parameters, seed, torch_python)
+        versions.update(torch_versions)
     with tempfile.TemporaryDirectory(prefix='train_benchmark_') as work_dir:
         data = write_random_data(os.path.join(work_dir, 'data.npz'), kind, hparams['batch_size'], seed)
         run, train_source, _ = experiment.prepare_training(model_name, None, data.path, None, overrides)
-        rates = {'project': [], 'keras': []}
-        for index in range(rounds):
+        rates = {name: [] for name in ('project', *peers)}
+        for index in range(timing.rounds):
             rates['project'].append(train_project(
-                run, train_source, os.path.join(work_dir, f'run_{index}'), steps, warmup_steps, seed))
-            rates['keras'].append(train_keras(model_name, hparams, data, steps, warmup_steps, seed))
-            print(f'round {index + 1}/{rounds}: project {rates["project"][-1]:.0f}, '
-                  f'keras {rates["keras"][-1]:.0f} examples/s', file=sys.stderr, flush=True)
+                run, train_source, os.path.join(work_dir, f'run_{index}'), timing.steps, timing.warmup_steps, seed))
+            _peer_round(model_name, hparams, data, timing, seed, torch_run, rates)
+            print(f'round {index + 1}/{timing.rounds}: ' + ', '.join(
+                f'{name} {rates[name][-1]:.0f}' for name in rates) + ' examples/s', file=sys.stderr, flush=True)
         startup_secs, startup_rss_mb = startup(model_name, work_dir) if with_startup else (None, None)
     # Batches of clips are padded to their longest clip: nearly always MAX_FRAMES.
     frames = min(hparams.get('max_frames') or moving_glyphs.MAX_FRAMES, moving_glyphs.MAX_FRAMES)
     flops = keras_twins.flops_per_example(twin, frames)
     input_size, units = keras_twins.first_recurrent_shape(twin)
     matmul = matmul_rate(hparams['batch_size'], input_size, units)
-    project, keras = (_side(rates[side], flops, matmul) for side in ('project', 'keras'))
-    return {
+    sides = {name: dict(_side(rates[name], flops, matmul), precision=PEER_PRECISIONS.get(name))
+             for name in rates}
+    sides['project']['precision'] = experiment.training_precision(hparams)
+    result = {
         'model': model_name,
         'hparams': {key: hparams[key] for key in ('batch_size', 'rnn_units', 'rnn_implementation', 'precision')
                     if key in hparams},
-        # The twin is float32, as a Keras model is unless told otherwise.
         'project_precision': experiment.training_precision(hparams),
         'overrides': dict(overrides),
-        'steps': steps, 'warmup_steps': warmup_steps, 'rounds': rounds,
+        'steps': timing.steps, 'warmup_steps': timing.warmup_steps, 'rounds': timing.rounds,
         'cores': experiment.usable_cores(),
-        'parameters': keras_twins.trainable_parameter_count(twin),
-        'project': project,
-        'keras': keras,
-        'ratio': round(project['examples_per_sec'] / keras['examples_per_sec'], 3),
+        'parameters': parameters,
+        **_comparison(sides),
+        'versions': versions,
         'flops_per_example': flops,
         'matmul_shape': [hparams['batch_size'], input_size + units, 4 * units],
         'matmul_gflops_per_sec': round(matmul, 1),
@@ -298,6 +352,95 @@ def train_benchmark(model_name, overrides, steps, rounds, warmup_steps, with_sta
         'startup_secs': _rounded(startup_secs, 2),
         'startup_peak_rss_mb': _rounded(startup_rss_mb, 1),
     }
+    print(summary(result), file=sys.stderr, flush=True)
+    return result
+
+
+def _check_peers(peers):
+    """A UserError unless `peers` names one or more of PEERS, each once."""
+    listing = f'choose from {", ".join(PEERS)}'
+    for peer in peers:
+        if peer not in PEER_PRECISIONS:
+            raise UserError(f'no peer {peer!r}: {with_closest(peer, PEERS, listing)}')
+    if not peers or len(set(peers)) < len(peers):
+        raise UserError(f'name each peer once, and at least one: {listing}')
+
+
+def resolved_hparams(model_name, overrides):
+    """(the model's KIND, the hparams the run will resolve from the data the benchmark
+    writes: known before it is)."""
+    module = registry.get(model_name)
+    kind = module.KIND
+    shape = (CLIP_FRAME_SHAPE if kind == CLIP else IMAGE_SHAPE) + (
+        moving_glyphs.NUM_CLASSES if kind == CLIP else glyphs.NUM_CLASSES,)
+    hparams = hparams_lib.resolve(module, overrides, shape)
+    if hparams['pooling'] != 'last':
+        raise UserError('the twins read the last step only: compare with pooling=last')
+    return kind, hparams
+
+
+def _prepared_torch(model_name, hparams, parameters, seed, torch_python):
+    """((the interpreter of the PyTorch twins, the spec of `model_name`'s twin without data
+    or steps), the environment's versions). The environment is made first if needed and
+    the twin built and checked once, so that what cannot run is refused before any round."""
+    python, versions = torch_environment.environment(torch_python)
+    spec = {'model': model_name, 'hparams': hparams, 'parameters': parameters, 'seed': seed,
+            'threads': experiment.usable_cores()}
+    run_torch_twins(python, 'describe', spec)
+    return (python, spec), versions
+
+
+def _peer_round(model_name, hparams, data, timing, seed, torch_run, rates):
+    """One round of each peer named in `rates` (after the project), appended to its list;
+    the torch_ ones by `torch_run` (its interpreter, its spec without data or steps)."""
+    for peer in rates:
+        if peer in PEER_PRECISIONS and peer not in TORCH_PEERS:
+            rates[peer].append(train_keras(model_name, hparams, data, timing.steps, timing.warmup_steps, seed,
+                                           PEER_PRECISIONS[peer]))
+    torch_peers = [peer for peer in rates if peer in TORCH_PEERS]
+    if torch_peers:
+        python, spec = torch_run
+        spec = dict(spec, data=data.path, steps=timing.steps, warmup_steps=timing.warmup_steps)
+        for peer, rate in train_torch(python, spec, torch_peers).items():
+            rates[peer].append(rate)
+
+
+def _comparison(sides):
+    """The report's sides: {'project': .., 'peers': {peer: ..}}, the fastest peer and the
+    fastest float32 peer and the ratio of the project's median to theirs, and the float32
+    Keras twin's side and ratio as `keras` and `ratio` (None without it)."""
+    project = sides['project']
+    peers = {name: side for name, side in sides.items() if name != 'project'}
+    float32_peers = [name for name, side in peers.items() if side['precision'] == keras_twins.FLOAT32]
+    comparison = {'project': project, 'peers': peers, 'float32_peers': float32_peers,
+                  'keras': peers.get('keras_float32'), 'ratio': _ratio(project, peers.get('keras_float32'))}
+    for key, names in (('best_peer', list(peers)), ('best_float32_peer', float32_peers)):
+        best = max(names, key=lambda name: peers[name]['examples_per_sec'], default=None)
+        comparison[key] = best
+        comparison[f'ratio_to_{key}'] = _ratio(project, peers.get(best))
+    return comparison
+
+
+def _ratio(project, peer):
+    """The project's median examples/s over `peer`'s, or None without a peer."""
+    return None if peer is None else round(project['examples_per_sec'] / peer['examples_per_sec'], 3)
+
+
+def summary(result):
+    """The lines printed after the rounds: each side's examples/s and precision, the
+    project's ratio to each peer, and to the fastest and the fastest float32 peer."""
+    rows = [('project', result['project'], '')]
+    rows += [(name, side, f'{_ratio(result["project"], side):.2f}') for name, side in result['peers'].items()]
+    lines = [f'{result["model"]}, examples/s over {result["rounds"]} round(s): median (min-max), '
+             'and the project\'s median over each']
+    for name, side, ratio in rows:
+        lines.append(f'  {name:<24} {side["precision"]:<18} {side["examples_per_sec"]:>10,.1f} '
+                     f'({side["examples_per_sec_min"]:,.1f}-{side["examples_per_sec_max"]:,.1f})  {ratio}')
+    for key, what in (('best_peer', 'the fastest peer'), ('best_float32_peer', 'the fastest float32 peer')):
+        if result[key]:
+            lines.append(f'project ({result["project_precision"]}) / {what} ({result[key]}): '
+                         f'{result[f"ratio_to_{key}"]:.2f}')
+    return '\n'.join(lines)
 
 
 def _rounded(value, digits):
@@ -311,12 +454,14 @@ def estimator_parameter_count(model_name, hparams):
 
 
 def _check_parameters(model_name, hparams, twin):
-    """The twin must be the project's model, however the hparams set it."""
+    """The twin must be the project's model, however the hparams set it: returns the
+    project's trainable parameter count."""
     expected = estimator_parameter_count(model_name, hparams)
     twin_count = keras_twins.trainable_parameter_count(twin)
     if twin_count != expected:
         raise RuntimeError(f'the Keras twin of {model_name} has {twin_count} parameters, '
                            f'the project\'s model {expected}')
+    return expected
 
 
 def _side(rates, flops, matmul):

@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from estimator_models import python_environments
 from estimator_models.errors import UserError
 from estimator_models.legacy import user_model_fn
 from estimator_models.run_description import Run
@@ -127,6 +128,6 @@ def build(environment, folder, model_path, feeds):
         raise UserError(f'the Keras 3 builder did not finish: {error}') from None
     if result.returncode != 0:
         raise UserError(f'the Keras 3 builder failed: '
-                        f'{keras3_environment.last_line(result.stderr, result.returncode)}')
+                        f'{python_environments.last_line(result.stderr, result.returncode)}')
     with np.load(outputs) as answered:
         return {name: answered[name] for name in answered.files}

@@ -1,5 +1,5 @@
-"""bin/benchmark: serving latency, the training input pipeline, training against a Keras
-twin, local clusters, or data for the memory benchmark (BENCHMARKS.md)."""
+"""bin/benchmark: serving latency, the training input pipeline, training against Keras and
+PyTorch twins, local clusters, or data for the memory benchmark (BENCHMARKS.md)."""
 
 import contextlib
 import os
@@ -19,8 +19,8 @@ from input_fns import specs
 
 BENCHMARK = FlagGroup('benchmark', (
     flag(flags.DEFINE_bool, 'train', False,
-         'Compare the training rate of --model with a Keras twin of the same architecture, on the '
-         'same random data, in rounds.'),
+         'Compare the training rate of --model with twins of the same architecture in Keras and '
+         'PyTorch (--peers), on the same random data, in rounds.'),
     flag(flags.DEFINE_bool, 'step_breakdown', False,
          "Trace --model's training steps on the same random data as --train and report the time of "
          'each kind of op per step (--steps in all, traced after --warmup_steps).'),
@@ -49,10 +49,19 @@ TRAINING = FlagGroup('training', (
     flag(flags.DEFINE_integer, 'steps', 200,
          'Training steps of each side in each --train round (with --cluster: global steps of each '
          'cluster).'),
-    flag(flags.DEFINE_integer, 'rounds', 3, 'Rounds of --train, alternating the project and Keras.'),
+    flag(flags.DEFINE_integer, 'rounds', 3, 'Rounds of --train, alternating the project and its peers.'),
     flag(flags.DEFINE_integer, 'warmup_steps', 20, 'Untimed first steps of each --train round.'),
     flag(flags.DEFINE_bool, 'startup', True,
          'With --train, also time a default bin/train --model to its first step and take its peak memory.'),
+    flag(flags.DEFINE_list, 'peers', list(training.PEERS),
+         'With --train, the twins to compare with: keras_float32 and keras_mixed_bfloat16 (a Keras '
+         'model under that mixed-precision policy), torch_float32 and torch_autocast_bfloat16 '
+         '(a PyTorch module, under torch.autocast to bfloat16). Leave out the torch_ ones to run '
+         'without PyTorch.'),
+    flag(flags.DEFINE_string, 'torch_python', None,
+         'With --train and a torch_ peer: the Python that runs the PyTorch twins (it needs torch '
+         'and numpy). Default: a venv of requirements-torch.txt made on first use in the cache '
+         'folder (about 1 GB, 50 s).'),
 ))
 INPUT = FlagGroup('input pipeline', (
     flag(flags.DEFINE_integer, 'batches', 300, 'Timed batches for --input_only, after --warmup_batches.'),
@@ -113,8 +122,9 @@ def _benchmark_training(options):
     # Training prints its progress lines on stdout; here stdout is the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         result = training.train_benchmark(
-            options.model, hparams.parse_overrides(options.hparams), options.steps, options.rounds,
-            options.warmup_steps, options.startup)
+            options.model, hparams.parse_overrides(options.hparams),
+            training.Timing(options.steps, options.rounds, options.warmup_steps), options.peers,
+            options.torch_python, options.startup)
     json_output.report(result, options.json_out)
 
 
@@ -158,7 +168,7 @@ def _benchmark_input(options):
 
 
 COMMAND = Command(
-    summary='measures serving latency, the input pipeline, training against Keras, or local clusters.',
+    summary='measures serving latency, the input pipeline, training against Keras and PyTorch, or local clusters.',
     examples=('--serving --saved_model=runs/cnn_lstm/export/latest --json_out=latency.json',
               '--train --model=pixel_row_lstm --hparams=rnn_units=64'),
     flag_groups=(BENCHMARK, MODEL, DATA, SERVING, TRAINING, INPUT, NOISE_CLIPS, json_output.OUTPUT),
