@@ -32,11 +32,11 @@ def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
                                                     bfloat16_products=bfloat16)  # [T, B, 4U]
     units = recurrent_kernel.shape[0]
     product_dtype = tf.bfloat16 if bfloat16 else tf.float32
-    # Step t multiplied h_{t-1} (zeros before the first step) by the kernel: one matmul
-    # over all steps gives the whole gradient.
-    h_previous = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)              # [T, B, U]
-    grad_recurrent = tf.matmul(tf.cast(tf.reshape(h_previous, [-1, units]), product_dtype),
-                               tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), product_dtype),
+    # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: one matmul
+    # of steps 0..T-2's h with steps 1..T-1's gradient gives the whole gradient (slices of
+    # the first axis, which share their tensors' memory).
+    grad_recurrent = tf.matmul(tf.cast(tf.reshape(h[:-1], [-1, units]), product_dtype),
+                               tf.cast(tf.reshape(grad_x_proj[1:], [-1, 4 * units]), product_dtype),
                                transpose_a=True)                                 # [U, 4U]
     return grad_x_proj, tf.cast(grad_recurrent, tf.float32), None
 

@@ -176,16 +176,18 @@ def _checked_clip_length(clips, max_frames, name):
 
 def _checked_lengths(lengths, frames):
     """int32 [B] lengths as they are, once there is one per clip of `frames` [B, T, ...]
-    and each lies in [1, T] (0 is an empty clip)."""
+    and each lies in [1, T] (0 is an empty clip). Every check waits for those of `frames`,
+    so that a request breaking both is always told about its frames."""
     shape = tf.shape(frames)
-    checks = [
-        _require(tf.equal(tf.size(lengths), shape[0]),
-                 LENGTHS_KEY + ': {} lengths for {} clips', [tf.size(lengths), shape[0]]),
-        _require(tf.reduce_all(lengths > 0), LENGTHS_KEY + ': an empty clip (a length below 1) in {}',
-                 [lengths]),
-        _require(tf.reduce_all(lengths <= shape[1]),
-                 LENGTHS_KEY + ': a length beyond the {} frames given in {}', [shape[1], lengths]),
-    ]
+    with tf.control_dependencies([frames]):
+        checks = [
+            _require(tf.equal(tf.size(lengths), shape[0]),
+                     LENGTHS_KEY + ': {} lengths for {} clips', [tf.size(lengths), shape[0]]),
+            _require(tf.reduce_all(lengths > 0), LENGTHS_KEY + ': an empty clip (a length below 1) in {}',
+                     [lengths]),
+            _require(tf.reduce_all(lengths <= shape[1]),
+                     LENGTHS_KEY + ': a length beyond the {} frames given in {}', [shape[1], lengths]),
+        ]
     with tf.control_dependencies(checks):
         return tf.identity(lengths)
 
