@@ -12,7 +12,6 @@ exceed the wall time of a step; their shares say where the work is.
 """
 
 import collections
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -20,12 +19,8 @@ import time
 
 import tensorflow as tf
 
-from estimator_models import registry
 from estimator_models.benchmarks import training
-from estimator_models.running import experiment, monitoring
-from estimator_models.running import hparams as hparams_lib
-from input_fns import CLIP
-from input_fns.embedded import glyphs, moving_glyphs
+from estimator_models.running import experiment
 
 TRACED_STEPS = 10
 # Op types gathered under one name in the summary, by what they do for a step.
@@ -89,21 +84,12 @@ def step_breakdown(model_name, overrides, steps, warmup_steps, seed=0):
     median untraced step (ms) and its examples/s, and per op type and per group the
     milliseconds per step and their share of the traced op time."""
     overrides = {'augment': 'none', **overrides}
-    module = registry.get(model_name)
-    shape = ((training.CLIP_FRAME_SHAPE + (moving_glyphs.NUM_CLASSES,)) if module.KIND == CLIP
-             else (training.IMAGE_SHAPE + (glyphs.NUM_CLASSES,)))
-    hparams = hparams_lib.resolve(module, overrides, shape)
+    kind, hparams = training.data_hparams(model_name, overrides)
+    hook = _TracingHook(first=warmup_steps + 1)
     with tempfile.TemporaryDirectory(prefix='step_breakdown_') as work_dir:
-        data = training.write_random_data(os.path.join(work_dir, 'data.npz'), module.KIND,
-                                          hparams['batch_size'], seed)
+        data = training.write_random_data(os.path.join(work_dir, 'data.npz'), kind, hparams['batch_size'], seed)
         run, train_source, _ = experiment.prepare_training(model_name, None, data.path, None, overrides)
-        run = dataclasses.replace(run, model_dir=os.path.join(work_dir, 'run'))
-        config = experiment.run_config(run.model_dir, seed, checkpoint_every=steps + 1)
-        estimator = experiment.make_estimator(run, config, train_steps=steps)
-        hook = _TracingHook(first=warmup_steps + 1)
-        hooks = monitoring.training_hooks(config, run.hparams) + [hook]
-        estimator.train(run.input_fn(train_source, tf.estimator.ModeKeys.TRAIN, seed), max_steps=steps,
-                        hooks=hooks)
+        training.train_estimator(run, train_source, os.path.join(work_dir, 'run'), steps, seed, hook)
     step_secs = statistics.median(hook.untraced_secs)
     total = sum(hook.op_micros.values())
     return {

@@ -176,17 +176,24 @@ class _ClockCallback(tf.keras.callbacks.Callback):
 
 
 def train_project(run, train_source, model_dir, steps, warmup_steps, seed):
+    """Trains the project's Estimator (train_estimator) for `steps` steps in a new
+    `model_dir`. Returns examples/s after `warmup_steps`."""
+    clock = _StepClock(warmup_steps)
+    train_estimator(run, train_source, model_dir, steps, seed, _ClockHook(clock))
+    return clock.examples_per_sec(run.hparams['batch_size'])
+
+
+def train_estimator(run, train_source, model_dir, steps, seed, hook):
     """Trains the project's Estimator for `steps` steps in a new `model_dir`, as bin/train
     does (its run config, hooks and input_fn) but with no evaluation or export, and no
-    checkpoint between the first step and the last. Returns examples/s after `warmup_steps`."""
+    checkpoint between the first step and the last; `hook` (a SessionRunHook) runs
+    after bin/train's own."""
     run = dataclasses.replace(run, model_dir=model_dir)
     config = experiment.run_config(model_dir, seed, checkpoint_every=steps + 1)
     estimator = experiment.make_estimator(run, config, train_steps=steps)
-    clock = _StepClock(warmup_steps)
-    hooks = monitoring.training_hooks(config, run.hparams) + [_ClockHook(clock)]
+    hooks = monitoring.training_hooks(config, run.hparams) + [hook]
     tf.keras.utils.set_random_seed(seed)
     estimator.train(run.input_fn(train_source, TRAIN, seed), max_steps=steps, hooks=hooks)
-    return clock.examples_per_sec(run.hparams['batch_size'])
 
 
 class _ProjectSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -366,14 +373,19 @@ def _check_peers(peers):
         raise UserError(f'name each peer once, and at least one: {listing}')
 
 
-def resolved_hparams(model_name, overrides):
-    """(the model's KIND, the hparams the run will resolve from the data the benchmark
+def data_hparams(model_name, overrides):
+    """(the model's KIND, the hparams a run resolves from the data write_random_data
     writes: known before it is)."""
     module = registry.get(model_name)
     kind = module.KIND
     shape = (CLIP_FRAME_SHAPE if kind == CLIP else IMAGE_SHAPE) + (
         moving_glyphs.NUM_CLASSES if kind == CLIP else glyphs.NUM_CLASSES,)
-    hparams = hparams_lib.resolve(module, overrides, shape)
+    return kind, hparams_lib.resolve(module, overrides, shape)
+
+
+def resolved_hparams(model_name, overrides):
+    """data_hparams, refused unless the twins can mirror them."""
+    kind, hparams = data_hparams(model_name, overrides)
     if hparams['pooling'] != 'last':
         raise UserError('the twins read the last step only: compare with pooling=last')
     return kind, hparams

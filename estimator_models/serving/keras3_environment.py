@@ -28,7 +28,6 @@ CACHE_DIR = 'keras3'
 # KERAS_BACKEND does not name one.
 DEFAULT_BACKEND = 'jax'
 BACKEND_VARIABLE = 'KERAS_BACKEND'
-VERSIONS_FILE = python_environments.VERSIONS_FILE
 OVERRIDE = '--keras3_python'
 
 
@@ -46,7 +45,7 @@ class Environment:
 
     def variables(self):
         """The process environment to run the builder in."""
-        return dict(os.environ, **{BACKEND_VARIABLE: self.backend})
+        return _recipe(self.backend).process_environment()
 
 
 def environment(keras3_python=None):
