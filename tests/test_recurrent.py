@@ -132,6 +132,25 @@ def test_fused_reads_keras_checkpoints_and_gives_its_outputs_and_gradients(tmp_p
         np.testing.assert_allclose(fused_gradients[name], gradient, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize('units', [20, 72])
+def test_fused_agrees_with_keras_where_batches_and_units_do_not_fill_its_blocks(tmp_path, units):
+    """37 rows split over the threads into blocks of up to 6; 20 and 72 units leave the
+    last 16-unit and 64-unit panels of the kernel part empty."""
+    rng = np.random.default_rng(units)
+    sequences = rng.normal(size=(37, 9, 7)).astype(np.float32)
+    lengths = rng.integers(1, 10, size=37).astype(np.int32)
+    checkpoint = str(tmp_path / 'keras')
+    structure = {'rnn_units': units}
+    keras_outputs, keras_gradients = _outputs_and_gradients(
+        checkpoint, {'rnn_implementation': 'keras', **structure}, sequences, lengths, save=True)
+    fused_outputs, fused_gradients = _outputs_and_gradients(
+        checkpoint, {'rnn_implementation': 'fused', **structure}, sequences, lengths, save=False)
+    np.testing.assert_allclose(fused_outputs, keras_outputs, atol=1e-5)
+    for name, gradient in keras_gradients.items():
+        np.testing.assert_allclose(fused_gradients[name], gradient, atol=1e-5 * max(1, np.abs(gradient).max()),
+                                   err_msg=name)
+
+
 def test_keras_reads_fused_checkpoints(tmp_path):
     rng = np.random.default_rng(2)
     sequences = rng.normal(size=(4, 6, 3)).astype(np.float32)

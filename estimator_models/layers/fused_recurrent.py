@@ -8,7 +8,8 @@ weights in the graph to the layout its op wants.
 
   fused  estimator_models/layers/kernels/lstm_sequence.cc. The input projection of all
          steps is one matmul before the op and the recurrent kernel's gradient one
-         matmul after it; the op's loop does only the sequential part.
+         matmul after it; the op's loop does only the sequential part, with the bias
+         and its gradient.
   cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
          Keras LSTM inside an Estimator graph never picks cuDNN itself.
 """
@@ -21,15 +22,15 @@ from estimator_models.layers import kernels
 
 @tf.RegisterGradient('LstmSequence')
 def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
-    """Gradients of x_proj and recurrent_kernel; c and gates are not differentiable outputs.
-    An op with bfloat16 recurrent products gets its recurrent-kernel gradient product in
-    bfloat16 too."""
+    """Gradients of x_proj, recurrent_kernel and bias; c and gates are not differentiable
+    outputs. An op with bfloat16 recurrent products gets its recurrent-kernel gradient
+    product in bfloat16 too."""
     del grad_c, grad_gates
-    _, recurrent_kernel, mask = op.inputs
+    _, recurrent_kernel, _, mask = op.inputs
     h, c, gates = op.outputs
     bfloat16 = op.get_attr('bfloat16_products')
-    grad_x_proj = kernels.load().lstm_sequence_grad(recurrent_kernel, mask, c, gates, grad_h,
-                                                    bfloat16_products=bfloat16)  # [T, B, 4U]
+    grad_x_proj, grad_bias = kernels.load().lstm_sequence_grad(
+        recurrent_kernel, mask, c, gates, grad_h, bfloat16_products=bfloat16)        # [T, B, 4U], [4U]
     units = recurrent_kernel.shape[0]
     product_dtype = tf.bfloat16 if bfloat16 else tf.float32
     # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: one matmul
@@ -38,7 +39,7 @@ def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
     grad_recurrent = tf.matmul(tf.cast(tf.reshape(h[:-1], [-1, units]), product_dtype),
                                tf.cast(tf.reshape(grad_x_proj[1:], [-1, 4 * units]), product_dtype),
                                transpose_a=True)                                 # [U, 4U]
-    return grad_x_proj, tf.cast(grad_recurrent, tf.float32), None
+    return grad_x_proj, tf.cast(grad_recurrent, tf.float32), grad_bias, None
 
 
 class _SequenceLSTM(tf.keras.layers.Layer):
@@ -98,10 +99,9 @@ class FusedLSTM(_SequenceLSTM):
         inputs = tf.reshape(time_major, [-1, time_major.shape[-1]])                  # [T*B, F]
         projected = tf.matmul(tf.cast(inputs, self.arithmetic_dtype),
                               tf.cast(self.cell.kernel, self.arithmetic_dtype))     # [T*B, 4U]
-        projected = tf.reshape(tf.cast(projected, tf.float32) + self.cell.bias,
-                               [steps, batch, 4 * self.units])                        # [T, B, 4U]
+        projected = tf.reshape(tf.cast(projected, tf.float32), [steps, batch, 4 * self.units])  # [T, B, 4U]
         outputs, _, _ = kernels.load().lstm_sequence(
-            projected, self.cell.recurrent_kernel, step_mask,
+            projected, self.cell.recurrent_kernel, self.cell.bias, step_mask,
             bfloat16_products=self.arithmetic_dtype == tf.bfloat16)                   # [T, B, U]
         # A masked step carried the state, so the last step holds each row's final state.
         return outputs, outputs[-1]

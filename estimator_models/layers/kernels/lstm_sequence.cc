@@ -6,9 +6,11 @@
 // memory of every elementwise op bound the step (../../../BENCHMARKS.md). Here each
 // step is one matrix product and one fused elementwise pass over the batch.
 //
-// The input projection x_t @ kernel + bias of all steps is one matmul before the op,
-// and the recurrent kernel's gradient one matmul after it (../fused_recurrent.py), so the
-// loop holds only what must be sequential.
+// The input projection x_t @ kernel of all steps is one matmul before the op, and the
+// kernels' gradients matmuls after it (../fused_recurrent.py), so the loop holds only what
+// must be sequential. The bias is added inside the loop and its gradient summed there,
+// where the gate gradients are in registers anyway: a separate reduction over them read
+// the whole [T, B, 4U] tensor again.
 //
 // Gate order is Keras': i, f, c, o. A step whose mask is 0 carries the state through
 // unchanged, as a masked Keras LSTM does.
@@ -28,7 +30,7 @@
 #include <memory>
 #include <vector>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -57,8 +59,9 @@ using Vector = Eigen::Map<Eigen::ArrayXf>;
 using ConstVector = Eigen::Map<const Eigen::ArrayXf>;
 
 REGISTER_OP("LstmSequence")
-    .Input("x_proj: float")            // [T, B, 4U] x_t @ kernel + bias
+    .Input("x_proj: float")            // [T, B, 4U] x_t @ kernel
     .Input("recurrent_kernel: float")  // [U, 4U]
+    .Input("bias: float")              // [4U]
     .Input("mask: float")              // [T, B] 1: the step counts, 0: carry the state
     .Output("h: float")                // [T, B, U]
     .Output("c: float")                // [T, B, U]
@@ -83,42 +86,460 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("gates: float")             // [T, B, 4U] from LstmSequence
     .Input("grad_h: float")            // [T, B, U]
     .Output("grad_x_proj: float")      // [T, B, 4U]
+    .Output("grad_bias: float")        // [4U]
     .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       context->set_output(0, context->input(3));
+      context->set_output(1, context->Vector(context->Dim(context->input(3), 2)));
       return Status();
     });
 
 namespace {
 
-// Splits the batch into one block of rows per thread and runs block_function(first, last)
-// on each. Rows of a batch never interact, so each thread runs every step of its rows:
+int64_t RowBlocks(const Device& device, int64_t batch) {
+  return std::max<int64_t>(1, std::min<int64_t>(device.numThreads(), batch / 8));
+}
+
+// Splits the batch into RowBlocks() blocks of rows, one per thread, and runs
+// block_function(block, first, last) on each. Rows of a batch never interact, so each thread runs every step of its rows:
 // one hand-off to the thread pool per op call. A hand-off per step, as this op first
 // did, cost about as much as the step's products (waking the waiting thread each time).
 template <typename BlockFunction>
 void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_function) {
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(device.numThreads(), batch / 8));
+  const int64_t blocks = RowBlocks(device, batch);
   if (blocks == 1) {
-    block_function(0, batch);
+    block_function(0, 0, batch);
     return;
   }
   const Eigen::TensorOpCost cost(0, 0, /*compute_cycles=*/1e7);
   device.parallelFor(blocks, cost, [&](Eigen::Index first_block, Eigen::Index last_block) {
     for (Eigen::Index block = first_block; block < last_block; ++block) {
-      block_function(batch * block / blocks, batch * (block + 1) / blocks);
+      block_function(block, batch * block / blocks, batch * (block + 1) / blocks);
     }
   });
 }
 
+Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mask) {
+  if (x_proj.dims() != 3 || kernel.dims() != 2 || mask.dims() != 2)
+    return tensorflow::errors::InvalidArgument("LstmSequence: x_proj must be [T, B, 4U], "
+                                               "recurrent_kernel [U, 4U], bias [4U], mask [T, B]");
+  const int64_t units = kernel.dim_size(0);
+  if (kernel.dim_size(1) != 4 * units || x_proj.dim_size(2) != 4 * units)
+    return tensorflow::errors::InvalidArgument("LstmSequence: recurrent_kernel is ",
+                                               kernel.shape().DebugString(), " and x_proj ",
+                                               x_proj.shape().DebugString(), "; expected [U, 4U] and [T, B, 4U]");
+  if (mask.dim_size(0) != x_proj.dim_size(0) || mask.dim_size(1) != x_proj.dim_size(1))
+    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.shape().DebugString(),
+                                               ", x_proj ", x_proj.shape().DebugString());
+  return Status();
+}
+
+// What one call of either op reads and writes, as flat arrays in the ops' layouts.
+struct Sequence {
+  int64_t steps, batch, units;
+  const float* mask;    // [T, B]
+  const float* kernel;  // [U, 4U]
+  bool Counts(int64_t t, int64_t row) const { return mask[t * batch + row] != 0.0f; }
+  int64_t StepState() const { return batch * units; }
+  int64_t StepGates() const { return batch * 4 * units; }
+};
+
+struct Forward {
+  Sequence sequence;
+  const float* x_proj;  // [T, B, 4U]
+  const float* bias;    // [4U]
+  float* h;             // [T, B, U]
+  float* c;             // [T, B, U]
+  float* gates;         // [T, B, 4U] activated i, f, c~, o
+};
+
+struct Backward {
+  Sequence sequence;
+  const float* c;       // [T, B, U]
+  const float* gates;   // [T, B, 4U]
+  const float* grad_h;  // [T, B, U]
+  float* grad_x_proj;   // [T, B, 4U]
+  float* carried_h;     // [B, U] gradient that padded steps pass through to h_{t-1}
+  float* carried_c;     // [B, U] gradient reaching c_t from step t + 1
+  float* grad_bias;     // [RowBlocks, 4U] each row block's sum of its gate gradients
+};
+
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------------------------------
+// AVX-512: each step is, for every block of a few rows and every panel of the recurrent
+// kernel's columns, one register-blocked product followed at once by the step's
+// elementwise work on the block's results while they are in L1. The kernel is packed once
+// per op call into panels that a block's product reads from L1, and the panels are laid
+// out so that a forward panel holds the i, f, c~ and o columns of the same 16 units: the
+// cell update of those units needs nothing else. No pass over the whole step's gates, no
+// zero-filled product destination, no repacking per step.
+// ---------------------------------------------------------------------------------------
+constexpr int64_t kLanes = 16;                  // float32 lanes of an AVX-512 register
+constexpr int64_t kPanelColumns = 4 * kLanes;   // columns of a packed panel
+constexpr int kMaxBlockRows = 6;                // 6 x 4 accumulators leave 8 registers
+
+__mmask16 LaneMask(int64_t width) {
+  return width >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << width) - 1);
+}
+
+// exp(x) to about 2 ulp: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor series to r^7.
+// NaN stays NaN (MAXPS returns its second operand when either is NaN).
+__m512 Exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / x: the 14-bit estimate and one Newton step (about 1 ulp).
+__m512 Reciprocal(__m512 x) {
+  const __m512 estimate = _mm512_rcp14_ps(x);
+  return _mm512_mul_ps(estimate, _mm512_fnmadd_ps(x, estimate, _mm512_set1_ps(2.0f)));
+}
+
+__m512 Sigmoid(__m512 x) {
+  return Reciprocal(_mm512_add_ps(_mm512_set1_ps(1.0f), Exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+__m512 Tanh(__m512 x) {  // 2 sigmoid(2x) - 1: absolute error about 1e-7
+  return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), Sigmoid(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
+}
+
+// The recurrent kernel in float32 panels of 64 columns, each [depth][64] row-major (zero
+// where a panel has fewer real columns), built from element(k, panel, column).
+class PackedFloat32 {
+ public:
+  template <typename Element>
+  PackedFloat32(int64_t depth, int64_t panels, Element element)
+      : depth_(depth), data_(depth * panels * kPanelColumns) {
+    for (int64_t panel = 0; panel < panels; ++panel)
+      for (int64_t k = 0; k < depth; ++k)
+        for (int64_t column = 0; column < kPanelColumns; ++column)
+          data_[(panel * depth + k) * kPanelColumns + column] = element(k, panel, column);
+  }
+  int64_t depth() const { return depth_; }
+  const float* Panel(int64_t panel) const { return data_.data() + panel * depth_ * kPanelColumns; }
+
+ private:
+  int64_t depth_;
+  std::vector<float> data_;
+};
+
+// out[kRows][64] = a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
+template <int kRows>
+void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t depth, float* out) {
+  __m512 sum[kRows][4];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* b_row = panel + k * kPanelColumns;
+    const __m512 b0 = _mm512_loadu_ps(b_row), b1 = _mm512_loadu_ps(b_row + 16),
+                 b2 = _mm512_loadu_ps(b_row + 32), b3 = _mm512_loadu_ps(b_row + 48);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 a_k = _mm512_set1_ps(a[r * a_stride + k]);
+      sum[r][0] = _mm512_fmadd_ps(a_k, b0, sum[r][0]);
+      sum[r][1] = _mm512_fmadd_ps(a_k, b1, sum[r][1]);
+      sum[r][2] = _mm512_fmadd_ps(a_k, b2, sum[r][2]);
+      sum[r][3] = _mm512_fmadd_ps(a_k, b3, sum[r][3]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+}
+
+void Float32Product(const float* a, int64_t a_stride, int64_t rows, const PackedFloat32& b, int64_t panel,
+                    float* out) {
+  const float* data = b.Panel(panel);
+  switch (rows) {
+    case 1: return Float32Block<1>(a, a_stride, data, b.depth(), out);
+    case 2: return Float32Block<2>(a, a_stride, data, b.depth(), out);
+    case 3: return Float32Block<3>(a, a_stride, data, b.depth(), out);
+    case 4: return Float32Block<4>(a, a_stride, data, b.depth(), out);
+    case 5: return Float32Block<5>(a, a_stride, data, b.depth(), out);
+    default: return Float32Block<6>(a, a_stride, data, b.depth(), out);
+  }
+}
+
+// bfloat16 products: VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both
+// products to one float32 lane, so the kernel is packed with each (k, k+1) pair of a
+// column side by side: panel p is [depth / 2][64][2].
+uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+class PackedBfloat16 {
+ public:
+  template <typename Element>
+  PackedBfloat16(int64_t depth, int64_t panels, Element element)
+      : pairs_(depth / 2), data_(depth * panels * kPanelColumns) {
+    for (int64_t panel = 0; panel < panels; ++panel)
+      for (int64_t k = 0; k < depth; ++k)
+        for (int64_t column = 0; column < kPanelColumns; ++column)
+          data_[((panel * pairs_ + k / 2) * kPanelColumns + column) * 2 + (k & 1)] =
+              ToBfloat16(element(k, panel, column));
+  }
+  int64_t pairs() const { return pairs_; }
+  const uint16_t* Panel(int64_t panel) const { return data_.data() + panel * pairs_ * kPanelColumns * 2; }
+
+ private:
+  int64_t pairs_;
+  std::vector<uint16_t> data_;
+};
+
+#if defined(__AVX512BF16__)
+constexpr bool kHaveBfloat16Products = true;
+
+void StoreBfloat16(uint16_t* out, __m512 values) {
+  const __m256bh converted = _mm512_cvtneps_pbh(values);
+  std::memcpy(out, &converted, sizeof(converted));
+}
+
+// out[kRows][64] = a[kRows, 2 * pairs] . panel, a in bfloat16 pairs a_stride pairs apart.
+template <int kRows>
+void Bfloat16Block(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs, float* out) {
+  __m512 sum[kRows][4];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    __m512bh b[4];
+    for (int v = 0; v < 4; ++v)
+      b[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + (pair * kPanelColumns + 16 * v) * 2));
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh a_pair = reinterpret_cast<__m512bh>(_mm512_set1_epi32(a[r * a_stride + pair]));
+      for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], a_pair, b[v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+}
+
+void Bfloat16Product(const uint16_t* a, int64_t a_stride, int64_t rows, const PackedBfloat16& b,
+                     int64_t panel, float* out) {
+  const uint32_t* pairs = reinterpret_cast<const uint32_t*>(a);
+  const int64_t pair_stride = a_stride / 2;
+  switch (rows) {
+    case 1: return Bfloat16Block<1>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+    case 2: return Bfloat16Block<2>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+    case 3: return Bfloat16Block<3>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+    case 4: return Bfloat16Block<4>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+    case 5: return Bfloat16Block<5>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+    default: return Bfloat16Block<6>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
+  }
+}
+#else
+constexpr bool kHaveBfloat16Products = false;
+
+void StoreBfloat16(uint16_t*, __m512) {}
+void Bfloat16Product(const uint16_t*, int64_t, int64_t, const PackedBfloat16&, int64_t, float*) {}
+#endif
+
+bool UseBfloat16Products(bool requested, int64_t units) {
+  return requested && kHaveBfloat16Products && units % 16 == 0;
+}
+
+// The recurrent kernel packed for one op call: in float32, or in bfloat16 with each
+// thread's operand rows (h_{t-1} or the gate gradients) kept in bfloat16 as well, in two
+// buffers that alternate between steps (a step reads the one its previous step wrote).
+class StepProducts {
+ public:
+  template <typename Element>
+  StepProducts(bool bfloat16, int64_t depth, int64_t panels, int64_t operand_size, Element element) {
+    if (bfloat16) {
+      bfloat16_ = std::make_unique<PackedBfloat16>(depth, panels, element);
+      for (auto& buffer : operands_) buffer.resize(operand_size);
+    } else {
+      float32_ = std::make_unique<PackedFloat32>(depth, panels, element);
+    }
+  }
+  bool bfloat16() const { return bfloat16_ != nullptr; }
+  // The bfloat16 copy of step t's operands, for the epilogue writing them.
+  uint16_t* Operands(int64_t t) { return bfloat16() ? operands_[t & 1].data() : nullptr; }
+  // out[rows][64] = operand rows (float32 at `a`, or their bfloat16 copy from step t at
+  // `offset`), a_stride apart, times panel `panel`.
+  void Product(int64_t t, const float* a, int64_t offset, int64_t a_stride, int64_t rows, int64_t panel,
+               float* out) {
+    if (bfloat16()) {
+      Bfloat16Product(operands_[t & 1].data() + offset, a_stride, rows, *bfloat16_, panel, out);
+    } else {
+      Float32Product(a, a_stride, rows, *float32_, panel, out);
+    }
+  }
+
+ private:
+  std::unique_ptr<PackedFloat32> float32_;
+  std::unique_ptr<PackedBfloat16> bfloat16_;
+  std::vector<uint16_t> operands_[2];
+};
+
+// One row's 16 (or, in the last panel, `width`) units of forward step t: `product` holds
+// h_{t-1} . recurrent for the row's i, f, c~, o columns of those units (zero at t = 0).
+void ForwardUnits(const Forward& op, int64_t t, int64_t row, int64_t unit, int64_t width,
+                  const float* product, uint16_t* h_bfloat16) {
+  const Sequence& s = op.sequence;
+  const __mmask16 lanes = LaneMask(width);
+  const int64_t gates_at = (t * s.batch + row) * 4 * s.units + unit;
+  const int64_t state_at = (t * s.batch + row) * s.units + unit;
+  __m512 gate[4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512 z = _mm512_add_ps(
+        _mm512_add_ps(_mm512_loadu_ps(product + 16 * g), _mm512_maskz_loadu_ps(lanes, op.bias + g * s.units + unit)),
+        _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
+    gate[g] = g == 2 ? Tanh(z) : Sigmoid(z);
+    _mm512_mask_storeu_ps(op.gates + gates_at + g * s.units, lanes, gate[g]);
+  }
+  const bool first = t == 0;
+  const __m512 c_prev = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(lanes, op.c + state_at - s.StepState());
+  __m512 c, h;
+  if (s.Counts(t, row)) {
+    c = _mm512_fmadd_ps(gate[1], c_prev, _mm512_mul_ps(gate[0], gate[2]));
+    h = _mm512_mul_ps(gate[3], Tanh(c));
+  } else {  // padding: the state passes through untouched
+    c = c_prev;
+    h = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(lanes, op.h + state_at - s.StepState());
+  }
+  _mm512_mask_storeu_ps(op.c + state_at, lanes, c);
+  _mm512_mask_storeu_ps(op.h + state_at, lanes, h);
+  if (h_bfloat16) StoreBfloat16(h_bfloat16 + row * s.units + unit, h);
+}
+
+// One row's units [unit, unit + width) of backward step t, width <= 64: `product` holds
+// the part of the gradient reaching h_t through step t + 1's recurrent product (null at
+// the last step). Writes the step's gate gradients and carries what reaches c_{t-1}
+// and, through padding, h_{t-1}.
+void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, int64_t unit, int64_t width,
+                   const float* product, uint16_t* dz_bfloat16) {
+  const Sequence& s = op.sequence;
+  const bool counts = s.Counts(t, row);
+  const int64_t gates_at = (t * s.batch + row) * 4 * s.units;
+  const int64_t state_at = (t * s.batch + row) * s.units;
+  for (int64_t v = 0; v * kLanes < width; ++v) {
+    const int64_t u = unit + v * kLanes;
+    const __mmask16 lanes = LaneMask(width - v * kLanes);
+    float* carried_h = op.carried_h + row * s.units + u;
+    float* carried_c = op.carried_c + row * s.units + u;
+    __m512 dh = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, carried_h),
+                              _mm512_maskz_loadu_ps(lanes, op.grad_h + state_at + u));
+    if (product) dh = _mm512_add_ps(dh, _mm512_loadu_ps(product + v * kLanes));
+    float* dz = op.grad_x_proj + gates_at + u;
+    if (!counts) {  // padding passed h and c through: so does their gradient
+      for (int g = 0; g < 4; ++g) _mm512_mask_storeu_ps(dz + g * s.units, lanes, _mm512_setzero_ps());
+      _mm512_mask_storeu_ps(carried_h, lanes, dh);
+      if (dz_bfloat16)
+        for (int g = 0; g < 4; ++g) StoreBfloat16(dz_bfloat16 + row * 4 * s.units + g * s.units + u, _mm512_setzero_ps());
+      continue;
+    }
+    const float* gate = op.gates + gates_at + u;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 i = _mm512_maskz_loadu_ps(lanes, gate), f = _mm512_maskz_loadu_ps(lanes, gate + s.units),
+                 g = _mm512_maskz_loadu_ps(lanes, gate + 2 * s.units),
+                 o = _mm512_maskz_loadu_ps(lanes, gate + 3 * s.units);
+    const __m512 tanh_c = Tanh(_mm512_maskz_loadu_ps(lanes, op.c + state_at + u));
+    const __m512 c_prev = t ? _mm512_maskz_loadu_ps(lanes, op.c + state_at - s.StepState() + u) : _mm512_setzero_ps();
+    const __m512 d_o = _mm512_mul_ps(_mm512_mul_ps(dh, tanh_c), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+    const __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(tanh_c, tanh_c, one),
+                                      _mm512_maskz_loadu_ps(lanes, carried_c));
+    const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dc, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+    const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+    const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
+    const __m512 gradients[4] = {di, df, dg, d_o};
+    float* grad_bias = op.grad_bias + block * 4 * s.units + u;
+    for (int gate_index = 0; gate_index < 4; ++gate_index) {
+      _mm512_mask_storeu_ps(dz + gate_index * s.units, lanes, gradients[gate_index]);
+      float* sum = grad_bias + gate_index * s.units;
+      _mm512_mask_storeu_ps(sum, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sum), gradients[gate_index]));
+      if (dz_bfloat16) StoreBfloat16(dz_bfloat16 + row * 4 * s.units + gate_index * s.units + u, gradients[gate_index]);
+    }
+    _mm512_mask_storeu_ps(carried_c, lanes, _mm512_mul_ps(dc, f));
+    _mm512_mask_storeu_ps(carried_h, lanes, _mm512_setzero_ps());
+  }
+}
+
+int64_t Panels(int64_t columns) { return (columns + kPanelColumns - 1) / kPanelColumns; }
+
+void RunForward(const Device& device, const Forward& op, bool bfloat16) {
+  const Sequence& s = op.sequence;
+  const int64_t units = s.units, panels = (units + kLanes - 1) / kLanes;
+  // Forward panel p: the i, f, c~, o columns (16 each) of units [16p, 16p + 16).
+  StepProducts products(bfloat16, units, panels, s.StepState(), [&](int64_t k, int64_t panel, int64_t column) {
+    const int64_t gate = column / kLanes, unit = panel * kLanes + column % kLanes;
+    return unit < units ? s.kernel[k * 4 * units + gate * units + unit] : 0.0f;
+  });
+  ForEachRowBlock(device, s.batch, [&](int64_t, int64_t first, int64_t last) {
+    alignas(64) float product[kMaxBlockRows * kPanelColumns] = {};
+    for (int64_t t = 0; t < s.steps; ++t) {
+      const float* h_prev = t ? op.h + (t - 1) * s.StepState() : nullptr;
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const int64_t unit = panel * kLanes, width = std::min(kLanes, units - unit);
+        for (int64_t row = first; row < last; row += kMaxBlockRows) {
+          const int64_t rows = std::min<int64_t>(kMaxBlockRows, last - row);
+          if (t) products.Product(t - 1, h_prev + row * units, row * units, units, rows, panel, product);
+          for (int64_t r = 0; r < rows; ++r)
+            ForwardUnits(op, t, row + r, unit, width, product + r * kPanelColumns, products.Operands(t));
+        }
+      }
+    }
+  });
+}
+
+void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
+  const Sequence& s = op.sequence;
+  const int64_t units = s.units, panels = Panels(units);
+  // Backward panel p: columns [64p, 64p + 64) of recurrent^T, [4U, U].
+  StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t k, int64_t panel, int64_t column) {
+    const int64_t unit = panel * kPanelColumns + column;
+    return unit < units ? s.kernel[unit * 4 * units + k] : 0.0f;
+  });
+  ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
+    alignas(64) float product[kMaxBlockRows * kPanelColumns];
+    const int64_t last_step = s.steps - 1;
+    for (int64_t row = first; row < last; ++row)
+      for (int64_t unit = 0; unit < units; unit += kPanelColumns)
+        BackwardUnits(op, block, last_step, row, unit, std::min(kPanelColumns, units - unit), nullptr,
+                      products.Operands(last_step));
+    for (int64_t t = last_step; t > 0; --t) {
+      const float* dz = op.grad_x_proj + t * s.StepGates();
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const int64_t unit = panel * kPanelColumns, width = std::min(kPanelColumns, units - unit);
+        for (int64_t row = first; row < last; row += kMaxBlockRows) {
+          const int64_t rows = std::min<int64_t>(kMaxBlockRows, last - row);
+          products.Product(t, dz + row * 4 * units, row * 4 * units, 4 * units, rows, panel, product);
+          for (int64_t r = 0; r < rows; ++r)
+            BackwardUnits(op, block, t - 1, row + r, unit, width, product + r * kPanelColumns, products.Operands(t - 1));
+        }
+      }
+    }
+  });
+}
+
+#else
+// ---------------------------------------------------------------------------------------
+// Without AVX-512: each step's product with Eigen, then one elementwise pass per row.
+// ---------------------------------------------------------------------------------------
+bool UseBfloat16Products(bool, int64_t) { return false; }
+
 // One row of one forward step. z holds h_{t-1} . recurrent on entry and the activated
 // gates on exit; c_prev and h_prev are null at the first step (a zero state).
-void ForwardRow(int64_t units, bool counts, const float* x_row, float* z, const float* c_prev,
-                const float* h_prev, float* c_row_data, float* h_row_data) {
+void ForwardRow(int64_t units, bool counts, const float* x_row, const float* bias, float* z,
+                const float* c_prev, const float* h_prev, float* c_row_data, float* h_row_data) {
   Vector zi(z, units), zf(z + units, units), zc(z + 2 * units, units), zo(z + 3 * units, units);
-  zi = (zi + ConstVector(x_row, units)).logistic();
-  zf = (zf + ConstVector(x_row + units, units)).logistic();
-  zc = (zc + ConstVector(x_row + 2 * units, units)).tanh();
-  zo = (zo + ConstVector(x_row + 3 * units, units)).logistic();
+  zi = (zi + ConstVector(x_row, units) + ConstVector(bias, units)).logistic();
+  zf = (zf + ConstVector(x_row + units, units) + ConstVector(bias + units, units)).logistic();
+  zc = (zc + ConstVector(x_row + 2 * units, units) + ConstVector(bias + 2 * units, units)).tanh();
+  zo = (zo + ConstVector(x_row + 3 * units, units) + ConstVector(bias + 3 * units, units)).logistic();
   Vector c_row(c_row_data, units), h_row(h_row_data, units);
   if (!counts) {  // padding: the state passes through untouched
     if (c_prev) {
@@ -143,7 +564,7 @@ void ForwardRow(int64_t units, bool counts, const float* x_row, float* z, const 
 // part of h_{t-1}'s that does not go through the recurrent kernel.
 void BackwardRow(int64_t units, bool counts, const float* gate, const float* c_row,
                  const float* c_prev, const float* grad_h_row, float* dz, float* dh_data,
-                 float* dc_data) {
+                 float* dc_data, float* grad_bias) {
   Vector dh(dh_data, units), dc(dc_data, units);
   dh += ConstVector(grad_h_row, units);
   Vector di(dz, units), df(dz + units, units), dg(dz + 2 * units, units), d_o(dz + 3 * units, units);
@@ -168,140 +589,60 @@ void BackwardRow(int64_t units, bool counts, const float* gate, const float* c_r
   dg = dc * i * (1.0f - g.square());
   dc *= f;
   dh.setZero();  // the recurrent part is added from dz after the row pass
+  Vector(grad_bias, 4 * units) += ConstVector(dz, 4 * units);
 }
 
-
-// bfloat16 products: C[rows, N] (= or +=) A[rows, K] . B[K, N], A and B in bfloat16,
-// C in float32. VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both products
-// to one float32 lane, so B is packed once per op call with each (k, k+1) pair of a
-// column side by side, in panels of 64 columns that a block of rows reads from L1.
-constexpr int64_t kPanelColumns = 64;
-constexpr int kBlockRows = 4;
-
-uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-// B[K, N] as bfloat16 pairs: panel p holds columns [64p, 64p + width) as
-// data[offset(p) + (pair * width + column) * 2 + (k & 1)], k = 2 * pair + (k & 1).
-class PackedBfloat16 {
- public:
-  // element(k, n) reads B; K and N must be multiples of 2 and 16.
-  template <typename Element>
-  PackedBfloat16(int64_t depth, int64_t columns, Element element)
-      : pairs_(depth / 2), columns_(columns), data_(depth * columns) {
-    for (int64_t first = 0; first < columns; first += kPanelColumns) {
-      const int64_t width = PanelWidth(first);
-      uint16_t* panel = data_.data() + first * depth;
-      for (int64_t k = 0; k < depth; ++k) {
-        for (int64_t n = 0; n < width; ++n) {
-          panel[((k / 2) * width + n) * 2 + (k & 1)] = ToBfloat16(element(k, first + n));
-        }
+void RunForward(const Device& device, const Forward& op, bool) {
+  const Sequence& s = op.sequence;
+  const int64_t units = s.units;
+  ConstMatrix recurrent(s.kernel, units, 4 * units);
+  ForEachRowBlock(device, s.batch, [&](int64_t, int64_t first, int64_t last) {
+    for (int64_t t = 0; t < s.steps; ++t) {
+      float* z = op.gates + t * s.StepGates();
+      const float* x_t = op.x_proj + t * s.StepGates();
+      const float* h_prev = t ? op.h + (t - 1) * s.StepState() : nullptr;
+      const float* c_prev = t ? op.c + (t - 1) * s.StepState() : nullptr;
+      float* h_t = op.h + t * s.StepState();
+      float* c_t = op.c + t * s.StepState();
+      Matrix z_block(z + first * 4 * units, last - first, 4 * units);
+      if (h_prev) {
+        z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
+      } else {
+        z_block.setZero();
+      }
+      for (int64_t row = first; row < last; ++row) {
+        ForwardRow(units, s.Counts(t, row), x_t + row * 4 * units, op.bias, z + row * 4 * units,
+                   c_prev ? c_prev + row * units : nullptr, h_prev ? h_prev + row * units : nullptr,
+                   c_t + row * units, h_t + row * units);
       }
     }
-  }
-  int64_t pairs() const { return pairs_; }
-  int64_t columns() const { return columns_; }
-  int64_t PanelWidth(int64_t first) const { return std::min(kPanelColumns, columns_ - first); }
-  const uint16_t* Panel(int64_t first) const { return data_.data() + first * pairs_ * 2; }
-
- private:
-  int64_t pairs_, columns_;
-  std::vector<uint16_t> data_;
-};
-
-#if defined(__AVX512BF16__)
-constexpr bool kHaveBfloat16Products = true;
-
-void RowToBfloat16(const float* row, int64_t length, uint16_t* out) {
-  for (int64_t i = 0; i < length; i += 16) {
-    const __m256bh converted = _mm512_cvtneps_pbh(_mm512_loadu_ps(row + i));
-    std::memcpy(out + i, &converted, sizeof(converted));
-  }
+  });
 }
 
-// kRows rows of A (bfloat16 pairs, a_stride pairs apart) times one panel of kVectors * 16
-// columns; 16 float32 accumulators at most, so A's broadcasts and B's loads fit the other
-// registers.
-template <int kRows, int kVectors>
-void DotBlock(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs,
-              float* c, int64_t c_stride, bool accumulate) {
-  __m512 sum[kRows][kVectors];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v)
-      sum[r][v] = accumulate ? _mm512_loadu_ps(c + r * c_stride + 16 * v) : _mm512_setzero_ps();
-  constexpr int64_t width = 16 * kVectors;
-  for (int64_t pair = 0; pair < pairs; ++pair) {
-    __m512bh b[kVectors];
-    for (int v = 0; v < kVectors; ++v)
-      b[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + (pair * width + 16 * v) * 2));
-    for (int r = 0; r < kRows; ++r) {
-      const __m512bh a_pair = reinterpret_cast<__m512bh>(_mm512_set1_epi32(a[r * a_stride + pair]));
-      for (int v = 0; v < kVectors; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], a_pair, b[v]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(c + r * c_stride + 16 * v, sum[r][v]);
-}
-
-template <int kRows>
-void DotRows(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs,
-             int64_t width, float* c, int64_t c_stride, bool accumulate) {
-  switch (width / 16) {
-    case 1: return DotBlock<kRows, 1>(a, a_stride, panel, pairs, c, c_stride, accumulate);
-    case 2: return DotBlock<kRows, 2>(a, a_stride, panel, pairs, c, c_stride, accumulate);
-    case 3: return DotBlock<kRows, 3>(a, a_stride, panel, pairs, c, c_stride, accumulate);
-    default: return DotBlock<kRows, 4>(a, a_stride, panel, pairs, c, c_stride, accumulate);
-  }
-}
-
-// c[rows, N] (= or +=) a[rows, K] . B, a in bfloat16 with rows K apart, c with rows N apart.
-void Bfloat16Product(const uint16_t* a, int64_t rows, const PackedBfloat16& b, float* c, bool accumulate) {
-  const int64_t pairs = b.pairs(), columns = b.columns();
-  const uint32_t* a_pairs = reinterpret_cast<const uint32_t*>(a);
-  for (int64_t first = 0; first < columns; first += kPanelColumns) {
-    const int64_t width = b.PanelWidth(first);
-    for (int64_t row = 0; row < rows; row += kBlockRows) {
-      const uint32_t* a_block = a_pairs + row * pairs;
-      float* c_block = c + row * columns + first;
-      switch (std::min<int64_t>(kBlockRows, rows - row)) {
-        case 1: DotRows<1>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
-        case 2: DotRows<2>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
-        case 3: DotRows<3>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate); break;
-        default: DotRows<4>(a_block, pairs, b.Panel(first), pairs, width, c_block, columns, accumulate);
+void RunBackward(const Device& device, const Backward& op, bool) {
+  const Sequence& s = op.sequence;
+  const int64_t units = s.units;
+  ConstMatrix recurrent(s.kernel, units, 4 * units);
+  ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
+    for (int64_t t = s.steps - 1; t >= 0; --t) {
+      const float* gate_t = op.gates + t * s.StepGates();
+      const float* c_t = op.c + t * s.StepState();
+      const float* c_prev = t ? op.c + (t - 1) * s.StepState() : nullptr;
+      const float* grad_h_t = op.grad_h + t * s.StepState();
+      float* dz = op.grad_x_proj + t * s.StepGates();
+      for (int64_t row = first; row < last; ++row) {
+        BackwardRow(units, s.Counts(t, row), gate_t + row * 4 * units, c_t + row * units,
+                    c_prev ? c_prev + row * units : nullptr, grad_h_t + row * units, dz + row * 4 * units,
+                    op.carried_h + row * units, op.carried_c + row * units, op.grad_bias + block * 4 * units);
       }
+      if (t == 0) break;
+      // What reaches h_{t-1}: dz . recurrent^T, plus what padded rows passed through.
+      Matrix next(op.carried_h + first * units, last - first, units);
+      next.noalias() += ConstMatrix(dz + first * 4 * units, last - first, 4 * units) * recurrent.transpose();
     }
-  }
+  });
 }
-#else
-constexpr bool kHaveBfloat16Products = false;
-
-void RowToBfloat16(const float*, int64_t, uint16_t*) {}
-void Bfloat16Product(const uint16_t*, int64_t, const PackedBfloat16&, float*, bool) {}
 #endif
-
-bool UseBfloat16Products(bool requested, int64_t units) {
-  return requested && kHaveBfloat16Products && units % 16 == 0;
-}
-
-Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mask) {
-  if (x_proj.dims() != 3 || kernel.dims() != 2 || mask.dims() != 2)
-    return tensorflow::errors::InvalidArgument("LstmSequence: x_proj must be [T, B, 4U], "
-                                               "recurrent_kernel [U, 4U], mask [T, B]");
-  const int64_t units = kernel.dim_size(0);
-  if (kernel.dim_size(1) != 4 * units || x_proj.dim_size(2) != 4 * units)
-    return tensorflow::errors::InvalidArgument("LstmSequence: recurrent_kernel is ",
-                                               kernel.shape().DebugString(), " and x_proj ",
-                                               x_proj.shape().DebugString(), "; expected [U, 4U] and [T, B, 4U]");
-  if (mask.dim_size(0) != x_proj.dim_size(0) || mask.dim_size(1) != x_proj.dim_size(1))
-    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.shape().DebugString(),
-                                               ", x_proj ", x_proj.shape().DebugString());
-  return Status();
-}
 
 class LstmSequenceOp : public OpKernel {
  public:
@@ -312,56 +653,24 @@ class LstmSequenceOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& x_proj = context->input(0);
     const Tensor& kernel = context->input(1);
-    const Tensor& mask = context->input(2);
+    const Tensor& bias = context->input(2);
+    const Tensor& mask = context->input(3);
     OP_REQUIRES_OK(context, CheckShapes(x_proj, kernel, mask));
     const int64_t steps = x_proj.dim_size(0), batch = x_proj.dim_size(1), units = kernel.dim_size(0);
+    OP_REQUIRES(context, bias.shape() == TensorShape({4 * units}),
+                tensorflow::errors::InvalidArgument("LstmSequence: bias is ", bias.shape().DebugString(),
+                                                    "; expected [4U] = [", 4 * units, "]"));
 
     Tensor *h = nullptr, *c = nullptr, *gates = nullptr;
     const TensorShape state_shape({steps, batch, units});
     OP_REQUIRES_OK(context, context->allocate_output(0, state_shape, &h));
     OP_REQUIRES_OK(context, context->allocate_output(1, state_shape, &c));
     OP_REQUIRES_OK(context, context->allocate_output(2, x_proj.shape(), &gates));
-    if (steps == 0 || batch == 0) return;
-
-    const Device& device = context->eigen_device<Device>();
-    const float* mask_data = mask.flat<float>().data();
-    const float* kernel_data = kernel.flat<float>().data();
-    ConstMatrix recurrent(kernel_data, units, 4 * units);
-    const int64_t step_state = batch * units, step_gates = batch * 4 * units;
-    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
-    std::unique_ptr<PackedBfloat16> packed;
-    if (bfloat16) {
-      packed = std::make_unique<PackedBfloat16>(
-          units, 4 * units, [&](int64_t k, int64_t n) { return kernel_data[k * 4 * units + n]; });
-    }
-    // The last step's h in bfloat16: a block's product reads its rows before its row pass
-    // overwrites them.
-    std::vector<uint16_t> h_bfloat16(bfloat16 ? step_state : 0);
-
-    ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
-      for (int64_t t = 0; t < steps; ++t) {
-        float* z = gates->flat<float>().data() + t * step_gates;
-        const float* x_t = x_proj.flat<float>().data() + t * step_gates;
-        const float* h_prev = t ? h->flat<float>().data() + (t - 1) * step_state : nullptr;
-        const float* c_prev = t ? c->flat<float>().data() + (t - 1) * step_state : nullptr;
-        float* h_t = h->flat<float>().data() + t * step_state;
-        float* c_t = c->flat<float>().data() + t * step_state;
-        Matrix z_block(z + first * 4 * units, last - first, 4 * units);
-        if (!h_prev) {
-          z_block.setZero();
-        } else if (bfloat16) {
-          Bfloat16Product(h_bfloat16.data() + first * units, last - first, *packed, z_block.data(), false);
-        } else {
-          z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
-        }
-        for (int64_t row = first; row < last; ++row) {
-          ForwardRow(units, mask_data[t * batch + row] != 0.0f, x_t + row * 4 * units,
-                     z + row * 4 * units, c_prev ? c_prev + row * units : nullptr,
-                     h_prev ? h_prev + row * units : nullptr, c_t + row * units, h_t + row * units);
-          if (bfloat16) RowToBfloat16(h_t + row * units, units, h_bfloat16.data() + row * units);
-        }
-      }
-    });
+    if (steps == 0 || batch == 0 || units == 0) return;
+    const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
+    const Forward forward{sequence, x_proj.flat<float>().data(), bias.flat<float>().data(),
+                          h->flat<float>().data(), c->flat<float>().data(), gates->flat<float>().data()};
+    RunForward(context->eigen_device<Device>(), forward, UseBfloat16Products(bfloat16_products_, units));
   }
 
  private:
@@ -385,57 +694,31 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES(context, c.shape() == TensorShape({steps, batch, units}) && grad_h.shape() == c.shape(),
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: c and grad_h must be [T, B, U]"));
 
-    Tensor* grad_x_proj = nullptr;
+    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
+    auto grad_bias_flat = grad_bias->flat<float>();
+    grad_bias_flat.setZero();
     OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &grad_x_proj));
-    if (steps == 0 || batch == 0) return;
-    // The gradient reaching h_t and c_t from step t + 1.
-    Tensor carried_h, carried_c;
+    if (steps == 0 || batch == 0 || units == 0) return;
+    const Device& device = context->eigen_device<Device>();
+    const int64_t blocks = RowBlocks(device, batch);
+    Tensor carried_h, carried_c, block_bias;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_h));
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
-    float* dh_next = carried_h.flat<float>().data();
-    float* dc_next = carried_c.flat<float>().data();
-    std::fill(dh_next, dh_next + batch * units, 0.0f);
-    std::fill(dc_next, dc_next + batch * units, 0.0f);
-
-    const Device& device = context->eigen_device<Device>();
-    const float* mask_data = mask.flat<float>().data();
-    const float* kernel_data = kernel.flat<float>().data();
-    ConstMatrix recurrent(kernel_data, units, 4 * units);
-    const int64_t step_state = batch * units, step_gates = batch * 4 * units;
-    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
-    std::unique_ptr<PackedBfloat16> packed_transpose;
-    if (bfloat16) {
-      packed_transpose = std::make_unique<PackedBfloat16>(
-          4 * units, units, [&](int64_t k, int64_t n) { return kernel_data[n * 4 * units + k]; });
-    }
-    std::vector<uint16_t> dz_bfloat16(bfloat16 ? step_gates : 0);  // one step's dz
-
-    ForEachRowBlock(device, batch, [&](int64_t first, int64_t last) {
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        const float* gate_t = gates.flat<float>().data() + t * step_gates;
-        const float* c_t = c.flat<float>().data() + t * step_state;
-        const float* c_prev = t ? c.flat<float>().data() + (t - 1) * step_state : nullptr;
-        const float* grad_h_t = grad_h.flat<float>().data() + t * step_state;
-        float* dz = grad_x_proj->flat<float>().data() + t * step_gates;
-        for (int64_t row = first; row < last; ++row) {
-          BackwardRow(units, mask_data[t * batch + row] != 0.0f, gate_t + row * 4 * units,
-                      c_t + row * units, c_prev ? c_prev + row * units : nullptr,
-                      grad_h_t + row * units, dz + row * 4 * units, dh_next + row * units,
-                      dc_next + row * units);
-        }
-        if (t == 0) break;
-        // What reaches h_{t-1}: dz . recurrent^T, plus what padded rows passed through.
-        if (bfloat16) {
-          uint16_t* dz_rows = dz_bfloat16.data() + first * 4 * units;
-          RowToBfloat16(dz + first * 4 * units, (last - first) * 4 * units, dz_rows);
-          Bfloat16Product(dz_rows, last - first, *packed_transpose, dh_next + first * units, true);
-        } else {
-          Matrix next(dh_next + first * units, last - first, units);
-          next.noalias() += ConstMatrix(dz + first * 4 * units, last - first, 4 * units) *
-                            recurrent.transpose();
-        }
-      }
-    });
+    OP_REQUIRES_OK(context,
+                   context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, 4 * units}), &block_bias));
+    carried_h.flat<float>().setZero();
+    carried_c.flat<float>().setZero();
+    block_bias.flat<float>().setZero();
+    const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
+    const Backward backward{sequence, c.flat<float>().data(), gates.flat<float>().data(),
+                            grad_h.flat<float>().data(), grad_x_proj->flat<float>().data(),
+                            carried_h.flat<float>().data(), carried_c.flat<float>().data(),
+                            block_bias.flat<float>().data()};
+    RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
+    const auto sums = block_bias.matrix<float>();
+    for (int64_t block = 0; block < blocks; ++block)
+      for (int64_t j = 0; j < 4 * units; ++j) grad_bias_flat(j) += sums(block, j);
   }
 
  private:
