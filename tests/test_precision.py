@@ -154,10 +154,10 @@ def test_the_fused_ops_bfloat16_products_round_only_their_operands(steps, batch,
     grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
     library = kernels.load()
     bias = rng.normal(size=4 * units, scale=0.1).astype(np.float32)
-    h, c, gates = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask,
-                                                                      bfloat16_products=True)]
+    h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask,
+                                                                         bfloat16_products=True)]
     grad_x_proj, grad_bias = [tensor.numpy() for tensor in library.lstm_sequence_grad(
-        kernel, mask, c, gates, grad_h, bfloat16_products=True)]
+        kernel, mask, c, gates, grad_h, np.zeros(0, np.float32), bfloat16_products=True)]
 
     for computed, expected in zip((h, c, gates), _reference_steps(x_proj + bias, kernel, mask, h, c)):
         np.testing.assert_allclose(computed, expected, atol=1e-5)

@@ -21,16 +21,17 @@ from estimator_models.layers import kernels
 
 
 @tf.RegisterGradient('LstmSequence')
-def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
+def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates, grad_h_last):
     """Gradients of x_proj, recurrent_kernel and bias; c and gates are not differentiable
     outputs. An op with bfloat16 recurrent products gets its recurrent-kernel gradient
     product in bfloat16 too."""
     del grad_c, grad_gates
     _, recurrent_kernel, _, mask = op.inputs
-    h, c, gates = op.outputs
+    h, c, gates, _ = op.outputs
     bfloat16 = op.get_attr('bfloat16_products')
     grad_x_proj, grad_bias = kernels.load().lstm_sequence_grad(
-        recurrent_kernel, mask, c, gates, grad_h, bfloat16_products=bfloat16)        # [T, B, 4U], [4U]
+        recurrent_kernel, mask, c, gates, _reaching(grad_h), _reaching(grad_h_last),
+        bfloat16_products=bfloat16)                                                   # [T, B, 4U], [4U]
     units = recurrent_kernel.shape[0]
     product_dtype = tf.bfloat16 if bfloat16 else tf.float32
     # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: one matmul
@@ -40,6 +41,15 @@ def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates):
                                tf.cast(tf.reshape(grad_x_proj[1:], [-1, 4 * units]), product_dtype),
                                transpose_a=True)                                 # [U, 4U]
     return grad_x_proj, tf.cast(grad_recurrent, tf.float32), grad_bias, None
+
+
+def _reaching(gradient):
+    """The gradient of an output, or an empty tensor where only the zeros TensorFlow
+    fills in for an unused output reach it: the kernel then reads nothing (a model that
+    uses only the final state never builds the [T, B, U] zeros)."""
+    if gradient is None or gradient.op.type == 'ZerosLike':
+        return tf.zeros([0])
+    return gradient
 
 
 class _SequenceLSTM(tf.keras.layers.Layer):
@@ -100,11 +110,10 @@ class FusedLSTM(_SequenceLSTM):
         projected = tf.matmul(tf.cast(inputs, self.arithmetic_dtype),
                               tf.cast(self.cell.kernel, self.arithmetic_dtype))     # [T*B, 4U]
         projected = tf.reshape(tf.cast(projected, tf.float32), [steps, batch, 4 * self.units])  # [T, B, 4U]
-        outputs, _, _ = kernels.load().lstm_sequence(
+        outputs, _, _, final = kernels.load().lstm_sequence(
             projected, self.cell.recurrent_kernel, self.cell.bias, step_mask,
-            bfloat16_products=self.arithmetic_dtype == tf.bfloat16)                   # [T, B, U]
-        # A masked step carried the state, so the last step holds each row's final state.
-        return outputs, outputs[-1]
+            bfloat16_products=self.arithmetic_dtype == tf.bfloat16)                   # [T, B, U], [B, U]
+        return outputs, final
 
 
 class CudnnLSTM(_SequenceLSTM):

@@ -66,6 +66,7 @@ REGISTER_OP("LstmSequence")
     .Output("h: float")                // [T, B, U]
     .Output("c: float")                // [T, B, U]
     .Output("gates: float")            // [T, B, 4U] activated i, f, c~, o
+    .Output("h_last: float")           // [B, U] h of the last step (zeros when T = 0)
     .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       ShapeHandle x_proj, kernel;
@@ -76,6 +77,7 @@ REGISTER_OP("LstmSequence")
       context->set_output(0, state);
       context->set_output(1, state);
       context->set_output(2, x_proj);
+      context->set_output(3, context->MakeShape({context->Dim(x_proj, 1), context->Dim(kernel, 0)}));
       return Status();
     });
 
@@ -84,7 +86,8 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("mask: float")              // [T, B]
     .Input("c: float")                 // [T, B, U] from LstmSequence
     .Input("gates: float")             // [T, B, 4U] from LstmSequence
-    .Input("grad_h: float")            // [T, B, U]
+    .Input("grad_h: float")            // [T, B, U], or [0]: no gradient reaches h
+    .Input("grad_h_last: float")       // [B, U], or [0]: none reaches h_last
     .Output("grad_x_proj: float")      // [T, B, 4U]
     .Output("grad_bias: float")        // [4U]
     .Attr("bfloat16_products: bool = false")
@@ -157,7 +160,7 @@ struct Backward {
   Sequence sequence;
   const float* c;       // [T, B, U]
   const float* gates;   // [T, B, 4U]
-  const float* grad_h;  // [T, B, U]
+  const float* grad_h;  // [T, B, U], or null: zeros
   float* grad_x_proj;   // [T, B, 4U]
   float* carried_h;     // [B, U] gradient that padded steps pass through to h_{t-1}
   float* carried_c;     // [B, U] gradient reaching c_t from step t + 1
@@ -431,8 +434,8 @@ void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, in
     const __mmask16 lanes = LaneMask(width - v * kLanes);
     float* carried_h = op.carried_h + row * s.units + u;
     float* carried_c = op.carried_c + row * s.units + u;
-    __m512 dh = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, carried_h),
-                              _mm512_maskz_loadu_ps(lanes, op.grad_h + state_at + u));
+    __m512 dh = _mm512_maskz_loadu_ps(lanes, carried_h);
+    if (op.grad_h) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(lanes, op.grad_h + state_at + u));
     if (product) dh = _mm512_add_ps(dh, _mm512_loadu_ps(product + v * kLanes));
     float* dz = op.grad_x_proj + gates_at + u;
     if (!counts) {  // padding passed h and c through: so does their gradient
@@ -566,7 +569,7 @@ void BackwardRow(int64_t units, bool counts, const float* gate, const float* c_r
                  const float* c_prev, const float* grad_h_row, float* dz, float* dh_data,
                  float* dc_data, float* grad_bias) {
   Vector dh(dh_data, units), dc(dc_data, units);
-  dh += ConstVector(grad_h_row, units);
+  if (grad_h_row) dh += ConstVector(grad_h_row, units);
   Vector di(dz, units), df(dz + units, units), dg(dz + 2 * units, units), d_o(dz + 3 * units, units);
   if (!counts) {  // padding passed h and c through: so does their gradient
     di.setZero();
@@ -628,11 +631,11 @@ void RunBackward(const Device& device, const Backward& op, bool) {
       const float* gate_t = op.gates + t * s.StepGates();
       const float* c_t = op.c + t * s.StepState();
       const float* c_prev = t ? op.c + (t - 1) * s.StepState() : nullptr;
-      const float* grad_h_t = op.grad_h + t * s.StepState();
+      const float* grad_h_t = op.grad_h ? op.grad_h + t * s.StepState() : nullptr;
       float* dz = op.grad_x_proj + t * s.StepGates();
       for (int64_t row = first; row < last; ++row) {
         BackwardRow(units, s.Counts(t, row), gate_t + row * 4 * units, c_t + row * units,
-                    c_prev ? c_prev + row * units : nullptr, grad_h_t + row * units, dz + row * 4 * units,
+                    c_prev ? c_prev + row * units : nullptr, grad_h_t ? grad_h_t + row * units : nullptr, dz + row * 4 * units,
                     op.carried_h + row * units, op.carried_c + row * units, op.grad_bias + block * 4 * units);
       }
       if (t == 0) break;
@@ -661,16 +664,21 @@ class LstmSequenceOp : public OpKernel {
                 tensorflow::errors::InvalidArgument("LstmSequence: bias is ", bias.shape().DebugString(),
                                                     "; expected [4U] = [", 4 * units, "]"));
 
-    Tensor *h = nullptr, *c = nullptr, *gates = nullptr;
+    Tensor *h = nullptr, *c = nullptr, *gates = nullptr, *h_last = nullptr;
     const TensorShape state_shape({steps, batch, units});
     OP_REQUIRES_OK(context, context->allocate_output(0, state_shape, &h));
     OP_REQUIRES_OK(context, context->allocate_output(1, state_shape, &c));
     OP_REQUIRES_OK(context, context->allocate_output(2, x_proj.shape(), &gates));
+    OP_REQUIRES_OK(context, context->allocate_output(3, TensorShape({batch, units}), &h_last));
+    if (steps == 0) h_last->flat<float>().setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
     const Forward forward{sequence, x_proj.flat<float>().data(), bias.flat<float>().data(),
                           h->flat<float>().data(), c->flat<float>().data(), gates->flat<float>().data()};
     RunForward(context->eigen_device<Device>(), forward, UseBfloat16Products(bfloat16_products_, units));
+    // A masked step carried the state, so the last step holds each row's final state.
+    std::memcpy(h_last->flat<float>().data(), forward.h + (steps - 1) * sequence.StepState(),
+                sequence.StepState() * sizeof(float));
   }
 
  private:
@@ -689,10 +697,14 @@ class LstmSequenceGradOp : public OpKernel {
     const Tensor& c = context->input(2);
     const Tensor& gates = context->input(3);
     const Tensor& grad_h = context->input(4);
+    const Tensor& grad_h_last = context->input(5);
     OP_REQUIRES_OK(context, CheckShapes(gates, kernel, mask));
     const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1), units = kernel.dim_size(0);
-    OP_REQUIRES(context, c.shape() == TensorShape({steps, batch, units}) && grad_h.shape() == c.shape(),
+    const bool has_grad_h = grad_h.NumElements() > 0, has_grad_h_last = grad_h_last.NumElements() > 0;
+    OP_REQUIRES(context, c.shape() == TensorShape({steps, batch, units}) && (!has_grad_h || grad_h.shape() == c.shape()),
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: c and grad_h must be [T, B, U]"));
+    OP_REQUIRES(context, !has_grad_h_last || grad_h_last.shape() == TensorShape({batch, units}),
+                tensorflow::errors::InvalidArgument("LstmSequenceGrad: grad_h_last must be [B, U]"));
 
     Tensor *grad_x_proj = nullptr, *grad_bias = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
@@ -707,12 +719,17 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
     OP_REQUIRES_OK(context,
                    context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, 4 * units}), &block_bias));
-    carried_h.flat<float>().setZero();
+    // What reaches h_last reaches the last step's h.
+    if (has_grad_h_last) {
+      carried_h.flat<float>() = grad_h_last.flat<float>();
+    } else {
+      carried_h.flat<float>().setZero();
+    }
     carried_c.flat<float>().setZero();
     block_bias.flat<float>().setZero();
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
     const Backward backward{sequence, c.flat<float>().data(), gates.flat<float>().data(),
-                            grad_h.flat<float>().data(), grad_x_proj->flat<float>().data(),
+                            has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj->flat<float>().data(),
                             carried_h.flat<float>().data(), carried_c.flat<float>().data(),
                             block_bias.flat<float>().data()};
     RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
