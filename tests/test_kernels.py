@@ -120,3 +120,15 @@ def test_without_a_writable_cache_or_home_bin_train_runs_on_keras_with_one_line_
     assert ANNOUNCEMENT in first.stderr and ANNOUNCEMENT not in second.stderr
     assert 'an earlier run here' in second.stderr
     assert os.stat(log).st_mtime_ns == built
+
+
+def test_a_source_changed_under_a_running_process_keeps_the_library_it_loaded(tmp_path, monkeypatch):
+    """A checkout updated while a long run builds its evaluation graphs: the process keeps
+    the library whose ops it has registered instead of loading a second one."""
+    library, path = kernels.load(), kernels.library_path()
+    changed = tmp_path / 'lstm_sequence.cc'
+    changed.write_text(open(kernels.SOURCE).read() + '\n// changed\n')
+    monkeypatch.setattr(kernels, 'SOURCE', str(changed))
+    assert kernels.library_path() == path
+    assert kernels.load() is library
+    assert hasattr(kernels.load(), 'lstm_sequence')

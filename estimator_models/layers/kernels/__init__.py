@@ -56,12 +56,20 @@ def _cpu_flags():
         return platform.processor()
 
 
+@functools.lru_cache(maxsize=None)
+def _source():
+    """The source as this process first read it: a checkout updated under a running
+    process (a long training's later evaluation graphs) keeps loading the library whose
+    ops the process has registered, never a second one of the same op names."""
+    with open(SOURCE, 'rb') as source:
+        return source.read()
+
+
 def library_path():
     """Where the library built from today's source for this TensorFlow and CPU lives in
     the cache; raises OSError when there is no cache to keep it in."""
     digest = hashlib.sha256()
-    with open(SOURCE, 'rb') as source:
-        digest.update(source.read())
+    digest.update(_source())
     for part in [tf.__version__, platform.machine(), _cpu_flags()] + OPTIMIZATION_FLAGS:
         digest.update(part.encode())
     return os.path.join(cache.directory(), 'kernels', f'lstm_sequence-{digest.hexdigest()[:16]}.so')
