@@ -17,6 +17,8 @@ def test_a_traced_run_of_the_fused_lstm_attributes_its_step_to_the_recurrent_ker
     assert json.loads(result.stdout) == breakdown
     assert breakdown['traced_steps'] == step_breakdown.TRACED_STEPS
     assert breakdown['step_ms'] > 0 and breakdown['examples_per_sec'] > 0
+    # Two threads at most: a step's CPU time is within twice its wall time, and training is not free.
+    assert 0 < breakdown['cpu_ms_per_step'] < 2.5 * breakdown['step_ms']
     ops = {row['name']: row for row in breakdown['ops']}
     # The forward and backward kernels, the logits' matmul and Adam all ran in every traced step.
     assert {'LstmSequence', 'LstmSequenceGrad', 'ResourceApplyAdam'} <= set(ops)

@@ -5,7 +5,10 @@ bin/train's input_fn, model_fn and hooks, no evaluation), and a few steps after 
 warm-up run with TensorFlow's full trace (RunOptions FULL_TRACE). Each op's time in
 those steps is summed by op type: the recurrent kernel, matmuls, convolutions and their
 gradients, the input pipeline's hand-over, the optimizer, and the rest. The untraced
-steps around them give the step's wall time, which the traced ones would inflate.
+steps around them give the step's wall time, which the traced ones would inflate, and
+the CPU time the process spent in it (all its threads): on a shared machine, where a
+step's wall time also holds the time its threads waited for a core, the CPU time moves
+less.
 
 Op times overlap where ops run side by side on the two thread pools, so their sum may
 exceed the wall time of a step; their shares say where the work is.
@@ -45,16 +48,17 @@ class _TracingHook(tf.compat.v1.train.SessionRunHook):
     def __init__(self, first):
         self._first = first
         self._step = 0
-        self._started = None
+        self._started = self._cpu_started = None
         self.op_micros = collections.Counter()
         self.untraced_secs = []
+        self.untraced_cpu_secs = []
 
     def _traced(self, step):
         return self._first <= step < self._first + TRACED_STEPS
 
     def before_run(self, run_context):
         self._step += 1
-        self._started = time.perf_counter()
+        self._started, self._cpu_started = time.perf_counter(), time.process_time()
         if self._traced(self._step):
             options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
             return tf.compat.v1.train.SessionRunArgs(None, options=options)
@@ -64,6 +68,7 @@ class _TracingHook(tf.compat.v1.train.SessionRunHook):
         if not self._traced(self._step):
             if self._step >= self._first - 1:
                 self.untraced_secs.append(time.perf_counter() - self._started)
+                self.untraced_cpu_secs.append(time.process_time() - self._cpu_started)
             return
         for device in run_values.run_metadata.step_stats.dev_stats:
             for node in device.node_stats:
@@ -81,7 +86,7 @@ def op_type(node):
 def step_breakdown(model_name, overrides, steps, warmup_steps, seed=0):
     """Trains the project's `model_name` for `steps` steps and traces TRACED_STEPS of them
     after `warmup_steps`. Returns a JSON-ready dict: the hparams that set the speed, the
-    median untraced step (ms) and its examples/s, and per op type and per group the
+    median untraced step (ms), its examples/s and CPU time (ms, all threads), and per op type and per group the
     milliseconds per step and their share of the traced op time."""
     overrides = {'augment': 'none', **overrides}
     kind, hparams = training.data_hparams(model_name, overrides)
@@ -99,6 +104,7 @@ def step_breakdown(model_name, overrides, steps, warmup_steps, seed=0):
         'overrides': dict(overrides), 'traced_steps': TRACED_STEPS,
         'step_ms': round(1000 * step_secs, 3),
         'examples_per_sec': round(run.hparams['batch_size'] / step_secs, 1),
+        'cpu_ms_per_step': round(1000 * statistics.median(hook.untraced_cpu_secs), 3),
         'op_ms_per_step': round(total / 1000 / TRACED_STEPS, 3),
         'groups': _shares(_grouped(hook.op_micros), total),
         'ops': _shares(hook.op_micros, total),
@@ -122,7 +128,7 @@ def _shares(micros, total):
 def markdown_table(result):
     """The groups and the ten costliest op types as a Markdown table."""
     lines = [f'{result["model"]}: {result["step_ms"]} ms a step ({result["examples_per_sec"]} examples/s), '
-             f'{result["op_ms_per_step"]} ms of op time', '', '| | ms per step | share |', '|---|---|---|']
+             f'{result["cpu_ms_per_step"]} ms of CPU time, {result["op_ms_per_step"]} ms of op time', '', '| | ms per step | share |', '|---|---|---|']
     lines += [f'| {row["name"]} | {row["ms_per_step"]} | {100 * row["share"]:.1f}% |' for row in result['groups']]
     lines += [f'| `{row["name"]}` | {row["ms_per_step"]} | {100 * row["share"]:.1f}% |' for row in result['ops'][:10]]
     return '\n'.join(lines)
