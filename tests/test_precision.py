@@ -2,6 +2,10 @@
 multiplies by its recurrent kernel in bfloat16 on float32 variables, learns, and leaves
 evaluation, serving and checkpoints as float32 runs have them."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -141,9 +145,16 @@ def _reference_gradient(kernel, mask, c, gates, grad_h, grad_x_proj):
     return np.stack(steps[::-1])
 
 
+BFLOAT16_SHAPES = [(6, 40, 16), (5, 3, 48), (28, 128, 128)]
+
+
 @pytest.mark.skipif(not precision.cpu_has_bfloat16(), reason='the CPU has no AVX512_BF16')
-@pytest.mark.parametrize('steps, batch, units', [(6, 40, 16), (5, 3, 48), (28, 128, 128)])
+@pytest.mark.parametrize('steps, batch, units', BFLOAT16_SHAPES)
 def test_the_fused_ops_bfloat16_products_round_only_their_operands(steps, batch, units):
+    check_bfloat16_products(kernels.load(), steps, batch, units)
+
+
+def check_bfloat16_products(library, steps, batch, units):
     """Each step multiplies bfloat16 h_{t-1} (forward) or gate gradients (backward) by the
     bfloat16 kernel, summing in float32: a float64 reference that rounds the same operands
     agrees to float32 accuracy, while float32 products differ by bfloat16's rounding."""
@@ -152,7 +163,6 @@ def test_the_fused_ops_bfloat16_products_round_only_their_operands(steps, batch,
     kernel = rng.normal(size=(units, 4 * units), scale=units ** -0.5).astype(np.float32)
     mask = (rng.random((steps, batch)) > 0.25).astype(np.float32)
     grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
-    library = kernels.load()
     bias = rng.normal(size=4 * units, scale=0.1).astype(np.float32)
     h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask,
                                                                          bfloat16_products=True)]
@@ -167,6 +177,70 @@ def test_the_fused_ops_bfloat16_products_round_only_their_operands(steps, batch,
 
     float32_h = library.lstm_sequence(x_proj, kernel, bias, mask)[0].numpy()
     assert np.abs(float32_h - h).max() > 1e-4
+
+
+# VDPBF16PS and VCVTNEPS2BF16 as exact float32 code: the same pairs (k, k + 1) summed into
+# one lane, the same rounding to nearest even.
+EMULATED_INSTRUCTIONS = r"""
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+static inline uint16_t EmulatedRound(float value) {
+  uint32_t bits; std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+static inline __m256bh EmulatedConvert(__m512 values) {
+  float in[16]; uint16_t out[16]; __m256bh result;
+  _mm512_storeu_ps(in, values);
+  for (int i = 0; i < 16; ++i) out[i] = EmulatedRound(in[i]);
+  std::memcpy(&result, out, sizeof(result));
+  return result;
+}
+static inline float EmulatedWiden(uint16_t value) {
+  uint32_t bits = uint32_t(value) << 16; float result; std::memcpy(&result, &bits, sizeof(result));
+  return result;
+}
+static inline __m512 EmulatedDot(__m512 sum, __m512bh a, __m512bh b) {
+  float lanes[16]; uint16_t a_pairs[32], b_pairs[32];
+  _mm512_storeu_ps(lanes, sum); std::memcpy(a_pairs, &a, 64); std::memcpy(b_pairs, &b, 64);
+  for (int i = 0; i < 16; ++i)
+    lanes[i] += EmulatedWiden(a_pairs[2 * i]) * EmulatedWiden(b_pairs[2 * i]) +
+                EmulatedWiden(a_pairs[2 * i + 1]) * EmulatedWiden(b_pairs[2 * i + 1]);
+  return _mm512_loadu_ps(lanes);
+}
+"""
+
+
+def _emulated_bfloat16_kernel(folder):
+    """The kernel's source with the two bfloat16 instructions emulated, built into `folder`."""
+    with open(kernels.SOURCE) as stream:
+        source = (stream.read().replace('__AVX512BF16__', 'EMULATED_AVX512BF16')
+                  .replace('_mm512_cvtneps_pbh(', 'EmulatedConvert(').replace('_mm512_dpbf16_ps(', 'EmulatedDot('))
+    first_include = source.index('#include "tensorflow/core/framework/op.h"')
+    emulated, library = folder / 'emulated.cc', folder / 'emulated.so'
+    emulated.write_text(source[:first_include] + EMULATED_INSTRUCTIONS + source[first_include:])
+    subprocess.run([kernels._compiler(), *kernels.OPTIMIZATION_FLAGS, '-DEMULATED_AVX512BF16',
+                    *tf.sysconfig.get_compile_flags(), str(emulated), '-o', str(library),
+                    *tf.sysconfig.get_link_flags()], check=True, capture_output=True)
+    return library
+
+
+@pytest.mark.skipif(precision.cpu_has_bfloat16() or 'avx512f' not in open('/proc/cpuinfo').read(),
+                    reason='a CPU with AVX512_BF16 runs the real instructions above; one without AVX-512 '
+                           'builds no bfloat16 path')
+def test_the_bfloat16_path_with_its_two_instructions_emulated(tmp_path):
+    """Where the CPU lacks AVX512_BF16 the kernel's bfloat16 blocks, panels and operand
+    buffers are still checked: built with the two instructions emulated, the op passes the
+    same references, in a fresh process (a process holds one library of these ops)."""
+    library = _emulated_bfloat16_kernel(tmp_path)
+    check = (f'import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import tensorflow as tf; '
+             f'import test_precision; library = tf.load_op_library({str(library)!r}); '
+             f'[test_precision.check_bfloat16_products(library, *shape) '
+             f'for shape in test_precision.BFLOAT16_SHAPES + [(9, 37, 80)]]')
+    result = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_units_the_bfloat16_kernel_cannot_tile_multiply_in_float32():
