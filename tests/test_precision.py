@@ -227,7 +227,7 @@ def _emulated_bfloat16_kernel(folder):
     return library
 
 
-@pytest.mark.skipif(precision.cpu_has_bfloat16() or 'avx512f' not in open('/proc/cpuinfo').read(),
+@pytest.mark.skipif(precision.cpu_has_bfloat16() or 'avx512f' not in kernels._cpu_flags().split(),
                     reason='a CPU with AVX512_BF16 runs the real instructions above; one without AVX-512 '
                            'builds no bfloat16 path')
 def test_the_bfloat16_path_with_its_two_instructions_emulated(tmp_path):
