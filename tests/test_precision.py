@@ -221,9 +221,9 @@ def _emulated_bfloat16_kernel(folder):
     first_include = source.index('#include "tensorflow/core/framework/op.h"')
     emulated, library = folder / 'emulated.cc', folder / 'emulated.so'
     emulated.write_text(source[:first_include] + EMULATED_INSTRUCTIONS + source[first_include:])
-    subprocess.run([kernels._compiler(), *kernels.OPTIMIZATION_FLAGS, '-DEMULATED_AVX512BF16',
-                    *tf.sysconfig.get_compile_flags(), str(emulated), '-o', str(library),
-                    *tf.sysconfig.get_link_flags()], check=True, capture_output=True)
+    subprocess.run(kernels.compile_command(kernels._compiler(), str(emulated), str(library),
+                                           extra_flags=['-DEMULATED_AVX512BF16']),
+                   check=True, capture_output=True)
     return library
 
 

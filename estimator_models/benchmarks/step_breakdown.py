@@ -86,8 +86,8 @@ def op_type(node):
 def step_breakdown(model_name, overrides, steps, warmup_steps, seed=0):
     """Trains the project's `model_name` for `steps` steps and traces TRACED_STEPS of them
     after `warmup_steps`. Returns a JSON-ready dict: the hparams that set the speed, the
-    median untraced step (ms), its examples/s and CPU time (ms, all threads), and per op type and per group the
-    milliseconds per step and their share of the traced op time."""
+    median untraced step (ms), its examples/s and CPU time (ms, all threads), and per op
+    type and per group the milliseconds per step and their share of the traced op time."""
     overrides = {'augment': 'none', **overrides}
     kind, hparams = training.data_hparams(model_name, overrides)
     hook = _TracingHook(first=warmup_steps + 1)
@@ -128,7 +128,8 @@ def _shares(micros, total):
 def markdown_table(result):
     """The groups and the ten costliest op types as a Markdown table."""
     lines = [f'{result["model"]}: {result["step_ms"]} ms a step ({result["examples_per_sec"]} examples/s), '
-             f'{result["cpu_ms_per_step"]} ms of CPU time, {result["op_ms_per_step"]} ms of op time', '', '| | ms per step | share |', '|---|---|---|']
+             f'{result["cpu_ms_per_step"]} ms of CPU time, {result["op_ms_per_step"]} ms of op time',
+             '', '| | ms per step | share |', '|---|---|---|']
     lines += [f'| {row["name"]} | {row["ms_per_step"]} | {100 * row["share"]:.1f}% |' for row in result['groups']]
     lines += [f'| `{row["name"]}` | {row["ms_per_step"]} | {100 * row["share"]:.1f}% |' for row in result['ops'][:10]]
     return '\n'.join(lines)

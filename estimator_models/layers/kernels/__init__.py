@@ -117,10 +117,16 @@ def _partial_library(path):
     return partial
 
 
+def compile_command(compiler, source, output, extra_flags=()):
+    """The command that builds the library `output` from the C++ file `source` against
+    the installed TensorFlow."""
+    return ([compiler] + OPTIMIZATION_FLAGS + list(extra_flags) + tf.sysconfig.get_compile_flags()
+            + [source, '-o', output] + tf.sysconfig.get_link_flags())
+
+
 def _compile(compiler, output, log):
     """Runs `compiler` on the source into `output`, its command and output into `log`."""
-    command = ([compiler] + OPTIMIZATION_FLAGS + tf.sysconfig.get_compile_flags() + [SOURCE, '-o', output]
-               + tf.sysconfig.get_link_flags())
+    command = compile_command(compiler, SOURCE, output)
     with open(log, 'w') as stream:
         print(' '.join(command), file=stream, flush=True)
         try:

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -104,9 +105,10 @@ int64_t RowBlocks(const Device& device, int64_t batch) {
 }
 
 // Splits the batch into RowBlocks() blocks of rows, one per thread, and runs
-// block_function(block, first, last) on each. Rows of a batch never interact, so each thread runs every step of its rows:
-// one hand-off to the thread pool per op call. A hand-off per step, as this op first
-// did, cost about as much as the step's products (waking the waiting thread each time).
+// block_function(block, first, last) on each. Rows of a batch never interact, so each
+// thread runs every step of its rows: one hand-off to the thread pool per op call. A
+// hand-off per step, as this op first did, cost about as much as the step's products
+// (waking the waiting thread each time).
 template <typename BlockFunction>
 void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_function) {
   const int64_t blocks = RowBlocks(device, batch);
@@ -125,7 +127,7 @@ void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_fu
 Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mask) {
   if (x_proj.dims() != 3 || kernel.dims() != 2 || mask.dims() != 2)
     return tensorflow::errors::InvalidArgument("LstmSequence: x_proj must be [T, B, 4U], "
-                                               "recurrent_kernel [U, 4U], bias [4U], mask [T, B]");
+                                               "recurrent_kernel [U, 4U], mask [T, B]");
   const int64_t units = kernel.dim_size(0);
   if (kernel.dim_size(1) != 4 * units || x_proj.dim_size(2) != 4 * units)
     return tensorflow::errors::InvalidArgument("LstmSequence: recurrent_kernel is ",
@@ -260,17 +262,25 @@ void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t 
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
 }
 
+// Calls block(std::integral_constant<int, rows>()) for rows in 1..kMaxBlockRows: a block
+// product's row count is a template argument, so that its accumulators stay in registers.
+template <typename Block>
+void WithRows(int64_t rows, Block block) {
+  switch (rows) {
+    case 1: return block(std::integral_constant<int, 1>());
+    case 2: return block(std::integral_constant<int, 2>());
+    case 3: return block(std::integral_constant<int, 3>());
+    case 4: return block(std::integral_constant<int, 4>());
+    case 5: return block(std::integral_constant<int, 5>());
+    default: return block(std::integral_constant<int, kMaxBlockRows>());
+  }
+}
+
 void Float32Product(const float* a, int64_t a_stride, int64_t rows, const PackedFloat32& b, int64_t panel,
                     float* out) {
-  const float* data = b.Panel(panel);
-  switch (rows) {
-    case 1: return Float32Block<1>(a, a_stride, data, b.depth(), out);
-    case 2: return Float32Block<2>(a, a_stride, data, b.depth(), out);
-    case 3: return Float32Block<3>(a, a_stride, data, b.depth(), out);
-    case 4: return Float32Block<4>(a, a_stride, data, b.depth(), out);
-    case 5: return Float32Block<5>(a, a_stride, data, b.depth(), out);
-    default: return Float32Block<6>(a, a_stride, data, b.depth(), out);
-  }
+  WithRows(rows, [&](auto block_rows) {
+    Float32Block<decltype(block_rows)::value>(a, a_stride, b.Panel(panel), b.depth(), out);
+  });
 }
 
 // bfloat16 products: VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both
@@ -333,15 +343,9 @@ void Bfloat16Block(const uint32_t* a, int64_t a_stride, const uint16_t* panel, i
 void Bfloat16Product(const uint16_t* a, int64_t a_stride, int64_t rows, const PackedBfloat16& b,
                      int64_t panel, float* out) {
   const uint32_t* pairs = reinterpret_cast<const uint32_t*>(a);
-  const int64_t pair_stride = a_stride / 2;
-  switch (rows) {
-    case 1: return Bfloat16Block<1>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-    case 2: return Bfloat16Block<2>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-    case 3: return Bfloat16Block<3>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-    case 4: return Bfloat16Block<4>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-    case 5: return Bfloat16Block<5>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-    default: return Bfloat16Block<6>(pairs, pair_stride, b.Panel(panel), b.pairs(), out);
-  }
+  WithRows(rows, [&](auto block_rows) {
+    Bfloat16Block<decltype(block_rows)::value>(pairs, a_stride / 2, b.Panel(panel), b.pairs(), out);
+  });
 }
 #else
 constexpr bool kHaveBfloat16Products = false;
@@ -398,9 +402,9 @@ void ForwardUnits(const Forward& op, int64_t t, int64_t row, int64_t unit, int64
   const int64_t state_at = (t * s.batch + row) * s.units + unit;
   __m512 gate[4];
   for (int g = 0; g < 4; ++g) {
-    const __m512 z = _mm512_add_ps(
-        _mm512_add_ps(_mm512_loadu_ps(product + 16 * g), _mm512_maskz_loadu_ps(lanes, op.bias + g * s.units + unit)),
-        _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
+    const __m512 bias = _mm512_maskz_loadu_ps(lanes, op.bias + g * s.units + unit);
+    const __m512 z = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(product + 16 * g), bias),
+                                   _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
     gate[g] = g == 2 ? Tanh(z) : Sigmoid(z);
     _mm512_mask_storeu_ps(op.gates + gates_at + g * s.units, lanes, gate[g]);
   }
@@ -471,11 +475,11 @@ void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, in
   }
 }
 
-int64_t Panels(int64_t columns) { return (columns + kPanelColumns - 1) / kPanelColumns; }
+int64_t CeilDiv(int64_t value, int64_t divisor) { return (value + divisor - 1) / divisor; }
 
 void RunForward(const Device& device, const Forward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
-  const int64_t units = s.units, panels = (units + kLanes - 1) / kLanes;
+  const int64_t units = s.units, panels = CeilDiv(units, kLanes);
   // Forward panel p: the i, f, c~, o columns (16 each) of units [16p, 16p + 16).
   StepProducts products(bfloat16, units, panels, s.StepState(), [&](int64_t k, int64_t panel, int64_t column) {
     const int64_t gate = column / kLanes, unit = panel * kLanes + column % kLanes;
@@ -500,7 +504,7 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
 
 void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
-  const int64_t units = s.units, panels = Panels(units);
+  const int64_t units = s.units, panels = CeilDiv(units, kPanelColumns);
   // Backward panel p: columns [64p, 64p + 64) of recurrent^T, [4U, U].
   StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t k, int64_t panel, int64_t column) {
     const int64_t unit = panel * kPanelColumns + column;
