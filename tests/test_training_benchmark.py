@@ -63,6 +63,16 @@ def test_a_tiny_benchmark_reports_both_sides():
     assert result['startup_secs'] is None
 
 
+def test_the_project_is_timed_after_its_first_summary_step_when_the_window_would_hold_it():
+    first = training.FIRST_STEADY_STEP
+    assert first == 101
+    # 180 timed steps after 20: the project warms up through step 101 and trains 180 more.
+    assert training.project_window(200, 20) == (281, 101)
+    # Windows that end before it, or start after it, stay as asked.
+    assert training.project_window(100, 20) == (100, 20)
+    assert training.project_window(300, 150) == (300, 150)
+
+
 def test_bin_benchmark_train_refuses_bad_flags_in_one_line():
     result = run_cli('benchmark', '--train', '--model=pixel_row_lstm', '--steps=10',
                      '--warmup_steps=10', check=False)

@@ -50,7 +50,9 @@ TRAINING = FlagGroup('training', (
          'Training steps of each side in each --train round (with --cluster: global steps of each '
          'cluster).'),
     flag(flags.DEFINE_integer, 'rounds', 3, 'Rounds of --train, alternating the project and its peers.'),
-    flag(flags.DEFINE_integer, 'warmup_steps', 20, 'Untimed first steps of each --train round.'),
+    flag(flags.DEFINE_integer, 'warmup_steps', 20,
+         "Untimed first steps of each --train round; the project's run through its step 101, "
+         'the first with a new set of fetches, when the timed steps would include it.'),
     flag(flags.DEFINE_bool, 'startup', True,
          'With --train, also time a default bin/train --model to its first step and take its peak memory.'),
     flag(flags.DEFINE_list, 'peers', list(training.PEERS),
