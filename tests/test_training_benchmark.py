@@ -61,11 +61,12 @@ def test_a_tiny_benchmark_reports_both_sides():
     assert result['matmul_shape'] == [8, 28 + 8, 32]
     assert result['flops_per_example'] > 0 and result['peak_rss_mb'] > 0
     assert result['startup_secs'] is None
+    # 10 steps never reach the project's step 101: it is timed as the peers are.
+    assert result['project_steps_and_warmup'] == [10, 3]
 
 
 def test_the_project_is_timed_after_its_first_summary_step_when_the_window_would_hold_it():
-    first = training.FIRST_STEADY_STEP
-    assert first == 101
+    assert training.FIRST_STEADY_STEP == 101
     # 180 timed steps after 20: the project warms up through step 101 and trains 180 more.
     assert training.project_window(200, 20) == (281, 101)
     # Windows that end before it, or start after it, stay as asked.

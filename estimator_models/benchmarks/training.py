@@ -367,6 +367,7 @@ def train_benchmark(model_name, overrides, timing=Timing(), peers=PEERS, torch_p
         'project_precision': experiment.training_precision(hparams),
         'overrides': dict(overrides),
         'steps': timing.steps, 'warmup_steps': timing.warmup_steps, 'rounds': timing.rounds,
+        'project_steps_and_warmup': list(project_window(timing.steps, timing.warmup_steps)),
         'cores': experiment.usable_cores(),
         'parameters': parameters,
         **_comparison(sides),
