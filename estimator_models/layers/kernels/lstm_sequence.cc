@@ -510,10 +510,10 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
           // The next block: the next rows, else the first rows of the next panel or step.
           if (row + rows < last) {
             PrefetchForwardInputs(op, t, row + rows, std::min<int64_t>(kMaxBlockRows, last - row - rows), unit);
-          } else if (panel + 1 < panels || t + 1 < s.steps) {
-            const bool next_panel = panel + 1 < panels;
-            PrefetchForwardInputs(op, next_panel ? t : t + 1, first, std::min<int64_t>(kMaxBlockRows, last - first),
-                                  next_panel ? unit + kLanes : 0);
+          } else if (panel + 1 < panels) {
+            PrefetchForwardInputs(op, t, first, std::min<int64_t>(kMaxBlockRows, last - first), unit + kLanes);
+          } else if (t + 1 < s.steps) {
+            PrefetchForwardInputs(op, t + 1, first, std::min<int64_t>(kMaxBlockRows, last - first), 0);
           }
           if (t) products.Product(t - 1, h_prev + row * units, row * units, units, rows, panel, product);
           for (int64_t r = 0; r < rows; ++r)

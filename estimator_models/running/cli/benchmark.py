@@ -51,8 +51,9 @@ TRAINING = FlagGroup('training', (
          'cluster).'),
     flag(flags.DEFINE_integer, 'rounds', 3, 'Rounds of --train, alternating the project and its peers.'),
     flag(flags.DEFINE_integer, 'warmup_steps', 20,
-         "Untimed first steps of each --train round; the project's run through its step 101, "
-         'the first with a new set of fetches, when the timed steps would include it.'),
+         "Untimed first steps of each --train round; the project's run through its step "
+         f'{training.FIRST_STEADY_STEP}, the first with a new set of fetches, when the timed steps '
+         'would include it.'),
     flag(flags.DEFINE_bool, 'startup', True,
          'With --train, also time a default bin/train --model to its first step and take its peak memory.'),
     flag(flags.DEFINE_list, 'peers', list(training.PEERS),
