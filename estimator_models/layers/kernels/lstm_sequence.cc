@@ -240,6 +240,12 @@ class PackedFloat32 {
   std::vector<float> data_;
 };
 
+// How many panel rows ahead a block product asks for the panel's lines. A backward panel
+// (128 KiB at 128 units) lives in L2, and even a forward one (32 KiB) loses lines from L1
+// to the epilogue's reads and writes between two blocks; the hardware prefetchers did not
+// keep up with 256 bytes a row (BENCHMARKS.md).
+constexpr int64_t kPanelRowsAhead = 4;
+
 // out[kRows][64] = a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
 template <int kRows>
 void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t depth, float* out) {
@@ -248,6 +254,9 @@ void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t 
     for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
   for (int64_t k = 0; k < depth; ++k) {
     const float* b_row = panel + k * kPanelColumns;
+    const char* ahead =
+        reinterpret_cast<const char*>(panel + std::min(k + kPanelRowsAhead, depth - 1) * kPanelColumns);
+    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
     const __m512 b0 = _mm512_loadu_ps(b_row), b1 = _mm512_loadu_ps(b_row + 16),
                  b2 = _mm512_loadu_ps(b_row + 32), b3 = _mm512_loadu_ps(b_row + 48);
     for (int r = 0; r < kRows; ++r) {
