@@ -241,9 +241,9 @@ class PackedFloat32 {
 };
 
 // How many panel rows ahead a block product asks for the panel's lines. A backward panel
-// (128 KiB at 128 units) lives in L2, and even a forward one (32 KiB) loses lines from L1
-// to the epilogue's reads and writes between two blocks; the hardware prefetchers did not
-// keep up with 256 bytes a row (BENCHMARKS.md).
+// (128 KiB at 128 units) lives in L2, and a forward one (32 KiB) shares L1 with the
+// epilogue's reads and writes between two blocks; the hardware prefetchers did not keep
+// up with 256 bytes a row (BENCHMARKS.md).
 constexpr int64_t kPanelRowsAhead = 4;
 
 // out[kRows][64] = a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
