@@ -164,10 +164,11 @@ def check_bfloat16_products(library, steps, batch, units):
     mask = (rng.random((steps, batch)) > 0.25).astype(np.float32)
     grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
     bias = rng.normal(size=4 * units, scale=0.1).astype(np.float32)
-    h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask,
+    nothing = np.zeros(0, np.float32)
+    h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask, nothing,
                                                                          bfloat16_products=True)]
-    grad_x_proj, grad_bias = [tensor.numpy() for tensor in library.lstm_sequence_grad(
-        kernel, mask, c, gates, grad_h, np.zeros(0, np.float32), bfloat16_products=True)]
+    grad_x_proj, grad_bias, _ = [tensor.numpy() for tensor in library.lstm_sequence_grad(
+        kernel, mask, c, gates, grad_h, nothing, nothing, bfloat16_products=True)]
 
     for computed, expected in zip((h, c, gates), _reference_steps(x_proj + bias, kernel, mask, h, c)):
         np.testing.assert_allclose(computed, expected, atol=1e-5)
@@ -175,7 +176,7 @@ def check_bfloat16_products(library, steps, batch, units):
     np.testing.assert_allclose(grad_x_proj, expected_grad, atol=1e-5 * np.abs(expected_grad).max())
     np.testing.assert_allclose(grad_bias, grad_x_proj.sum(axis=(0, 1)), atol=1e-4)
 
-    float32_h = library.lstm_sequence(x_proj, kernel, bias, mask)[0].numpy()
+    float32_h = library.lstm_sequence(x_proj, kernel, bias, mask, nothing)[0].numpy()
     assert np.abs(float32_h - h).max() > 1e-4
 
 
@@ -250,8 +251,9 @@ def test_units_the_bfloat16_kernel_cannot_tile_multiply_in_float32():
     kernel = rng.normal(size=(20, 80), scale=0.2).astype(np.float32)
     mask, bias = np.ones((4, 5), np.float32), np.zeros(80, np.float32)
     library = kernels.load()
-    np.testing.assert_array_equal(library.lstm_sequence(x_proj, kernel, bias, mask, bfloat16_products=True)[0],
-                                  library.lstm_sequence(x_proj, kernel, bias, mask)[0])
+    nothing = np.zeros(0, np.float32)
+    np.testing.assert_array_equal(library.lstm_sequence(x_proj, kernel, bias, mask, nothing, bfloat16_products=True)[0],
+                                  library.lstm_sequence(x_proj, kernel, bias, mask, nothing)[0])
 
 
 def test_cnn_lstm_learns_in_bfloat16(digits_npz, tmp_path):

@@ -132,12 +132,13 @@ def test_fused_reads_keras_checkpoints_and_gives_its_outputs_and_gradients(tmp_p
         np.testing.assert_allclose(fused_gradients[name], gradient, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize('units', [20, 72])
-def test_fused_agrees_with_keras_where_batches_and_units_do_not_fill_its_blocks(tmp_path, units):
+@pytest.mark.parametrize('units, features', [(20, 7), (72, 7), (20, 30)])
+def test_fused_agrees_with_keras_where_batches_and_units_do_not_fill_its_blocks(tmp_path, units, features):
     """37 rows split over the threads into blocks of up to 6; 20 and 72 units leave the
-    last 16-unit and 64-unit panels of the kernel part empty."""
+    last 16-unit and 64-unit panels of the kernel part empty. 7 input features are
+    projected inside the op's loop, 30 (more than the units) by a matmul before it."""
     rng = np.random.default_rng(units)
-    sequences = rng.normal(size=(37, 9, 7)).astype(np.float32)
+    sequences = rng.normal(size=(37, 9, features)).astype(np.float32)
     lengths = rng.integers(1, 10, size=37).astype(np.int32)
     checkpoint = str(tmp_path / 'keras')
     structure = {'rnn_units': units}

@@ -6,10 +6,9 @@ so a checkpoint written by any implementation restores into any other, and both 
 mask as Keras does: a masked step carries the state through. Each layer converts its
 weights in the graph to the layout its op wants.
 
-  fused  estimator_models/layers/kernels/lstm_sequence.cc. The input projection of all
-         steps is one matmul before the op and the recurrent kernel's gradient one
-         matmul after it; the op's loop does only the sequential part, with the bias
-         and its gradient.
+  fused  estimator_models/layers/kernels/lstm_sequence.cc: the op's loop runs the steps,
+         each step's input projection (float32) and the bias with it; the recurrent
+         kernel's gradient is one matmul after the backward op (fused_lstm_sequence).
   cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
          Keras LSTM inside an Estimator graph never picks cuDNN itself.
 """
@@ -20,27 +19,54 @@ import tensorflow as tf
 from estimator_models.layers import kernels
 
 
-@tf.RegisterGradient('LstmSequence')
-def _lstm_sequence_gradient(op, grad_h, grad_c, grad_gates, grad_h_last):
-    """Gradients of x_proj, recurrent_kernel and bias; c and gates are not differentiable
-    outputs. An op with bfloat16 recurrent products gets its recurrent-kernel gradient
-    product in bfloat16 too."""
-    del grad_c, grad_gates
-    _, recurrent_kernel, _, mask = op.inputs
-    h, c, gates, _ = op.outputs
-    bfloat16 = op.get_attr('bfloat16_products')
-    grad_x_proj, grad_bias = kernels.load().lstm_sequence_grad(
-        recurrent_kernel, mask, c, gates, _reaching(grad_h), _reaching(grad_h_last),
-        bfloat16_products=bfloat16)                                                   # [T, B, 4U], [4U]
-    units = recurrent_kernel.shape[0]
-    product_dtype = tf.bfloat16 if bfloat16 else tf.float32
-    # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: one matmul
-    # of steps 0..T-2's h with steps 1..T-1's gradient gives the whole gradient (slices of
-    # the first axis, which share their tensors' memory).
-    grad_recurrent = tf.matmul(tf.cast(tf.reshape(h[:-1], [-1, units]), product_dtype),
-                               tf.cast(tf.reshape(grad_x_proj[1:], [-1, 4 * units]), product_dtype),
-                               transpose_a=True)                                 # [U, 4U]
-    return grad_x_proj, tf.cast(grad_recurrent, tf.float32), grad_bias, None
+def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arithmetic_dtype=tf.float32):
+    """Keras' LSTM over time-major `inputs` [T, B, F] by the fused op; returns h [T, B, U]
+    and the last step's h [B, U].
+
+    In float32, with no more input features than units, the op's loop projects each
+    step's inputs itself (no [T, B, 4U] projection written and read back), and its
+    gradient sums the input kernel's gradient while each step's gate gradients are in
+    cache. Wider inputs are projected by one matmul before the op: their kernel panels no
+    longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). With
+    `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients are
+    bfloat16 matmuls around the op, accumulating in float32.
+    """
+    library = kernels.load()
+    bfloat16 = arithmetic_dtype == tf.bfloat16
+    projects_in_loop = not bfloat16 and inputs.shape[-1] <= recurrent_kernel.shape[0]
+    nothing = tf.zeros([0])
+
+    def product(a, b, **transposes):  # float32 [rows, columns]
+        return tf.cast(tf.matmul(tf.cast(a, arithmetic_dtype), tf.cast(b, arithmetic_dtype), **transposes), tf.float32)
+
+    @tf.custom_gradient
+    def run(inputs, kernel, recurrent_kernel, bias):
+        steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
+        units = recurrent_kernel.shape[0]
+        flat_inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])                    # [T*B, F]
+        if projects_in_loop:
+            h, c, gates, final = library.lstm_sequence(inputs, recurrent_kernel, bias, step_mask, kernel)
+        else:
+            projected = tf.reshape(product(flat_inputs, kernel), [steps, batch, 4 * units])  # [T, B, 4U]
+            h, c, gates, final = library.lstm_sequence(projected, recurrent_kernel, bias, step_mask, nothing,
+                                                       bfloat16_products=bfloat16)  # [T, B, U], [B, U]
+
+        def gradient(grad_h, grad_final):
+            grad_x_proj, grad_bias, grad_kernel = library.lstm_sequence_grad(
+                recurrent_kernel, step_mask, c, gates, _reaching(grad_h), _reaching(grad_final),
+                inputs if projects_in_loop else nothing, bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U]
+            flat_grad = tf.reshape(grad_x_proj, [-1, 4 * units])                    # [T*B, 4U]
+            if not projects_in_loop:
+                grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
+            # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: steps
+            # 0..T-2's h times steps 1..T-1's gradient (slices that share the tensors' memory).
+            grad_recurrent = product(tf.reshape(h[:-1], [-1, units]), flat_grad[batch:], transpose_a=True)
+            grad_inputs = tf.reshape(product(flat_grad, kernel, transpose_b=True), tf.shape(inputs))  # [T, B, F]
+            return grad_inputs, grad_kernel, grad_recurrent, grad_bias
+
+        return (h, final), gradient
+
+    return run(inputs, kernel, recurrent_kernel, bias)
 
 
 def _reaching(gradient):
@@ -105,15 +131,8 @@ class FusedLSTM(_SequenceLSTM):
         self.arithmetic_dtype = arithmetic_dtype
 
     def _run(self, time_major, step_mask):
-        steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
-        inputs = tf.reshape(time_major, [-1, time_major.shape[-1]])                  # [T*B, F]
-        projected = tf.matmul(tf.cast(inputs, self.arithmetic_dtype),
-                              tf.cast(self.cell.kernel, self.arithmetic_dtype))     # [T*B, 4U]
-        projected = tf.reshape(tf.cast(projected, tf.float32), [steps, batch, 4 * self.units])  # [T, B, 4U]
-        outputs, _, _, final = kernels.load().lstm_sequence(
-            projected, self.cell.recurrent_kernel, self.cell.bias, step_mask,
-            bfloat16_products=self.arithmetic_dtype == tf.bfloat16)                   # [T, B, U], [B, U]
-        return outputs, final
+        return fused_lstm_sequence(time_major, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,
+                                   step_mask, self.arithmetic_dtype)
 
 
 class CudnnLSTM(_SequenceLSTM):

@@ -6,11 +6,15 @@
 // memory of every elementwise op bound the step (../../../BENCHMARKS.md). Here each
 // step is one matrix product and one fused elementwise pass over the batch.
 //
-// The input projection x_t @ kernel of all steps is one matmul before the op, and the
-// kernels' gradients matmuls after it (../fused_recurrent.py), so the loop holds only what
-// must be sequential. The bias is added inside the loop and its gradient summed there,
-// where the gate gradients are in registers anyway: a separate reduction over them read
-// the whole [T, B, 4U] tensor again.
+// Given `kernel`, the forward loop projects each step's inputs itself, in the same pass
+// over the accumulators as the recurrent product, and the backward loop sums the input
+// kernel's gradient: no [T, B, 4U] projection is written and read back, and no
+// weight-gradient matmul reads all the gate gradients again. Without it the op takes
+// x_proj = x_t @ kernel of all steps, one matmul before it (../fused_recurrent.py: wide
+// inputs, and bfloat16 products). The recurrent kernel's gradient is a matmul after the
+// backward op. The bias is added inside the loop and its gradient summed there, where
+// the gate gradients are in registers anyway: a separate reduction over them read the
+// whole [T, B, 4U] tensor again.
 //
 // Gate order is Keras': i, f, c, o. A step whose mask is 0 carries the state through
 // unchanged, as a masked Keras LSTM does.
@@ -60,10 +64,11 @@ using Vector = Eigen::Map<Eigen::ArrayXf>;
 using ConstVector = Eigen::Map<const Eigen::ArrayXf>;
 
 REGISTER_OP("LstmSequence")
-    .Input("x_proj: float")            // [T, B, 4U] x_t @ kernel
+    .Input("x_proj: float")            // [T, B, 4U] x_t @ kernel; with `kernel`, x itself [T, B, F]
     .Input("recurrent_kernel: float")  // [U, 4U]
     .Input("bias: float")              // [4U]
     .Input("mask: float")              // [T, B] 1: the step counts, 0: carry the state
+    .Input("kernel: float")            // [F, 4U] projecting x inside the loop, or [0]
     .Output("h: float")                // [T, B, U]
     .Output("c: float")                // [T, B, U]
     .Output("gates: float")            // [T, B, 4U] activated i, f, c~, o
@@ -77,7 +82,8 @@ REGISTER_OP("LstmSequence")
           {context->Dim(x_proj, 0), context->Dim(x_proj, 1), context->Dim(kernel, 0)});
       context->set_output(0, state);
       context->set_output(1, state);
-      context->set_output(2, x_proj);
+      context->set_output(2, context->MakeShape({context->Dim(x_proj, 0), context->Dim(x_proj, 1),
+                                                 context->Dim(kernel, 1)}));
       context->set_output(3, context->MakeShape({context->Dim(x_proj, 1), context->Dim(kernel, 0)}));
       return Status();
     });
@@ -89,12 +95,18 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("gates: float")             // [T, B, 4U] from LstmSequence
     .Input("grad_h: float")            // [T, B, U], or [0]: no gradient reaches h
     .Input("grad_h_last: float")       // [B, U], or [0]: none reaches h_last
+    .Input("x: float")                 // [T, B, F] that `kernel` projected, or [0]: no kernel gradient
     .Output("grad_x_proj: float")      // [T, B, 4U]
     .Output("grad_bias: float")        // [4U]
+    .Output("grad_kernel: float")      // [F, 4U], or [0] when x is [0]
     .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
+      const auto gates = context->Dim(context->input(3), 2);
       context->set_output(0, context->input(3));
-      context->set_output(1, context->Vector(context->Dim(context->input(3), 2)));
+      context->set_output(1, context->Vector(gates));
+      ShapeHandle x = context->input(6);
+      const bool no_x = context->RankKnown(x) && context->Rank(x) == 1;
+      context->set_output(2, no_x ? context->Vector(0) : context->Matrix(context->Dim(x, -1), gates));
       return Status();
     });
 
@@ -139,6 +151,26 @@ Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mas
   return Status();
 }
 
+// x [T, B, F] that input_kernel [F, 4U] projects inside the loop.
+Status CheckProjectedShapes(const Tensor& x, const Tensor& input_kernel, const Tensor& kernel, const Tensor& mask) {
+  if (x.dims() != 3 || input_kernel.dims() != 2 || kernel.dims() != 2 || mask.dims() != 2)
+    return tensorflow::errors::InvalidArgument("LstmSequence: x must be [T, B, F], kernel [F, 4U], "
+                                               "recurrent_kernel [U, 4U], mask [T, B]");
+  const int64_t units = kernel.dim_size(0);
+  if (kernel.dim_size(1) != 4 * units || input_kernel.dim_size(0) != x.dim_size(2) ||
+      input_kernel.dim_size(1) != 4 * units)
+    return tensorflow::errors::InvalidArgument("LstmSequence: x is ", x.shape().DebugString(), ", kernel ",
+                                               input_kernel.shape().DebugString(), " and recurrent_kernel ",
+                                               kernel.shape().DebugString(), "; expected [T, B, F], [F, 4U], [U, 4U]");
+  if (mask.dim_size(0) != x.dim_size(0) || mask.dim_size(1) != x.dim_size(1))
+    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.shape().DebugString(), ", x ",
+                                               x.shape().DebugString());
+  return Status();
+}
+
+// [0]: the caller leaves out an optional input.
+bool IsEmptyVector(const Tensor& tensor) { return tensor.dims() == 1 && tensor.NumElements() == 0; }
+
 // What one call of either op reads and writes, as flat arrays in the ops' layouts.
 struct Sequence {
   int64_t steps, batch, units;
@@ -151,7 +183,10 @@ struct Sequence {
 
 struct Forward {
   Sequence sequence;
-  const float* x_proj;  // [T, B, 4U]
+  const float* x_proj;  // [T, B, 4U], or null: the loop projects x
+  const float* x;       // [T, B, F] with x_proj null
+  const float* input_kernel;  // [F, 4U] with x
+  int64_t features;     // F
   const float* bias;    // [4U]
   float* h;             // [T, B, U]
   float* c;             // [T, B, U]
@@ -167,6 +202,12 @@ struct Backward {
   float* carried_h;     // [B, U] gradient that padded steps pass through to h_{t-1}
   float* carried_c;     // [B, U] gradient reaching c_t from step t + 1
   float* grad_bias;     // [RowBlocks, 4U] each row block's sum of its gate gradients
+  // The input kernel's gradient is summed inside the loop, while each step's gate
+  // gradients are in cache, when x (the op's inputs, [T, B, F]) is given.
+  const float* x;
+  int64_t features;
+  float* kernel_sums;   // [RowBlocks, F, kernel_sums_width] sum over t of x_t^T . grad_x_proj_t
+  int64_t kernel_sums_width;
 };
 
 #if defined(__AVX512F__)
@@ -246,27 +287,33 @@ class PackedFloat32 {
 // up with 256 bytes a row (BENCHMARKS.md).
 constexpr int64_t kPanelRowsAhead = 4;
 
+// row[v] += a * b[v] for the 4 vectors of a block row.
+__attribute__((always_inline)) inline void MultiplyAdd(__m512 (&row)[4], __m512 a, const __m512 (&b)[4]) {
+  for (int v = 0; v < 4; ++v) row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
+}
+
+// sum[kRows][4 vectors] += a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
+template <int kRows>
+__attribute__((always_inline)) inline void MultiplyPanel(__m512 (&sum)[kRows][4], const float* a, int64_t a_stride,
+                                                         const float* panel, int64_t depth) {
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* b_row = panel + k * kPanelColumns;
+    const char* ahead =
+        reinterpret_cast<const char*>(panel + std::min(k + kPanelRowsAhead, depth - 1) * kPanelColumns);
+    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
+    const __m512 b[4] = {_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row + 16), _mm512_loadu_ps(b_row + 32),
+                         _mm512_loadu_ps(b_row + 48)};
+    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[r * a_stride + k]), b);
+  }
+}
+
 // out[kRows][64] = a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
 template <int kRows>
 void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t depth, float* out) {
   __m512 sum[kRows][4];
   for (int r = 0; r < kRows; ++r)
     for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < depth; ++k) {
-    const float* b_row = panel + k * kPanelColumns;
-    const char* ahead =
-        reinterpret_cast<const char*>(panel + std::min(k + kPanelRowsAhead, depth - 1) * kPanelColumns);
-    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
-    const __m512 b0 = _mm512_loadu_ps(b_row), b1 = _mm512_loadu_ps(b_row + 16),
-                 b2 = _mm512_loadu_ps(b_row + 32), b3 = _mm512_loadu_ps(b_row + 48);
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 a_k = _mm512_set1_ps(a[r * a_stride + k]);
-      sum[r][0] = _mm512_fmadd_ps(a_k, b0, sum[r][0]);
-      sum[r][1] = _mm512_fmadd_ps(a_k, b1, sum[r][1]);
-      sum[r][2] = _mm512_fmadd_ps(a_k, b2, sum[r][2]);
-      sum[r][3] = _mm512_fmadd_ps(a_k, b3, sum[r][3]);
-    }
-  }
+  MultiplyPanel<kRows>(sum, a, a_stride, panel, depth);
   for (int r = 0; r < kRows; ++r)
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
 }
@@ -290,6 +337,49 @@ void Float32Product(const float* a, int64_t a_stride, int64_t rows, const Packed
   WithRows(rows, [&](auto block_rows) {
     Float32Block<decltype(block_rows)::value>(a, a_stride, b.Panel(panel), b.depth(), out);
   });
+}
+
+// out[kRows][64] = x[kRows, x_depth] . x_panel + a[kRows, depth] . panel (a null: none):
+// a step's input projection and recurrent product in one pass over the accumulators.
+// Kept out of line: inlined into the forward loop, gcc spilled accumulators there.
+template <int kRows>
+__attribute__((noinline)) void Float32InputAndRecurrentBlock(const float* x, int64_t x_stride,
+                                                             const float* x_panel, int64_t x_depth, const float* a,
+                                                             int64_t a_stride, const float* panel, int64_t depth,
+                                                             float* out) {
+  __m512 sum[kRows][4];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  MultiplyPanel<kRows>(sum, x, x_stride, x_panel, x_depth);
+  if (a) MultiplyPanel<kRows>(sum, a, a_stride, panel, depth);
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+}
+
+// sums[kRows][64] += a^T . b over `depth` rows k, where a(k, r) = a[k * a_stride + r] and
+// row k of b is b[k * b_stride ...]. A partial panel (kFull false) reads only the lanes
+// `lanes` selects, none past b's end; a full one reads plain vectors: with masked loads
+// in the loop gcc kept the sums on the stack.
+template <int kRows, bool kFull>
+void Float32AccumulateBlock(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t depth,
+                            const __mmask16 (&lanes)[4], float* sums, int64_t sums_stride) {
+  const auto load = [&](const float* from, int v) {
+    return kFull ? _mm512_loadu_ps(from) : _mm512_maskz_loadu_ps(lanes[v], from);
+  };
+  __m512 sum[kRows][4];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* b_row = b + k * b_stride;
+    const __m512 b_k[4] = {load(b_row, 0), load(b_row + 16, 1), load(b_row + 32, 2), load(b_row + 48, 3)};
+    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[k * a_stride + r]), b_k);
+  }
+  // Added at the end: accumulators that start from memory, gcc stored back at every k.
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < 4; ++v) {
+      float* out = sums + r * sums_stride + 16 * v;
+      _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), sum[r][v]));
+    }
 }
 
 // bfloat16 products: VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both
@@ -384,6 +474,17 @@ class StepProducts {
   bool bfloat16() const { return bfloat16_ != nullptr; }
   // The bfloat16 copy of step t's operands, for the epilogue writing them.
   uint16_t* Operands(int64_t t) { return bfloat16() ? operands_[t & 1].data() : nullptr; }
+  // out[rows][64] = x rows (x_stride apart) times panel `panel` of `x_panels`, plus the
+  // rows of h_{t-1} at `a` (null at the first step) times the recurrent panel. Float32
+  // products only.
+  void InputAndRecurrentProduct(const float* x, int64_t x_stride, const PackedFloat32& x_panels, const float* a,
+                                int64_t a_stride, int64_t rows, int64_t panel, float* out) {
+    WithRows(rows, [&](auto block_rows) {
+      Float32InputAndRecurrentBlock<decltype(block_rows)::value>(x, x_stride, x_panels.Panel(panel),
+                                                                 x_panels.depth(), a, a_stride,
+                                                                 float32_->Panel(panel), float32_->depth(), out);
+    });
+  }
   // out[rows][64] = operand rows (float32 at `a`, or their bfloat16 copy from step t at
   // `offset`), a_stride apart, times panel `panel`.
   void Product(int64_t t, const float* a, int64_t offset, int64_t a_stride, int64_t rows, int64_t panel,
@@ -402,7 +503,8 @@ class StepProducts {
 };
 
 // One row's 16 (or, in the last panel, `width`) units of forward step t: `product` holds
-// h_{t-1} . recurrent for the row's i, f, c~, o columns of those units (zero at t = 0).
+// h_{t-1} . recurrent for the row's i, f, c~, o columns of those units (zero at t = 0),
+// plus x_t . kernel where the loop projects x.
 void ForwardUnits(const Forward& op, int64_t t, int64_t row, int64_t unit, int64_t width,
                   const float* product, uint16_t* h_bfloat16) {
   const Sequence& s = op.sequence;
@@ -412,8 +514,8 @@ void ForwardUnits(const Forward& op, int64_t t, int64_t row, int64_t unit, int64
   __m512 gate[4];
   for (int g = 0; g < 4; ++g) {
     const __m512 bias = _mm512_maskz_loadu_ps(lanes, op.bias + g * s.units + unit);
-    const __m512 z = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(product + 16 * g), bias),
-                                   _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
+    __m512 z = _mm512_add_ps(_mm512_loadu_ps(product + 16 * g), bias);
+    if (op.x_proj) z = _mm512_add_ps(z, _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
     gate[g] = g == 2 ? Tanh(z) : Sigmoid(z);
     _mm512_mask_storeu_ps(op.gates + gates_at + g * s.units, lanes, gate[g]);
   }
@@ -486,6 +588,10 @@ void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, in
 
 int64_t CeilDiv(int64_t value, int64_t divisor) { return (value + divisor - 1) / divisor; }
 
+// A row of the kernel-gradient sums holds whole panels of columns: a block reads and
+// writes all 64.
+int64_t SumsWidth(int64_t columns) { return CeilDiv(columns, kPanelColumns) * kPanelColumns; }
+
 // Asks for the x_proj lines that the block of `rows` rows from `row` reads at step t for
 // the 16 units from `unit`. x_proj was written by another op: its lines are in L3 or
 // memory, one row's 2 KiB apart, too scattered for the hardware prefetchers, and the
@@ -500,14 +606,34 @@ void PrefetchForwardInputs(const Forward& op, int64_t t, int64_t row, int64_t ro
     }
 }
 
+// The x_proj lines of the block after the one of `rows` rows from `row` in panel `panel`
+// of step t: the next rows, else the first rows of the next panel or step.
+void PrefetchNextBlockInputs(const Forward& op, int64_t t, int64_t row, int64_t rows, int64_t first, int64_t last,
+                             int64_t panel, int64_t panels) {
+  const int64_t first_rows = std::min<int64_t>(kMaxBlockRows, last - first);
+  if (row + rows < last) {
+    PrefetchForwardInputs(op, t, row + rows, std::min<int64_t>(kMaxBlockRows, last - row - rows), panel * kLanes);
+  } else if (panel + 1 < panels) {
+    PrefetchForwardInputs(op, t, first, first_rows, (panel + 1) * kLanes);
+  } else if (t + 1 < op.sequence.steps) {
+    PrefetchForwardInputs(op, t + 1, first, first_rows, 0);
+  }
+}
+
 void RunForward(const Device& device, const Forward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
   const int64_t units = s.units, panels = CeilDiv(units, kLanes);
-  // Forward panel p: the i, f, c~, o columns (16 each) of units [16p, 16p + 16).
-  StepProducts products(bfloat16, units, panels, s.StepState(), [&](int64_t k, int64_t panel, int64_t column) {
-    const int64_t gate = column / kLanes, unit = panel * kLanes + column % kLanes;
-    return unit < units ? s.kernel[k * 4 * units + gate * units + unit] : 0.0f;
-  });
+  // Forward panel p of a kernel [depth, 4U]: the i, f, c~, o columns (16 each) of units
+  // [16p, 16p + 16).
+  const auto forward_panels = [&](const float* kernel) {
+    return [=](int64_t k, int64_t panel, int64_t column) {
+      const int64_t gate = column / kLanes, unit = panel * kLanes + column % kLanes;
+      return unit < units ? kernel[k * 4 * units + gate * units + unit] : 0.0f;
+    };
+  };
+  StepProducts products(bfloat16, units, panels, s.StepState(), forward_panels(s.kernel));
+  std::unique_ptr<PackedFloat32> input_panels;
+  if (op.x) input_panels = std::make_unique<PackedFloat32>(op.features, panels, forward_panels(op.input_kernel));
   ForEachRowBlock(device, s.batch, [&](int64_t, int64_t first, int64_t last) {
     alignas(64) float product[kMaxBlockRows * kPanelColumns] = {};
     for (int64_t t = 0; t < s.steps; ++t) {
@@ -516,21 +642,46 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
         const int64_t unit = panel * kLanes, width = std::min(kLanes, units - unit);
         for (int64_t row = first; row < last; row += kMaxBlockRows) {
           const int64_t rows = std::min<int64_t>(kMaxBlockRows, last - row);
-          // The next block: the next rows, else the first rows of the next panel or step.
-          if (row + rows < last) {
-            PrefetchForwardInputs(op, t, row + rows, std::min<int64_t>(kMaxBlockRows, last - row - rows), unit);
-          } else if (panel + 1 < panels) {
-            PrefetchForwardInputs(op, t, first, std::min<int64_t>(kMaxBlockRows, last - first), unit + kLanes);
-          } else if (t + 1 < s.steps) {
-            PrefetchForwardInputs(op, t + 1, first, std::min<int64_t>(kMaxBlockRows, last - first), 0);
+          if (op.x_proj) PrefetchNextBlockInputs(op, t, row, rows, first, last, panel, panels);
+          if (op.x) {
+            products.InputAndRecurrentProduct(op.x + (t * s.batch + row) * op.features, op.features, *input_panels,
+                                              t ? h_prev + row * units : nullptr, units, rows, panel, product);
+          } else if (t) {
+            products.Product(t - 1, h_prev + row * units, row * units, units, rows, panel, product);
           }
-          if (t) products.Product(t - 1, h_prev + row * units, row * units, units, rows, panel, product);
           for (int64_t r = 0; r < rows; ++r)
             ForwardUnits(op, t, row + r, unit, width, product + r * kPanelColumns, products.Operands(t));
         }
       }
     }
   });
+}
+
+// sums[m][width] += a^T . b over `depth` rows: a [depth, m] and b [depth, n], their rows
+// a_stride and b_stride apart.
+void AccumulateTransposedProduct(const float* a, int64_t a_stride, int64_t m, const float* b, int64_t b_stride,
+                                 int64_t n, int64_t depth, float* sums, int64_t width) {
+  for (int64_t column = 0; column < n; column += kPanelColumns) {
+    __mmask16 lanes[4];
+    for (int v = 0; v < 4; ++v) lanes[v] = LaneMask(std::max<int64_t>(0, n - column - v * kLanes));
+    const bool full = n - column >= kPanelColumns;
+    for (int64_t row = 0; row < m; row += kMaxBlockRows) {
+      WithRows(std::min<int64_t>(kMaxBlockRows, m - row), [&](auto rows) {
+        constexpr int kRows = decltype(rows)::value;
+        (full ? Float32AccumulateBlock<kRows, true> : Float32AccumulateBlock<kRows, false>)(
+            a + row, a_stride, b + column, b_stride, depth, lanes, sums + row * width + column, width);
+      });
+    }
+  }
+}
+
+// Adds x_t^T . grad_x_proj_t of rows [first, last) to the row block's kernel sums.
+void AccumulateKernelGradient(const Backward& op, int64_t block, int64_t t, int64_t first, int64_t last) {
+  const Sequence& s = op.sequence;
+  const int64_t gates = 4 * s.units;
+  AccumulateTransposedProduct(op.x + (t * s.batch + first) * op.features, op.features, op.features,
+                              op.grad_x_proj + (t * s.batch + first) * gates, gates, gates, last - first,
+                              op.kernel_sums + block * op.features * op.kernel_sums_width, op.kernel_sums_width);
 }
 
 void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
@@ -548,6 +699,7 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
       for (int64_t unit = 0; unit < units; unit += kPanelColumns)
         BackwardUnits(op, block, last_step, row, unit, std::min(kPanelColumns, units - unit), nullptr,
                       products.Operands(last_step));
+    if (op.x) AccumulateKernelGradient(op, block, last_step, first, last);
     for (int64_t t = last_step; t > 0; --t) {
       const float* dz = op.grad_x_proj + t * s.StepGates();
       for (int64_t panel = 0; panel < panels; ++panel) {
@@ -559,6 +711,7 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
             BackwardUnits(op, block, t - 1, row + r, unit, width, product + r * kPanelColumns, products.Operands(t - 1));
         }
       }
+      if (op.x) AccumulateKernelGradient(op, block, t - 1, first, last);
     }
   });
 }
@@ -568,16 +721,18 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
 // Without AVX-512: each step's product with Eigen, then one elementwise pass per row.
 // ---------------------------------------------------------------------------------------
 bool UseBfloat16Products(bool, int64_t) { return false; }
+int64_t SumsWidth(int64_t columns) { return columns; }
 
-// One row of one forward step. z holds h_{t-1} . recurrent on entry and the activated
-// gates on exit; c_prev and h_prev are null at the first step (a zero state).
-void ForwardRow(int64_t units, bool counts, const float* x_row, const float* bias, float* z,
-                const float* c_prev, const float* h_prev, float* c_row_data, float* h_row_data) {
+// One row of one forward step. z holds x_t's projection plus h_{t-1} . recurrent on
+// entry and the activated gates on exit; c_prev and h_prev are null at the first step
+// (a zero state).
+void ForwardRow(int64_t units, bool counts, const float* bias, float* z, const float* c_prev, const float* h_prev,
+                float* c_row_data, float* h_row_data) {
   Vector zi(z, units), zf(z + units, units), zc(z + 2 * units, units), zo(z + 3 * units, units);
-  zi = (zi + ConstVector(x_row, units) + ConstVector(bias, units)).logistic();
-  zf = (zf + ConstVector(x_row + units, units) + ConstVector(bias + units, units)).logistic();
-  zc = (zc + ConstVector(x_row + 2 * units, units) + ConstVector(bias + 2 * units, units)).tanh();
-  zo = (zo + ConstVector(x_row + 3 * units, units) + ConstVector(bias + 3 * units, units)).logistic();
+  zi = (zi + ConstVector(bias, units)).logistic();
+  zf = (zf + ConstVector(bias + units, units)).logistic();
+  zc = (zc + ConstVector(bias + 2 * units, units)).tanh();
+  zo = (zo + ConstVector(bias + 3 * units, units)).logistic();
   Vector c_row(c_row_data, units), h_row(h_row_data, units);
   if (!counts) {  // padding: the state passes through untouched
     if (c_prev) {
@@ -637,19 +792,20 @@ void RunForward(const Device& device, const Forward& op, bool) {
   ForEachRowBlock(device, s.batch, [&](int64_t, int64_t first, int64_t last) {
     for (int64_t t = 0; t < s.steps; ++t) {
       float* z = op.gates + t * s.StepGates();
-      const float* x_t = op.x_proj + t * s.StepGates();
       const float* h_prev = t ? op.h + (t - 1) * s.StepState() : nullptr;
       const float* c_prev = t ? op.c + (t - 1) * s.StepState() : nullptr;
       float* h_t = op.h + t * s.StepState();
       float* c_t = op.c + t * s.StepState();
       Matrix z_block(z + first * 4 * units, last - first, 4 * units);
-      if (h_prev) {
-        z_block.noalias() = ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
+      if (op.x_proj) {
+        z_block = ConstMatrix(op.x_proj + t * s.StepGates() + first * 4 * units, last - first, 4 * units);
       } else {
-        z_block.setZero();
+        z_block.noalias() = ConstMatrix(op.x + (t * s.batch + first) * op.features, last - first, op.features) *
+                            ConstMatrix(op.input_kernel, op.features, 4 * units);
       }
+      if (h_prev) z_block.noalias() += ConstMatrix(h_prev + first * units, last - first, units) * recurrent;
       for (int64_t row = first; row < last; ++row) {
-        ForwardRow(units, s.Counts(t, row), x_t + row * 4 * units, op.bias, z + row * 4 * units,
+        ForwardRow(units, s.Counts(t, row), op.bias, z + row * 4 * units,
                    c_prev ? c_prev + row * units : nullptr, h_prev ? h_prev + row * units : nullptr,
                    c_t + row * units, h_t + row * units);
       }
@@ -673,6 +829,11 @@ void RunBackward(const Device& device, const Backward& op, bool) {
                     c_prev ? c_prev + row * units : nullptr, grad_h_t ? grad_h_t + row * units : nullptr, dz + row * 4 * units,
                     op.carried_h + row * units, op.carried_c + row * units, op.grad_bias + block * 4 * units);
       }
+      if (op.x) {
+        Matrix(op.kernel_sums + block * op.features * 4 * units, op.features, 4 * units).noalias() +=
+            ConstMatrix(op.x + (t * s.batch + first) * op.features, last - first, op.features).transpose() *
+            ConstMatrix(dz + first * 4 * units, last - first, 4 * units);
+      }
       if (t == 0) break;
       // What reaches h_{t-1}: dz . recurrent^T, plus what padded rows passed through.
       Matrix next(op.carried_h + first * units, last - first, units);
@@ -693,24 +854,39 @@ class LstmSequenceOp : public OpKernel {
     const Tensor& kernel = context->input(1);
     const Tensor& bias = context->input(2);
     const Tensor& mask = context->input(3);
-    OP_REQUIRES_OK(context, CheckShapes(x_proj, kernel, mask));
+    const Tensor& input_kernel = context->input(4);
+    const bool projects = !IsEmptyVector(input_kernel);
+    OP_REQUIRES_OK(context, projects ? CheckProjectedShapes(x_proj, input_kernel, kernel, mask)
+                                     : CheckShapes(x_proj, kernel, mask));
     const int64_t steps = x_proj.dim_size(0), batch = x_proj.dim_size(1), units = kernel.dim_size(0);
     OP_REQUIRES(context, bias.shape() == TensorShape({4 * units}),
                 tensorflow::errors::InvalidArgument("LstmSequence: bias is ", bias.shape().DebugString(),
                                                     "; expected [4U] = [", 4 * units, "]"));
+    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
+    OP_REQUIRES(context, !(projects && bfloat16),
+                tensorflow::errors::InvalidArgument("LstmSequence: the loop projects x in float32 only; "
+                                                    "with bfloat16_products pass x_proj"));
 
     Tensor *h = nullptr, *c = nullptr, *gates = nullptr, *h_last = nullptr;
     const TensorShape state_shape({steps, batch, units});
     OP_REQUIRES_OK(context, context->allocate_output(0, state_shape, &h));
     OP_REQUIRES_OK(context, context->allocate_output(1, state_shape, &c));
-    OP_REQUIRES_OK(context, context->allocate_output(2, x_proj.shape(), &gates));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({steps, batch, 4 * units}), &gates));
     OP_REQUIRES_OK(context, context->allocate_output(3, TensorShape({batch, units}), &h_last));
     if (steps == 0) h_last->flat<float>().setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
-    const Forward forward{sequence, x_proj.flat<float>().data(), bias.flat<float>().data(),
-                          h->flat<float>().data(), c->flat<float>().data(), gates->flat<float>().data()};
-    RunForward(context->eigen_device<Device>(), forward, UseBfloat16Products(bfloat16_products_, units));
+    const float* x = x_proj.flat<float>().data();
+    const Forward forward{sequence,
+                          projects ? nullptr : x,
+                          projects ? x : nullptr,
+                          projects ? input_kernel.flat<float>().data() : nullptr,
+                          projects ? x_proj.dim_size(2) : 0,
+                          bias.flat<float>().data(),
+                          h->flat<float>().data(),
+                          c->flat<float>().data(),
+                          gates->flat<float>().data()};
+    RunForward(context->eigen_device<Device>(), forward, bfloat16);
     // A masked step carried the state, so the last step holds each row's final state.
     std::memcpy(h_last->flat<float>().data(), forward.h + (steps - 1) * sequence.StepState(),
                 sequence.StepState() * sizeof(float));
@@ -733,6 +909,7 @@ class LstmSequenceGradOp : public OpKernel {
     const Tensor& gates = context->input(3);
     const Tensor& grad_h = context->input(4);
     const Tensor& grad_h_last = context->input(5);
+    const Tensor& x = context->input(6);
     OP_REQUIRES_OK(context, CheckShapes(gates, kernel, mask));
     const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1), units = kernel.dim_size(0);
     const bool has_grad_h = grad_h.NumElements() > 0, has_grad_h_last = grad_h_last.NumElements() > 0;
@@ -740,16 +917,27 @@ class LstmSequenceGradOp : public OpKernel {
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: c and grad_h must be [T, B, U]"));
     OP_REQUIRES(context, !has_grad_h_last || grad_h_last.shape() == TensorShape({batch, units}),
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: grad_h_last must be [B, U]"));
+    const bool has_x = !IsEmptyVector(x);
+    OP_REQUIRES(context, !has_x || (x.dims() == 3 && x.dim_size(0) == steps && x.dim_size(1) == batch),
+                tensorflow::errors::InvalidArgument("LstmSequenceGrad: x must be [T, B, F] or [0]"));
+    const int64_t features = has_x ? x.dim_size(2) : 0;
 
-    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr;
+    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
     auto grad_bias_flat = grad_bias->flat<float>();
     grad_bias_flat.setZero();
     OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &grad_x_proj));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                2, has_x ? TensorShape({features, 4 * units}) : TensorShape({0}), &grad_kernel));
+    auto grad_kernel_matrix = grad_kernel->flat_inner_dims<float, 2>();
+    grad_kernel_matrix.setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Device& device = context->eigen_device<Device>();
-    const int64_t blocks = RowBlocks(device, batch);
-    Tensor carried_h, carried_c, block_bias;
+    const int64_t blocks = RowBlocks(device, batch), sums_width = SumsWidth(4 * units);
+    Tensor carried_h, carried_c, block_bias, kernel_sums;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, features, sums_width}),
+                                                   &kernel_sums));
+    kernel_sums.flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_h));
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
     OP_REQUIRES_OK(context,
@@ -766,11 +954,16 @@ class LstmSequenceGradOp : public OpKernel {
     const Backward backward{sequence, c.flat<float>().data(), gates.flat<float>().data(),
                             has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj->flat<float>().data(),
                             carried_h.flat<float>().data(), carried_c.flat<float>().data(),
-                            block_bias.flat<float>().data()};
+                            block_bias.flat<float>().data(), has_x ? x.flat<float>().data() : nullptr, features,
+                            kernel_sums.flat<float>().data(), sums_width};
     RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
-    const auto sums = block_bias.matrix<float>();
-    for (int64_t block = 0; block < blocks; ++block)
-      for (int64_t j = 0; j < 4 * units; ++j) grad_bias_flat(j) += sums(block, j);
+    const auto bias_sums = block_bias.matrix<float>();
+    const auto kernel_block_sums = kernel_sums.tensor<float, 3>();
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t j = 0; j < 4 * units; ++j) grad_bias_flat(j) += bias_sums(block, j);
+      for (int64_t f = 0; f < features; ++f)
+        for (int64_t j = 0; j < 4 * units; ++j) grad_kernel_matrix(f, j) += kernel_block_sums(block, f, j);
+    }
   }
 
  private:
