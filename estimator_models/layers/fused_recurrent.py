@@ -6,9 +6,10 @@ so a checkpoint written by any implementation restores into any other, and both 
 mask as Keras does: a masked step carries the state through. Each layer converts its
 weights in the graph to the layout its op wants.
 
-  fused  estimator_models/layers/kernels/lstm_sequence.cc: the op's loop runs the steps,
-         each step's input projection (float32) and the bias with it; the recurrent
-         kernel's gradient is one matmul after the backward op (fused_lstm_sequence).
+  fused  estimator_models/layers/kernels/lstm_sequence.cc: the op's loop runs the steps
+         with the bias and, in float32 for inputs no wider than the units, each step's
+         input projection; the recurrent kernel's gradient is one matmul after the
+         backward op (fused_lstm_sequence).
   cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
          Keras LSTM inside an Estimator graph never picks cuDNN itself.
 """
