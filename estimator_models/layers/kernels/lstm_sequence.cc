@@ -136,36 +136,29 @@ void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_fu
   });
 }
 
-Status CheckShapes(const Tensor& x_proj, const Tensor& kernel, const Tensor& mask) {
+Status CheckShapes(const TensorShape& x_proj, const TensorShape& kernel, const TensorShape& mask) {
   if (x_proj.dims() != 3 || kernel.dims() != 2 || mask.dims() != 2)
     return tensorflow::errors::InvalidArgument("LstmSequence: x_proj must be [T, B, 4U], "
                                                "recurrent_kernel [U, 4U], mask [T, B]");
   const int64_t units = kernel.dim_size(0);
   if (kernel.dim_size(1) != 4 * units || x_proj.dim_size(2) != 4 * units)
-    return tensorflow::errors::InvalidArgument("LstmSequence: recurrent_kernel is ",
-                                               kernel.shape().DebugString(), " and x_proj ",
-                                               x_proj.shape().DebugString(), "; expected [U, 4U] and [T, B, 4U]");
+    return tensorflow::errors::InvalidArgument("LstmSequence: recurrent_kernel is ", kernel.DebugString(),
+                                               " and x_proj ", x_proj.DebugString(),
+                                               "; expected [U, 4U] and [T, B, 4U]");
   if (mask.dim_size(0) != x_proj.dim_size(0) || mask.dim_size(1) != x_proj.dim_size(1))
-    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.shape().DebugString(),
-                                               ", x_proj ", x_proj.shape().DebugString());
+    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.DebugString(), ", x_proj ",
+                                               x_proj.DebugString());
   return Status();
 }
 
-// x [T, B, F] that input_kernel [F, 4U] projects inside the loop.
+// x [T, B, F] that input_kernel [F, 4U] projects inside the loop: the projection's shape
+// is then checked as x_proj's.
 Status CheckProjectedShapes(const Tensor& x, const Tensor& input_kernel, const Tensor& kernel, const Tensor& mask) {
-  if (x.dims() != 3 || input_kernel.dims() != 2 || kernel.dims() != 2 || mask.dims() != 2)
-    return tensorflow::errors::InvalidArgument("LstmSequence: x must be [T, B, F], kernel [F, 4U], "
-                                               "recurrent_kernel [U, 4U], mask [T, B]");
-  const int64_t units = kernel.dim_size(0);
-  if (kernel.dim_size(1) != 4 * units || input_kernel.dim_size(0) != x.dim_size(2) ||
-      input_kernel.dim_size(1) != 4 * units)
-    return tensorflow::errors::InvalidArgument("LstmSequence: x is ", x.shape().DebugString(), ", kernel ",
-                                               input_kernel.shape().DebugString(), " and recurrent_kernel ",
-                                               kernel.shape().DebugString(), "; expected [T, B, F], [F, 4U], [U, 4U]");
-  if (mask.dim_size(0) != x.dim_size(0) || mask.dim_size(1) != x.dim_size(1))
-    return tensorflow::errors::InvalidArgument("LstmSequence: mask is ", mask.shape().DebugString(), ", x ",
-                                               x.shape().DebugString());
-  return Status();
+  if (x.dims() != 3 || input_kernel.dims() != 2 || input_kernel.dim_size(0) != x.dim_size(2))
+    return tensorflow::errors::InvalidArgument("LstmSequence: x is ", x.shape().DebugString(), " and kernel ",
+                                               input_kernel.shape().DebugString(), "; expected [T, B, F] and [F, 4U]");
+  return CheckShapes(TensorShape({x.dim_size(0), x.dim_size(1), input_kernel.dim_size(1)}), kernel.shape(),
+                     mask.shape());
 }
 
 // [0]: the caller leaves out an optional input.
@@ -857,7 +850,7 @@ class LstmSequenceOp : public OpKernel {
     const Tensor& input_kernel = context->input(4);
     const bool projects = !IsEmptyVector(input_kernel);
     OP_REQUIRES_OK(context, projects ? CheckProjectedShapes(x_proj, input_kernel, kernel, mask)
-                                     : CheckShapes(x_proj, kernel, mask));
+                                     : CheckShapes(x_proj.shape(), kernel.shape(), mask.shape()));
     const int64_t steps = x_proj.dim_size(0), batch = x_proj.dim_size(1), units = kernel.dim_size(0);
     OP_REQUIRES(context, bias.shape() == TensorShape({4 * units}),
                 tensorflow::errors::InvalidArgument("LstmSequence: bias is ", bias.shape().DebugString(),
@@ -910,7 +903,7 @@ class LstmSequenceGradOp : public OpKernel {
     const Tensor& grad_h = context->input(4);
     const Tensor& grad_h_last = context->input(5);
     const Tensor& x = context->input(6);
-    OP_REQUIRES_OK(context, CheckShapes(gates, kernel, mask));
+    OP_REQUIRES_OK(context, CheckShapes(gates.shape(), kernel.shape(), mask.shape()));
     const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1), units = kernel.dim_size(0);
     const bool has_grad_h = grad_h.NumElements() > 0, has_grad_h_last = grad_h_last.NumElements() > 0;
     OP_REQUIRES(context, c.shape() == TensorShape({steps, batch, units}) && (!has_grad_h || grad_h.shape() == c.shape()),
