@@ -167,8 +167,8 @@ def check_bfloat16_products(library, steps, batch, units):
     nothing = np.zeros(0, np.float32)
     h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask, nothing,
                                                                          bfloat16_products=True)]
-    grad_x_proj, grad_bias, _ = [tensor.numpy() for tensor in library.lstm_sequence_grad(
-        kernel, mask, c, gates, grad_h, nothing, nothing, bfloat16_products=True)]
+    grad_x_proj, grad_bias, _, _ = [tensor.numpy() for tensor in library.lstm_sequence_grad(
+        kernel, mask, c, gates, grad_h, nothing, nothing, nothing, bfloat16_products=True)]
 
     for computed, expected in zip((h, c, gates), _reference_steps(x_proj + bias, kernel, mask, h, c)):
         np.testing.assert_allclose(computed, expected, atol=1e-5)

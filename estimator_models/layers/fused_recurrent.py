@@ -8,8 +8,8 @@ weights in the graph to the layout its op wants.
 
   fused  estimator_models/layers/kernels/lstm_sequence.cc: the op's loop runs the steps
          with the bias and, in float32 for inputs no wider than the units, each step's
-         input projection; the recurrent kernel's gradient is one matmul after the
-         backward op (fused_lstm_sequence).
+         input projection; in float32 the backward op also sums the recurrent kernel's
+         gradient (fused_lstm_sequence).
   cudnn  tf.raw_ops.CudnnRNNV3 with sequence lengths, which only has a GPU kernel. A
          Keras LSTM inside an Estimator graph never picks cuDNN itself.
 """
@@ -28,7 +28,8 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     step's inputs itself (no [T, B, 4U] projection written and read back), and its
     gradient sums the input kernel's gradient while each step's gate gradients are in
     cache. Wider inputs are projected by one matmul before the op: their kernel panels no
-    longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). With
+    longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). In float32 the
+    backward op sums the recurrent kernel's gradient after its loop. With
     `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients are
     bfloat16 matmuls around the op, accumulating in float32.
     """
@@ -53,15 +54,17 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
                                                        bfloat16_products=bfloat16)  # [T, B, U], [B, U]
 
         def gradient(grad_h, grad_final):
-            grad_x_proj, grad_bias, grad_kernel = library.lstm_sequence_grad(
+            grad_x_proj, grad_bias, grad_kernel, grad_recurrent = library.lstm_sequence_grad(
                 recurrent_kernel, step_mask, c, gates, _reaching(grad_h), _reaching(grad_final),
-                inputs if projects_in_loop else nothing, bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U]
+                inputs if projects_in_loop else nothing, nothing if bfloat16 else h,
+                bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U], [U, 4U]
             flat_grad = tf.reshape(grad_x_proj, [-1, 4 * units])                    # [T*B, 4U]
             if not projects_in_loop:
                 grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
-            # Step t multiplied h_{t-1} by the kernel, and the first step a zero state: steps
-            # 0..T-2's h times steps 1..T-1's gradient (slices that share the tensors' memory).
-            grad_recurrent = product(tf.reshape(h[:-1], [-1, units]), flat_grad[batch:], transpose_a=True)
+            if bfloat16:
+                # Step t multiplied h_{t-1} by the kernel, and the first step a zero state:
+                # steps 0..T-2's h times steps 1..T-1's gradient (slices sharing memory).
+                grad_recurrent = product(tf.reshape(h[:-1], [-1, units]), flat_grad[batch:], transpose_a=True)
             grad_inputs = tf.reshape(product(flat_grad, kernel, transpose_b=True), tf.shape(inputs))  # [T, B, F]
             return grad_inputs, grad_kernel, grad_recurrent, grad_bias
 

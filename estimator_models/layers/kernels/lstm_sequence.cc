@@ -11,10 +11,11 @@
 // kernel's gradient: no [T, B, 4U] projection is written and read back, and no
 // weight-gradient matmul reads all the gate gradients again. Without it the op takes
 // x_proj = x_t @ kernel of all steps, one matmul before it (../fused_recurrent.py: wide
-// inputs, and bfloat16 products). The recurrent kernel's gradient is a matmul after the
-// backward op. The bias is added inside the loop and its gradient summed there, where
-// the gate gradients are in registers anyway: a separate reduction over them read the
-// whole [T, B, 4U] tensor again.
+// inputs, and bfloat16 products). Given h, the backward loop also sums the recurrent
+// kernel's gradient, a chunk of steps at a time while their gate gradients are in cache
+// (in bfloat16 it is a matmul after the op). The bias is added inside the loop and its
+// gradient summed there, where the gate gradients are in registers anyway: a separate
+// reduction over them read the whole [T, B, 4U] tensor again.
 //
 // Gate order is Keras': i, f, c, o. A step whose mask is 0 carries the state through
 // unchanged, as a masked Keras LSTM does.
@@ -96,17 +97,22 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("grad_h: float")            // [T, B, U], or [0]: no gradient reaches h
     .Input("grad_h_last: float")       // [B, U], or [0]: none reaches h_last
     .Input("x: float")                 // [T, B, F] that `kernel` projected, or [0]: no kernel gradient
+    .Input("h: float")                 // [T, B, U] from LstmSequence, or [0]: no recurrent kernel gradient
     .Output("grad_x_proj: float")      // [T, B, 4U]
     .Output("grad_bias: float")        // [4U]
     .Output("grad_kernel: float")      // [F, 4U], or [0] when x is [0]
+    .Output("grad_recurrent_kernel: float")  // [U, 4U], or [0] when h is [0]
     .Attr("bfloat16_products: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       const auto gates = context->Dim(context->input(3), 2);
       context->set_output(0, context->input(3));
       context->set_output(1, context->Vector(gates));
-      ShapeHandle x = context->input(6);
-      const bool no_x = context->RankKnown(x) && context->Rank(x) == 1;
-      context->set_output(2, no_x ? context->Vector(0) : context->Matrix(context->Dim(x, -1), gates));
+      const auto given = [&](int input) {
+        ShapeHandle shape = context->input(input);
+        return !(context->RankKnown(shape) && context->Rank(shape) == 1);
+      };
+      context->set_output(2, given(6) ? context->Matrix(context->Dim(context->input(6), -1), gates) : context->Vector(0));
+      context->set_output(3, given(7) ? context->Matrix(context->Dim(context->input(0), 0), gates) : context->Vector(0));
       return Status();
     });
 
@@ -199,8 +205,11 @@ struct Backward {
   // gradients are in cache, when x (the op's inputs, [T, B, F]) is given.
   const float* x;
   int64_t features;
-  float* kernel_sums;   // [RowBlocks, F, kernel_sums_width] sum over t of x_t^T . grad_x_proj_t
-  int64_t kernel_sums_width;
+  float* kernel_sums;   // [RowBlocks, F, sums_width] sum over t of x_t^T . grad_x_proj_t
+  // The recurrent kernel's gradient is summed after the loop when h is given.
+  const float* h;       // [T, B, U]
+  float* recurrent_sums;  // [RowBlocks, U, sums_width] sum over t >= 1 of h_{t-1}^T . grad_x_proj_t
+  int64_t sums_width;
 };
 
 #if defined(__AVX512F__)
@@ -349,13 +358,13 @@ __attribute__((noinline)) void Float32InputAndRecurrentBlock(const float* x, int
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
 }
 
-// sums[kRows][64] += a^T . b over `depth` rows k, where a(k, r) = a[k * a_stride + r] and
-// row k of b is b[k * b_stride ...]. A partial panel (kFull false) reads only the lanes
-// `lanes` selects, none past b's end; a full one reads plain vectors: with masked loads
-// in the loop gcc kept the sums on the stack.
+// sums[kRows][64] += a^T . b over `depth` rows k, where a(k, r) = a[k * a_stride + r *
+// a_row_stride] and row k of b is b[k * b_stride ...]. A partial panel (kFull false)
+// reads only the lanes `lanes` selects, none past b's end; a full one reads plain
+// vectors: with masked loads in the loop gcc kept the sums on the stack.
 template <int kRows, bool kFull>
-void Float32AccumulateBlock(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t depth,
-                            const __mmask16 (&lanes)[4], float* sums, int64_t sums_stride) {
+void Float32AccumulateBlock(const float* a, int64_t a_stride, int64_t a_row_stride, const float* b, int64_t b_stride,
+                            int64_t depth, const __mmask16 (&lanes)[4], float* sums, int64_t sums_stride) {
   const auto load = [&](const float* from, int v) {
     return kFull ? _mm512_loadu_ps(from) : _mm512_maskz_loadu_ps(lanes[v], from);
   };
@@ -365,7 +374,7 @@ void Float32AccumulateBlock(const float* a, int64_t a_stride, const float* b, in
   for (int64_t k = 0; k < depth; ++k) {
     const float* b_row = b + k * b_stride;
     const __m512 b_k[4] = {load(b_row, 0), load(b_row + 16, 1), load(b_row + 32, 2), load(b_row + 48, 3)};
-    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[k * a_stride + r]), b_k);
+    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[k * a_stride + r * a_row_stride]), b_k);
   }
   // Added at the end: accumulators that start from memory, gcc stored back at every k.
   for (int r = 0; r < kRows; ++r)
@@ -662,7 +671,7 @@ void AccumulateTransposedProduct(const float* a, int64_t a_stride, int64_t m, co
       WithRows(std::min<int64_t>(kMaxBlockRows, m - row), [&](auto rows) {
         constexpr int kRows = decltype(rows)::value;
         (full ? Float32AccumulateBlock<kRows, true> : Float32AccumulateBlock<kRows, false>)(
-            a + row, a_stride, b + column, b_stride, depth, lanes, sums + row * width + column, width);
+            a + row, a_stride, 1, b + column, b_stride, depth, lanes, sums + row * width + column, width);
       });
     }
   }
@@ -674,8 +683,120 @@ void AccumulateKernelGradient(const Backward& op, int64_t block, int64_t t, int6
   const int64_t gates = 4 * s.units;
   AccumulateTransposedProduct(op.x + (t * s.batch + first) * op.features, op.features, op.features,
                               op.grad_x_proj + (t * s.batch + first) * gates, gates, gates, last - first,
-                              op.kernel_sums + block * op.features * op.kernel_sums_width, op.kernel_sums_width);
+                              op.kernel_sums + block * op.features * op.sums_width, op.sums_width);
 }
+
+// out[c * out_stride + r] = in[r * in_stride + c] for a 16 x 16 tile, in registers: rows
+// interleaved in pairs by one lane, then by two, four and eight.
+void Transpose16(const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+  __m512 row[16], mixed[16];
+  for (int i = 0; i < 16; ++i) row[i] = _mm512_loadu_ps(in + i * in_stride);
+  for (int i = 0; i < 16; i += 2) {
+    mixed[i] = _mm512_unpacklo_ps(row[i], row[i + 1]);
+    mixed[i + 1] = _mm512_unpackhi_ps(row[i], row[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    row[i] = _mm512_shuffle_ps(mixed[i], mixed[i + 2], 0x44);
+    row[i + 1] = _mm512_shuffle_ps(mixed[i], mixed[i + 2], 0xee);
+    row[i + 2] = _mm512_shuffle_ps(mixed[i + 1], mixed[i + 3], 0x44);
+    row[i + 3] = _mm512_shuffle_ps(mixed[i + 1], mixed[i + 3], 0xee);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      mixed[i + j] = _mm512_shuffle_f32x4(row[i + j], row[i + j + 4], 0x88);
+      mixed[i + j + 4] = _mm512_shuffle_f32x4(row[i + j], row[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    row[j] = _mm512_shuffle_f32x4(mixed[j], mixed[j + 8], 0x88);
+    row[j + 8] = _mm512_shuffle_f32x4(mixed[j], mixed[j + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + i * out_stride, row[i]);
+}
+
+// out[c * out_stride + r] = in[r * in_stride + c] for r < rows, c < columns: whole 16 x 16
+// tiles in registers, the edges element by element.
+void Transpose(const float* in, int64_t in_stride, int64_t rows, int64_t columns, float* out, int64_t out_stride) {
+  const int64_t tiled_rows = rows / kLanes * kLanes, tiled_columns = columns / kLanes * kLanes;
+  for (int64_t r = 0; r < tiled_rows; r += kLanes)
+    for (int64_t c = 0; c < tiled_columns; c += kLanes)
+      Transpose16(in + r * in_stride + c, in_stride, out + c * out_stride + r, out_stride);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < tiled_rows ? tiled_columns : 0; c < columns; ++c) out[c * out_stride + r] = in[r * in_stride + c];
+}
+
+// out[p * panel_stride + r * 64 + c] = in[r * in_stride + 64p + c] for c < 64 within
+// `columns`, zero beyond: each row's panels, read in order.
+void PackPanels(const float* in, int64_t in_stride, int64_t rows, int64_t columns, float* out, int64_t panel_stride) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t column = 0; column < columns; column += kLanes) {
+      const __m512 values = _mm512_maskz_loadu_ps(LaneMask(columns - column), in + r * in_stride + column);
+      const int64_t panel = column / kPanelColumns;
+      _mm512_storeu_ps(out + panel * panel_stride + r * kPanelColumns + column % kPanelColumns, values);
+    }
+}
+
+// Rows of h and of the gate gradients that the recurrent kernel's gradient takes at a
+// time: a panel's packed copy of them (32 KiB) stays in L1 while every block of units
+// reads it.
+constexpr int64_t kGradientChunkRows = 128;
+
+// The row block's sum over t >= 1 of h_{t-1}^T . dz_t, added to its recurrent kernel
+// sums a chunk of rows at a time as the backward loop writes each step's dz (still in
+// cache): h's rows copied transposed (a block of units then reads each unit's values in
+// order) and dz's packed by panel (in place a panel's rows are 2 KiB apart at 128 units,
+// and a chunk of them would crowd into two L1 sets).
+class RecurrentKernelGradient {
+ public:
+  RecurrentKernelGradient(const Backward& op, int64_t block)
+      : op_(op),
+        units_(op.sequence.units),
+        panels_(CeilDiv(4 * units_, kPanelColumns)),
+        sums_(op.recurrent_sums + block * units_ * op.sums_width),
+        transposed_(units_ * kGradientChunkRows),
+        packed_(panels_ * kPanelSize) {}
+
+  // Rows [first, last) of step t >= 1, whose dz the loop has written.
+  void Add(int64_t t, int64_t first, int64_t last) {
+    const Sequence& s = op_.sequence;
+    const int64_t columns = 4 * units_;
+    for (int64_t row = first; row < last;) {
+      const int64_t rows = std::min(last - row, kGradientChunkRows - depth_);
+      Transpose(op_.h + ((t - 1) * s.batch + row) * units_, units_, rows, units_, transposed_.data() + depth_,
+                kGradientChunkRows);
+      PackPanels(op_.grad_x_proj + (t * s.batch + row) * columns, columns, rows, columns,
+                 packed_.data() + depth_ * kPanelColumns, kPanelSize);
+      depth_ += rows;
+      row += rows;
+      if (depth_ == kGradientChunkRows) Flush();
+    }
+  }
+
+  // Adds the rows copied so far to the sums.
+  void Flush() {
+    const __mmask16 all_lanes[4] = {0xffff, 0xffff, 0xffff, 0xffff};
+    for (int64_t panel = 0; panel < panels_; ++panel) {
+      const int64_t column = panel * kPanelColumns;
+      for (int64_t unit = 0; unit < units_; unit += kMaxBlockRows) {
+        WithRows(std::min<int64_t>(kMaxBlockRows, units_ - unit), [&](auto rows_in_block) {
+          Float32AccumulateBlock<decltype(rows_in_block)::value, true>(
+              transposed_.data() + unit * kGradientChunkRows, 1, kGradientChunkRows,
+              packed_.data() + panel * kPanelSize, kPanelColumns, depth_, all_lanes,
+              sums_ + unit * op_.sums_width + column, op_.sums_width);
+        });
+      }
+    }
+    depth_ = 0;
+  }
+
+ private:
+  static constexpr int64_t kPanelSize = kGradientChunkRows * kPanelColumns;
+  const Backward& op_;
+  const int64_t units_, panels_;
+  float* const sums_;
+  std::vector<float> transposed_;  // [U][kGradientChunkRows]
+  std::vector<float> packed_;      // [panels][kGradientChunkRows][64]
+  int64_t depth_ = 0;              // rows copied and not yet added
+};
 
 void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
@@ -687,12 +808,15 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   });
   ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
     alignas(64) float product[kMaxBlockRows * kPanelColumns];
+    std::unique_ptr<RecurrentKernelGradient> recurrent_gradient;
+    if (op.h) recurrent_gradient = std::make_unique<RecurrentKernelGradient>(op, block);
     const int64_t last_step = s.steps - 1;
     for (int64_t row = first; row < last; ++row)
       for (int64_t unit = 0; unit < units; unit += kPanelColumns)
         BackwardUnits(op, block, last_step, row, unit, std::min(kPanelColumns, units - unit), nullptr,
                       products.Operands(last_step));
     if (op.x) AccumulateKernelGradient(op, block, last_step, first, last);
+    if (recurrent_gradient && last_step > 0) recurrent_gradient->Add(last_step, first, last);
     for (int64_t t = last_step; t > 0; --t) {
       const float* dz = op.grad_x_proj + t * s.StepGates();
       for (int64_t panel = 0; panel < panels; ++panel) {
@@ -705,7 +829,9 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
         }
       }
       if (op.x) AccumulateKernelGradient(op, block, t - 1, first, last);
+      if (recurrent_gradient && t > 1) recurrent_gradient->Add(t - 1, first, last);
     }
+    if (recurrent_gradient) recurrent_gradient->Flush();
   });
 }
 
@@ -828,6 +954,11 @@ void RunBackward(const Device& device, const Backward& op, bool) {
             ConstMatrix(dz + first * 4 * units, last - first, 4 * units);
       }
       if (t == 0) break;
+      if (op.h) {
+        Matrix(op.recurrent_sums + block * units * 4 * units, units, 4 * units).noalias() +=
+            ConstMatrix(op.h + ((t - 1) * s.batch + first) * units, last - first, units).transpose() *
+            ConstMatrix(dz + first * 4 * units, last - first, 4 * units);
+      }
       // What reaches h_{t-1}: dz . recurrent^T, plus what padded rows passed through.
       Matrix next(op.carried_h + first * units, last - first, units);
       next.noalias() += ConstMatrix(dz + first * 4 * units, last - first, 4 * units) * recurrent.transpose();
@@ -903,6 +1034,7 @@ class LstmSequenceGradOp : public OpKernel {
     const Tensor& grad_h = context->input(4);
     const Tensor& grad_h_last = context->input(5);
     const Tensor& x = context->input(6);
+    const Tensor& h = context->input(7);
     OP_REQUIRES_OK(context, CheckShapes(gates.shape(), kernel.shape(), mask.shape()));
     const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1), units = kernel.dim_size(0);
     const bool has_grad_h = grad_h.NumElements() > 0, has_grad_h_last = grad_h_last.NumElements() > 0;
@@ -914,8 +1046,11 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES(context, !has_x || (x.dims() == 3 && x.dim_size(0) == steps && x.dim_size(1) == batch),
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: x must be [T, B, F] or [0]"));
     const int64_t features = has_x ? x.dim_size(2) : 0;
+    const bool has_h = !IsEmptyVector(h);
+    OP_REQUIRES(context, !has_h || h.shape() == c.shape(),
+                tensorflow::errors::InvalidArgument("LstmSequenceGrad: h must be [T, B, U] or [0]"));
 
-    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr;
+    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr, *grad_recurrent_kernel = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
     auto grad_bias_flat = grad_bias->flat<float>();
     grad_bias_flat.setZero();
@@ -924,13 +1059,21 @@ class LstmSequenceGradOp : public OpKernel {
                                 2, has_x ? TensorShape({features, 4 * units}) : TensorShape({0}), &grad_kernel));
     auto grad_kernel_matrix = grad_kernel->flat_inner_dims<float, 2>();
     grad_kernel_matrix.setZero();
+    OP_REQUIRES_OK(context, context->allocate_output(3, has_h ? TensorShape({units, 4 * units}) : TensorShape({0}),
+                                                     &grad_recurrent_kernel));
+    auto grad_recurrent_matrix = grad_recurrent_kernel->flat_inner_dims<float, 2>();
+    grad_recurrent_matrix.setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Device& device = context->eigen_device<Device>();
     const int64_t blocks = RowBlocks(device, batch), sums_width = SumsWidth(4 * units);
-    Tensor carried_h, carried_c, block_bias, kernel_sums;
+    const int64_t recurrent_rows = has_h ? units : 0;
+    Tensor carried_h, carried_c, block_bias, kernel_sums, recurrent_sums;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, features, sums_width}),
                                                    &kernel_sums));
     kernel_sums.flat<float>().setZero();
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT,
+                                                   TensorShape({blocks, recurrent_rows, sums_width}), &recurrent_sums));
+    recurrent_sums.flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_h));
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
     OP_REQUIRES_OK(context,
@@ -948,14 +1091,18 @@ class LstmSequenceGradOp : public OpKernel {
                             has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj->flat<float>().data(),
                             carried_h.flat<float>().data(), carried_c.flat<float>().data(),
                             block_bias.flat<float>().data(), has_x ? x.flat<float>().data() : nullptr, features,
-                            kernel_sums.flat<float>().data(), sums_width};
+                            kernel_sums.flat<float>().data(), has_h ? h.flat<float>().data() : nullptr,
+                            recurrent_sums.flat<float>().data(), sums_width};
     RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
     const auto bias_sums = block_bias.matrix<float>();
     const auto kernel_block_sums = kernel_sums.tensor<float, 3>();
+    const auto recurrent_block_sums = recurrent_sums.tensor<float, 3>();
     for (int64_t block = 0; block < blocks; ++block) {
       for (int64_t j = 0; j < 4 * units; ++j) grad_bias_flat(j) += bias_sums(block, j);
       for (int64_t f = 0; f < features; ++f)
         for (int64_t j = 0; j < 4 * units; ++j) grad_kernel_matrix(f, j) += kernel_block_sums(block, f, j);
+      for (int64_t u = 0; u < recurrent_rows; ++u)
+        for (int64_t j = 0; j < 4 * units; ++j) grad_recurrent_matrix(u, j) += recurrent_block_sums(block, u, j);
     }
   }
 
