@@ -29,7 +29,7 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     gradient sums the input kernel's gradient while each step's gate gradients are in
     cache. Wider inputs are projected by one matmul before the op: their kernel panels no
     longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). In float32 the
-    backward op sums the recurrent kernel's gradient after its loop. With
+    backward op's loop also sums the recurrent kernel's gradient. With
     `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients are
     bfloat16 matmuls around the op, accumulating in float32.
     """
