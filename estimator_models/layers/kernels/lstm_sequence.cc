@@ -12,8 +12,8 @@
 // weight-gradient matmul reads all the gate gradients again. Without it the op takes
 // x_proj = x_t @ kernel of all steps, one matmul before it (../fused_recurrent.py: wide
 // inputs, and bfloat16 products). Given h, the backward loop also sums the recurrent
-// kernel's gradient, a chunk of steps at a time while their gate gradients are in cache
-// (in bfloat16 it is a matmul after the op). The bias is added inside the loop and its
+// kernel's gradient, 128 rows at a time while their gate gradients are in cache (in
+// bfloat16 it is a matmul after the op). The bias is added inside the loop and its
 // gradient summed there, where the gate gradients are in registers anyway: a separate
 // reduction over them read the whole [T, B, 4U] tensor again.
 //
@@ -206,7 +206,7 @@ struct Backward {
   const float* x;
   int64_t features;
   float* kernel_sums;   // [RowBlocks, F, sums_width] sum over t of x_t^T . grad_x_proj_t
-  // The recurrent kernel's gradient is summed after the loop when h is given.
+  // The recurrent kernel's gradient is summed inside the loop when h is given.
   const float* h;       // [T, B, U]
   float* recurrent_sums;  // [RowBlocks, U, sums_width] sum over t >= 1 of h_{t-1}^T . grad_x_proj_t
   int64_t sums_width;
@@ -728,8 +728,9 @@ void Transpose(const float* in, int64_t in_stride, int64_t rows, int64_t columns
 // `columns`, zero beyond: each row's panels, read in order.
 void PackPanels(const float* in, int64_t in_stride, int64_t rows, int64_t columns, float* out, int64_t panel_stride) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t column = 0; column < columns; column += kLanes) {
-      const __m512 values = _mm512_maskz_loadu_ps(LaneMask(columns - column), in + r * in_stride + column);
+    for (int64_t column = 0; column < SumsWidth(columns); column += kLanes) {
+      const __m512 values =
+          _mm512_maskz_loadu_ps(LaneMask(std::max<int64_t>(0, columns - column)), in + r * in_stride + column);
       const int64_t panel = column / kPanelColumns;
       _mm512_storeu_ps(out + panel * panel_stride + r * kPanelColumns + column % kPanelColumns, values);
     }
