@@ -968,6 +968,15 @@ void RunBackward(const Device& device, const Backward& op, bool) {
 }
 #endif
 
+// out[r][j] += sums[block][r][j] over the row blocks, for j < columns: each thread's
+// partial sums ([blocks, rows, width >= columns]) added into an output [rows, columns].
+void AddBlockSums(const Tensor& sums, int64_t columns, float* out) {
+  const auto partial = sums.tensor<float, 3>();
+  for (int64_t block = 0; block < partial.dimension(0); ++block)
+    for (int64_t r = 0; r < partial.dimension(1); ++r)
+      for (int64_t j = 0; j < columns; ++j) out[r * columns + j] += partial(block, r, j);
+}
+
 class LstmSequenceOp : public OpKernel {
  public:
   explicit LstmSequenceOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -1053,17 +1062,14 @@ class LstmSequenceGradOp : public OpKernel {
 
     Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr, *grad_recurrent_kernel = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
-    auto grad_bias_flat = grad_bias->flat<float>();
-    grad_bias_flat.setZero();
+    grad_bias->flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &grad_x_proj));
     OP_REQUIRES_OK(context, context->allocate_output(
                                 2, has_x ? TensorShape({features, 4 * units}) : TensorShape({0}), &grad_kernel));
-    auto grad_kernel_matrix = grad_kernel->flat_inner_dims<float, 2>();
-    grad_kernel_matrix.setZero();
+    grad_kernel->flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_output(3, has_h ? TensorShape({units, 4 * units}) : TensorShape({0}),
                                                      &grad_recurrent_kernel));
-    auto grad_recurrent_matrix = grad_recurrent_kernel->flat_inner_dims<float, 2>();
-    grad_recurrent_matrix.setZero();
+    grad_recurrent_kernel->flat<float>().setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Device& device = context->eigen_device<Device>();
     const int64_t blocks = RowBlocks(device, batch), sums_width = SumsWidth(4 * units);
@@ -1078,7 +1084,7 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_h));
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
     OP_REQUIRES_OK(context,
-                   context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, 4 * units}), &block_bias));
+                   context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, 1, 4 * units}), &block_bias));
     // What reaches h_last reaches the last step's h.
     if (has_grad_h_last) {
       carried_h.flat<float>() = grad_h_last.flat<float>();
@@ -1095,16 +1101,9 @@ class LstmSequenceGradOp : public OpKernel {
                             kernel_sums.flat<float>().data(), has_h ? h.flat<float>().data() : nullptr,
                             recurrent_sums.flat<float>().data(), sums_width};
     RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
-    const auto bias_sums = block_bias.matrix<float>();
-    const auto kernel_block_sums = kernel_sums.tensor<float, 3>();
-    const auto recurrent_block_sums = recurrent_sums.tensor<float, 3>();
-    for (int64_t block = 0; block < blocks; ++block) {
-      for (int64_t j = 0; j < 4 * units; ++j) grad_bias_flat(j) += bias_sums(block, j);
-      for (int64_t f = 0; f < features; ++f)
-        for (int64_t j = 0; j < 4 * units; ++j) grad_kernel_matrix(f, j) += kernel_block_sums(block, f, j);
-      for (int64_t u = 0; u < recurrent_rows; ++u)
-        for (int64_t j = 0; j < 4 * units; ++j) grad_recurrent_matrix(u, j) += recurrent_block_sums(block, u, j);
-    }
+    AddBlockSums(block_bias, 4 * units, grad_bias->flat<float>().data());
+    AddBlockSums(kernel_sums, 4 * units, grad_kernel->flat<float>().data());
+    AddBlockSums(recurrent_sums, 4 * units, grad_recurrent_kernel->flat<float>().data());
   }
 
  private:
