@@ -30,9 +30,11 @@
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -118,6 +120,12 @@ REGISTER_OP("LstmSequenceGrad")
 
 namespace {
 
+void SpinPause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 int64_t RowBlocks(const Device& device, int64_t batch) {
   return std::max<int64_t>(1, std::min<int64_t>(device.numThreads(), batch / 8));
 }
@@ -127,19 +135,41 @@ int64_t RowBlocks(const Device& device, int64_t batch) {
 // thread runs every step of its rows: one hand-off to the thread pool per op call. A
 // hand-off per step, as this op first did, cost about as much as the step's products
 // (waking the waiting thread each time).
+//
+// The calling thread runs block 0, then any block no pool thread has started yet, then
+// waits for the rest spinning before it yields: a blocking wait let its core sleep, and
+// waking it took tens of microseconds, at times hundreds (BENCHMARKS.md). A block's rows
+// and partial sums do not depend on which thread runs it, so results stay the same.
 template <typename BlockFunction>
 void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_function) {
   const int64_t blocks = RowBlocks(device, batch);
-  if (blocks == 1) {
-    block_function(0, 0, batch);
-    return;
+  const auto run = [&](int64_t block) { block_function(block, batch * block / blocks, batch * (block + 1) / blocks); };
+  // Shared with the pool's tasks, which may start after this call has returned: a task
+  // touches `run` only after claiming its block, and then this call waits for it.
+  struct Claims {
+    explicit Claims(int64_t blocks) : taken(new std::atomic<bool>[blocks]()) {}
+    std::unique_ptr<std::atomic<bool>[]> taken;
+    std::atomic<int64_t> running{0};  // blocks being run by pool threads
+  };
+  const auto claims = std::make_shared<Claims>(blocks);
+  for (int64_t block = 1; block < blocks; ++block) {
+    device.enqueueNoNotification([claims, block, &run] {
+      claims->running.fetch_add(1);
+      if (!claims->taken[block].exchange(true)) run(block);
+      claims->running.fetch_sub(1);
+    });
   }
-  const Eigen::TensorOpCost cost(0, 0, /*compute_cycles=*/1e7);
-  device.parallelFor(blocks, cost, [&](Eigen::Index first_block, Eigen::Index last_block) {
-    for (Eigen::Index block = first_block; block < last_block; ++block) {
-      block_function(block, batch * block / blocks, batch * (block + 1) / blocks);
+  for (int64_t block = 0; block < blocks; ++block) {
+    if (!claims->taken[block].exchange(true)) run(block);
+  }
+  constexpr int kSpins = 2000;  // about 0.1 ms of PAUSE
+  for (int spins = 0; claims->running.load() != 0; ++spins) {
+    if (spins < kSpins) {
+      SpinPause();
+    } else {
+      std::this_thread::yield();
     }
-  });
+  }
 }
 
 Status CheckShapes(const TensorShape& x_proj, const TensorShape& kernel, const TensorShape& mask) {
@@ -212,6 +242,18 @@ struct Backward {
   int64_t sums_width;
 };
 
+// Zeroes a row block's partial sums, in the thread that adds to them: in parallel, and
+// into that thread's cache.
+void ZeroBlockSums(const Backward& op, int64_t block) {
+  const int64_t gates = 4 * op.sequence.units;
+  std::fill_n(op.grad_bias + block * gates, gates, 0.0f);
+  std::fill_n(op.kernel_sums + block * op.features * op.sums_width, op.features * op.sums_width, 0.0f);
+  if (op.h) {
+    const int64_t size = op.sequence.units * op.sums_width;
+    std::fill_n(op.recurrent_sums + block * size, size, 0.0f);
+  }
+}
+
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------------------------------
 // AVX-512: each step is, for every block of a few rows and every panel of the recurrent
@@ -263,24 +305,21 @@ __m512 Tanh(__m512 x) {  // 2 sigmoid(2x) - 1: absolute error about 1e-7
   return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), Sigmoid(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
 }
 
-// The recurrent kernel in float32 panels of 64 columns, each [depth][64] row-major (zero
-// where a panel has fewer real columns), built from element(k, panel, column).
+// A kernel in float32 panels of 64 columns, each [depth][64] row-major (zero where a
+// panel has fewer real columns), each written by fill_panel(panel, depth, out).
 class PackedFloat32 {
  public:
-  template <typename Element>
-  PackedFloat32(int64_t depth, int64_t panels, Element element)
-      : depth_(depth), data_(depth * panels * kPanelColumns) {
-    for (int64_t panel = 0; panel < panels; ++panel)
-      for (int64_t k = 0; k < depth; ++k)
-        for (int64_t column = 0; column < kPanelColumns; ++column)
-          data_[(panel * depth + k) * kPanelColumns + column] = element(k, panel, column);
+  template <typename FillPanel>
+  PackedFloat32(int64_t depth, int64_t panels, FillPanel fill_panel)
+      : depth_(depth), data_(new float[depth * panels * kPanelColumns]) {
+    for (int64_t panel = 0; panel < panels; ++panel) fill_panel(panel, depth, data_.get() + panel * depth * kPanelColumns);
   }
   int64_t depth() const { return depth_; }
-  const float* Panel(int64_t panel) const { return data_.data() + panel * depth_ * kPanelColumns; }
+  const float* Panel(int64_t panel) const { return data_.get() + panel * depth_ * kPanelColumns; }
 
  private:
   int64_t depth_;
-  std::vector<float> data_;
+  std::unique_ptr<float[]> data_;
 };
 
 // How many panel rows ahead a block product asks for the panel's lines. A backward panel
@@ -395,16 +434,16 @@ uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// The same panels in bfloat16, each row pair's values interleaved: [depth / 2][64][2].
 class PackedBfloat16 {
  public:
-  template <typename Element>
-  PackedBfloat16(int64_t depth, int64_t panels, Element element)
-      : pairs_(depth / 2), data_(depth * panels * kPanelColumns) {
+  PackedBfloat16(const PackedFloat32& float32, int64_t panels)
+      : pairs_(float32.depth() / 2), data_(float32.depth() * panels * kPanelColumns) {
     for (int64_t panel = 0; panel < panels; ++panel)
-      for (int64_t k = 0; k < depth; ++k)
+      for (int64_t k = 0; k < 2 * pairs_; ++k)
         for (int64_t column = 0; column < kPanelColumns; ++column)
           data_[((panel * pairs_ + k / 2) * kPanelColumns + column) * 2 + (k & 1)] =
-              ToBfloat16(element(k, panel, column));
+              ToBfloat16(float32.Panel(panel)[k * kPanelColumns + column]);
   }
   int64_t pairs() const { return pairs_; }
   const uint16_t* Panel(int64_t panel) const { return data_.data() + panel * pairs_ * kPanelColumns * 2; }
@@ -464,13 +503,13 @@ bool UseBfloat16Products(bool requested, int64_t units) {
 // buffers that alternate between steps (a step reads the one its previous step wrote).
 class StepProducts {
  public:
-  template <typename Element>
-  StepProducts(bool bfloat16, int64_t depth, int64_t panels, int64_t operand_size, Element element) {
+  template <typename FillPanel>
+  StepProducts(bool bfloat16, int64_t depth, int64_t panels, int64_t operand_size, FillPanel fill_panel)
+      : float32_(std::make_unique<PackedFloat32>(depth, panels, fill_panel)) {
     if (bfloat16) {
-      bfloat16_ = std::make_unique<PackedBfloat16>(depth, panels, element);
+      bfloat16_ = std::make_unique<PackedBfloat16>(*float32_, panels);
+      float32_.reset();
       for (auto& buffer : operands_) buffer.resize(operand_size);
-    } else {
-      float32_ = std::make_unique<PackedFloat32>(depth, panels, element);
     }
   }
   bool bfloat16() const { return bfloat16_ != nullptr; }
@@ -628,9 +667,13 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
   // Forward panel p of a kernel [depth, 4U]: the i, f, c~, o columns (16 each) of units
   // [16p, 16p + 16).
   const auto forward_panels = [&](const float* kernel) {
-    return [=](int64_t k, int64_t panel, int64_t column) {
-      const int64_t gate = column / kLanes, unit = panel * kLanes + column % kLanes;
-      return unit < units ? kernel[k * 4 * units + gate * units + unit] : 0.0f;
+    return [=](int64_t panel, int64_t depth, float* out) {
+      const int64_t unit = panel * kLanes;
+      const __mmask16 lanes = LaneMask(units - unit);
+      for (int64_t k = 0; k < depth; ++k)
+        for (int64_t gate = 0; gate < 4; ++gate)
+          _mm512_storeu_ps(out + k * kPanelColumns + gate * kLanes,
+                           _mm512_maskz_loadu_ps(lanes, kernel + k * 4 * units + gate * units + unit));
     };
   };
   StepProducts products(bfloat16, units, panels, s.StepState(), forward_panels(s.kernel));
@@ -753,8 +796,8 @@ class RecurrentKernelGradient {
         units_(op.sequence.units),
         panels_(CeilDiv(4 * units_, kPanelColumns)),
         sums_(op.recurrent_sums + block * units_ * op.sums_width),
-        transposed_(units_ * kGradientChunkRows),
-        packed_(panels_ * kPanelSize) {}
+        transposed_(new float[units_ * kGradientChunkRows]),
+        packed_(new float[panels_ * kPanelSize]) {}
 
   // Rows [first, last) of step t >= 1, whose dz the loop has written.
   void Add(int64_t t, int64_t first, int64_t last) {
@@ -762,10 +805,10 @@ class RecurrentKernelGradient {
     const int64_t columns = 4 * units_;
     for (int64_t row = first; row < last;) {
       const int64_t rows = std::min(last - row, kGradientChunkRows - depth_);
-      Transpose(op_.h + ((t - 1) * s.batch + row) * units_, units_, rows, units_, transposed_.data() + depth_,
+      Transpose(op_.h + ((t - 1) * s.batch + row) * units_, units_, rows, units_, transposed_.get() + depth_,
                 kGradientChunkRows);
       PackPanels(op_.grad_x_proj + (t * s.batch + row) * columns, columns, rows, columns,
-                 packed_.data() + depth_ * kPanelColumns, kPanelSize);
+                 packed_.get() + depth_ * kPanelColumns, kPanelSize);
       depth_ += rows;
       row += rows;
       if (depth_ == kGradientChunkRows) Flush();
@@ -780,8 +823,8 @@ class RecurrentKernelGradient {
       for (int64_t unit = 0; unit < units_; unit += kMaxBlockRows) {
         WithRows(std::min<int64_t>(kMaxBlockRows, units_ - unit), [&](auto rows_in_block) {
           Float32AccumulateBlock<decltype(rows_in_block)::value, true>(
-              transposed_.data() + unit * kGradientChunkRows, 1, kGradientChunkRows,
-              packed_.data() + panel * kPanelSize, kPanelColumns, depth_, all_lanes,
+              transposed_.get() + unit * kGradientChunkRows, 1, kGradientChunkRows,
+              packed_.get() + panel * kPanelSize, kPanelColumns, depth_, all_lanes,
               sums_ + unit * op_.sums_width + column, op_.sums_width);
         });
       }
@@ -794,8 +837,9 @@ class RecurrentKernelGradient {
   const Backward& op_;
   const int64_t units_, panels_;
   float* const sums_;
-  std::vector<float> transposed_;  // [U][kGradientChunkRows]
-  std::vector<float> packed_;      // [panels][kGradientChunkRows][64]
+  // Written before they are read: rows [0, depth_) of each.
+  std::unique_ptr<float[]> transposed_;  // [U][kGradientChunkRows]
+  std::unique_ptr<float[]> packed_;      // [panels][kGradientChunkRows][64]
   int64_t depth_ = 0;              // rows copied and not yet added
 };
 
@@ -803,11 +847,14 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
   const int64_t units = s.units, panels = CeilDiv(units, kPanelColumns);
   // Backward panel p: columns [64p, 64p + 64) of recurrent^T, [4U, U].
-  StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t k, int64_t panel, int64_t column) {
-    const int64_t unit = panel * kPanelColumns + column;
-    return unit < units ? s.kernel[unit * 4 * units + k] : 0.0f;
+  StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t panel, int64_t depth, float* out) {
+    const int64_t unit = panel * kPanelColumns, width = std::min(kPanelColumns, units - unit);
+    Transpose(s.kernel + unit * depth, depth, width, depth, out, kPanelColumns);
+    for (int64_t k = 0; width < kPanelColumns && k < depth; ++k)
+      std::fill(out + k * kPanelColumns + width, out + (k + 1) * kPanelColumns, 0.0f);
   });
   ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
+    ZeroBlockSums(op, block);
     alignas(64) float product[kMaxBlockRows * kPanelColumns];
     std::unique_ptr<RecurrentKernelGradient> recurrent_gradient;
     if (op.h) recurrent_gradient = std::make_unique<RecurrentKernelGradient>(op, block);
@@ -938,6 +985,7 @@ void RunBackward(const Device& device, const Backward& op, bool) {
   const int64_t units = s.units;
   ConstMatrix recurrent(s.kernel, units, 4 * units);
   ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
+    ZeroBlockSums(op, block);
     for (int64_t t = s.steps - 1; t >= 0; --t) {
       const float* gate_t = op.gates + t * s.StepGates();
       const float* c_t = op.c + t * s.StepState();
@@ -968,11 +1016,13 @@ void RunBackward(const Device& device, const Backward& op, bool) {
 }
 #endif
 
-// out[r][j] += sums[block][r][j] over the row blocks, for j < columns: each thread's
-// partial sums ([blocks, rows, width >= columns]) added into an output [rows, columns].
-void AddBlockSums(const Tensor& sums, int64_t columns, float* out) {
+// out[r][j] = sums[0][r][j] + sums[1][r][j] + ... for j < columns: each thread's partial
+// sums ([blocks, rows, width >= columns]) added into an output [rows, columns].
+void SumBlocks(const Tensor& sums, int64_t columns, float* out) {
   const auto partial = sums.tensor<float, 3>();
-  for (int64_t block = 0; block < partial.dimension(0); ++block)
+  for (int64_t r = 0; r < partial.dimension(1); ++r)
+    for (int64_t j = 0; j < columns; ++j) out[r * columns + j] = partial(0, r, j);
+  for (int64_t block = 1; block < partial.dimension(0); ++block)
     for (int64_t r = 0; r < partial.dimension(1); ++r)
       for (int64_t j = 0; j < columns; ++j) out[r * columns + j] += partial(block, r, j);
 }
@@ -1062,25 +1112,25 @@ class LstmSequenceGradOp : public OpKernel {
 
     Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr, *grad_recurrent_kernel = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
-    grad_bias->flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &grad_x_proj));
     OP_REQUIRES_OK(context, context->allocate_output(
                                 2, has_x ? TensorShape({features, 4 * units}) : TensorShape({0}), &grad_kernel));
-    grad_kernel->flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_output(3, has_h ? TensorShape({units, 4 * units}) : TensorShape({0}),
                                                      &grad_recurrent_kernel));
-    grad_recurrent_kernel->flat<float>().setZero();
-    if (steps == 0 || batch == 0 || units == 0) return;
+    if (steps == 0 || batch == 0 || units == 0) {
+      grad_bias->flat<float>().setZero();
+      grad_kernel->flat<float>().setZero();
+      grad_recurrent_kernel->flat<float>().setZero();
+      return;
+    }
     const Device& device = context->eigen_device<Device>();
     const int64_t blocks = RowBlocks(device, batch), sums_width = SumsWidth(4 * units);
     const int64_t recurrent_rows = has_h ? units : 0;
     Tensor carried_h, carried_c, block_bias, kernel_sums, recurrent_sums;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({blocks, features, sums_width}),
                                                    &kernel_sums));
-    kernel_sums.flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT,
                                                    TensorShape({blocks, recurrent_rows, sums_width}), &recurrent_sums));
-    recurrent_sums.flat<float>().setZero();
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_h));
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch, units}), &carried_c));
     OP_REQUIRES_OK(context,
@@ -1092,7 +1142,6 @@ class LstmSequenceGradOp : public OpKernel {
       carried_h.flat<float>().setZero();
     }
     carried_c.flat<float>().setZero();
-    block_bias.flat<float>().setZero();
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
     const Backward backward{sequence, c.flat<float>().data(), gates.flat<float>().data(),
                             has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj->flat<float>().data(),
@@ -1101,9 +1150,9 @@ class LstmSequenceGradOp : public OpKernel {
                             kernel_sums.flat<float>().data(), has_h ? h.flat<float>().data() : nullptr,
                             recurrent_sums.flat<float>().data(), sums_width};
     RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
-    AddBlockSums(block_bias, 4 * units, grad_bias->flat<float>().data());
-    AddBlockSums(kernel_sums, 4 * units, grad_kernel->flat<float>().data());
-    AddBlockSums(recurrent_sums, 4 * units, grad_recurrent_kernel->flat<float>().data());
+    SumBlocks(block_bias, 4 * units, grad_bias->flat<float>().data());
+    SumBlocks(kernel_sums, 4 * units, grad_kernel->flat<float>().data());
+    SumBlocks(recurrent_sums, 4 * units, grad_recurrent_kernel->flat<float>().data());
   }
 
  private:
