@@ -163,8 +163,9 @@ void ForEachRowBlock(const Device& device, int64_t batch, BlockFunction block_fu
     if (!claims->taken[block].exchange(true)) run(block);
   }
   constexpr int kSpins = 2000;  // about 0.1 ms of PAUSE
-  for (int spins = 0; claims->running.load() != 0; ++spins) {
+  for (int spins = 0; claims->running.load() != 0;) {
     if (spins < kSpins) {
+      ++spins;
       SpinPause();
     } else {
       std::this_thread::yield();
