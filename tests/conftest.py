@@ -142,6 +142,20 @@ def digits_with_boxes(tmp_path_factory):
     return path
 
 
+def build_kernel_variant(folder, name, edit, extra_flags=()):
+    """The fused kernel's source changed by `edit` (text -> text) and built with
+    `extra_flags` into folder/<name>.so; returns that path."""
+    with open(kernels.SOURCE) as stream:
+        source = edit(stream.read())
+    variant, library = os.path.join(folder, f'{name}.cc'), os.path.join(folder, f'{name}.so')
+    with open(variant, 'w') as stream:
+        stream.write(source)
+    built = subprocess.run(kernels.compile_command(kernels._compiler(), variant, library, extra_flags),
+                           capture_output=True, text=True)
+    assert built.returncode == 0, f'building {variant} failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}'
+    return library
+
+
 def user_environment():
     """The environment of a user's shell for a command started by a test: this one's, with
     TensorFlow's C++ log level left to the command as a user who set nothing has it."""

@@ -10,12 +10,11 @@ the loop and before it, and a single step.
 It costs one more compile of the kernel, about 20 seconds.
 """
 
-import subprocess
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import build_kernel_variant
 from estimator_models.layers import kernels
 
 pytestmark = pytest.mark.skipif('avx512f' not in kernels._cpu_flags().split(),
@@ -27,22 +26,19 @@ SHAPES = [(5, 37, 20, 7), (11, 128, 72, 28), (1, 16, 16, 3), (7, 64, 128, 200)]
 OUTPUTS = ('h', 'h_last', 'grad_x_proj', 'grad_bias', 'grad_kernel', 'grad_recurrent_kernel')
 
 
+def _with_portable_op_names(source):
+    for op in ('LstmSequenceGrad', 'LstmSequence'):
+        source = source.replace(f'"{op}"', '"{}"'.format(op.replace('LstmSequence', 'LstmSequencePortable')))
+    return source
+
+
 @pytest.fixture(scope='module')
 def portable_library(tmp_path_factory):
     """The kernel built for Haswell, its ops named LstmSequencePortable and
     LstmSequencePortableGrad."""
-    folder = tmp_path_factory.mktemp('portable')
-    with open(kernels.SOURCE) as stream:
-        source = stream.read()
-    for op in ('LstmSequenceGrad', 'LstmSequence'):
-        source = source.replace(f'"{op}"', '"{}"'.format(op.replace('LstmSequence', 'LstmSequencePortable')))
-    renamed, library = str(folder / 'portable.cc'), str(folder / 'portable.so')
-    with open(renamed, 'w') as stream:
-        stream.write(source)
     # The last -march wins: Haswell's instruction sets, AVX2 and FMA, without AVX-512.
-    command = kernels.compile_command(kernels._compiler(), renamed, library, ['-march=haswell'])
-    built = subprocess.run(command, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-3000:]
+    library = build_kernel_variant(tmp_path_factory.mktemp('portable'), 'portable', _with_portable_op_names,
+                                   ['-march=haswell'])
     return tf.load_op_library(library)
 
 

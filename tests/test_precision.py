@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import train_on_a_few_examples
+from conftest import build_kernel_variant, train_on_a_few_examples
 from estimator_models import cnn_lstm
 from estimator_models.errors import UserError
 from estimator_models.layers import fused_recurrent, kernels, precision
@@ -214,18 +214,12 @@ static inline __m512 EmulatedDot(__m512 sum, __m512bh a, __m512bh b) {
 """
 
 
-def _emulated_bfloat16_kernel(folder):
-    """The kernel's source with the two bfloat16 instructions emulated, built into `folder`."""
-    with open(kernels.SOURCE) as stream:
-        source = (stream.read().replace('__AVX512BF16__', 'EMULATED_AVX512BF16')
-                  .replace('_mm512_cvtneps_pbh(', 'EmulatedConvert(').replace('_mm512_dpbf16_ps(', 'EmulatedDot('))
+def _with_emulated_bfloat16(source):
+    """The kernel's source with the two bfloat16 instructions emulated."""
+    source = (source.replace('__AVX512BF16__', 'EMULATED_AVX512BF16')
+              .replace('_mm512_cvtneps_pbh(', 'EmulatedConvert(').replace('_mm512_dpbf16_ps(', 'EmulatedDot('))
     first_include = source.index('#include "tensorflow/core/framework/op.h"')
-    emulated, library = folder / 'emulated.cc', folder / 'emulated.so'
-    emulated.write_text(source[:first_include] + EMULATED_INSTRUCTIONS + source[first_include:])
-    subprocess.run(kernels.compile_command(kernels._compiler(), str(emulated), str(library),
-                                           extra_flags=['-DEMULATED_AVX512BF16']),
-                   check=True, capture_output=True)
-    return library
+    return source[:first_include] + EMULATED_INSTRUCTIONS + source[first_include:]
 
 
 @pytest.mark.skipif(precision.cpu_has_bfloat16() or 'avx512f' not in kernels._cpu_flags().split(),
@@ -235,7 +229,7 @@ def test_the_bfloat16_path_with_its_two_instructions_emulated(tmp_path):
     """Where the CPU lacks AVX512_BF16 the kernel's bfloat16 blocks, panels and operand
     buffers are still checked: built with the two instructions emulated, the op passes the
     same references, in a fresh process (a process holds one library of these ops)."""
-    library = _emulated_bfloat16_kernel(tmp_path)
+    library = build_kernel_variant(tmp_path, 'emulated', _with_emulated_bfloat16, ['-DEMULATED_AVX512BF16'])
     check = (f'import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import tensorflow as tf; '
              f'import test_precision; library = tf.load_op_library({str(library)!r}); '
              f'[test_precision.check_bfloat16_products(library, *shape) '

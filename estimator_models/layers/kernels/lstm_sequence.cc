@@ -851,8 +851,9 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t panel, int64_t depth, float* out) {
     const int64_t unit = panel * kPanelColumns, width = std::min(kPanelColumns, units - unit);
     Transpose(s.kernel + unit * depth, depth, width, depth, out, kPanelColumns);
-    for (int64_t k = 0; width < kPanelColumns && k < depth; ++k)
-      std::fill(out + k * kPanelColumns + width, out + (k + 1) * kPanelColumns, 0.0f);
+    if (width < kPanelColumns) {
+      for (int64_t k = 0; k < depth; ++k) std::fill(out + k * kPanelColumns + width, out + (k + 1) * kPanelColumns, 0.0f);
+    }
   });
   ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
     ZeroBlockSums(op, block);
