@@ -19,8 +19,10 @@ train: $(INSTALLED)
 
 # One pytest worker per core the machine reports, one test file each at a time (module
 # fixtures stay in one process), the longest files first (tests/conftest.py orders them)
-# so that no worker is left with a long file at the end.
-PYTEST_WORKERS := -n logical --dist loadfile --no-loadscope-reorder
+# so that no worker is left with a long file at the end. A worker that crashes ends the run
+# at once, naming the test it was running: a replaced worker can wait forever under
+# --dist loadfile (pytest-xdist 3.8).
+PYTEST_WORKERS := -n logical --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 test: second-environments $(INSTALLED)
 	$(VENV_PYTHON) -m pytest $(PYTEST_WORKERS) tests
 

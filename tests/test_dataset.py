@@ -17,18 +17,14 @@ CLIPS = dict(DIGITS, height=32, width=32, num_classes=8)
 
 
 def batches_of(input_fn, count=None):
-    """The first `count` (default: all) (features, labels) batches of an input_fn, as numpy,
-    read in a graph and session as the Estimator reads them."""
-    with tf.Graph().as_default():
-        next_batch = tf.compat.v1.data.make_one_shot_iterator(input_fn()).get_next()
-        batches = []
-        with tf.compat.v1.Session() as session:
-            while count is None or len(batches) < count:
-                try:
-                    batches.append(session.run(next_batch))
-                except tf.errors.OutOfRangeError:
-                    break
-        return batches
+    """The first `count` (default: all) (features, labels) batches of an input_fn, as numpy.
+
+    Read eagerly: the iterator, and with it the pipeline's parallel map and prefetch
+    threads, is stopped and joined when the loop ends, before the next test starts. (A
+    graph session closed while an endless training pipeline is still filling its
+    buffers can take the process down with it.)"""
+    batches = input_fn() if count is None else input_fn().take(count)
+    return [tf.nest.map_structure(lambda tensor: tensor.numpy(), batch) for batch in batches]
 
 
 def test_image_batches_have_the_model_input_shape(digits_npz):
