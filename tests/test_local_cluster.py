@@ -146,7 +146,7 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
     with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
         launcher = subprocess.Popen(
             [sys.executable, os.path.join(REPO, 'bin', 'launch_local_cluster'), '--workers=2', '--ps=1',
-             '--evaluator', '--max_restarts=1', '--', '--model=pixel_row_lstm', f'--model_dir={model_dir}',
+             '--evaluator', '--max_restarts=1', '--worker_grace_secs=5', '--', '--model=pixel_row_lstm', f'--model_dir={model_dir}',
              f'--data={data}', f'--data_dir={data_dir}', f'--train_steps={PS_TRAIN_STEPS}',
              f'--checkpoint_every={PS_TRAIN_STEPS}', f'--hparams={TINY_PIXEL_ROWS}'], stdout=out, stderr=err)
     try:
@@ -162,6 +162,10 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
             os.kill(task_pid(model_dir, 'worker'), signal.SIGKILL)
             wait_for(lambda: has_trained(model_dir, 'worker-0', 'worker 0', start=1),
                      "the restarted worker's first step", launcher)
+            # Then the worker hangs, as an all-reduce worker can in a collective step its
+            # chief never takes: the chief trains to the end alone, and the launcher stops
+            # the worker once its grace is over.
+            os.kill(task_pid(model_dir, 'worker'), signal.SIGSTOP)
         finally:
             with contextlib.suppress(ProcessLookupError):  # a cluster that failed has ended it
                 os.kill(chief, signal.SIGCONT)
@@ -174,6 +178,7 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
     assert launcher.returncode == 0, output[-3000:] + (tmp_path / 'err').read_text()[-3000:]
     assert 'parameter-server training' in output
     assert 'worker 0 was killed by SIGKILL; restarting it (1 of 1)' in output
+    assert 'worker 0 still running 5 s after the chief finished; stopping it' in output
     chief_starts = steps_of_each_start(model_dir, 'chief-0', 'chief')
     worker_starts = steps_of_each_start(model_dir, 'worker-0', 'worker 0')
     assert len(chief_starts) == 1 and chief_starts[0]

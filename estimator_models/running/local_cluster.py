@@ -1,6 +1,6 @@
 """bin/launch_local_cluster: a real TF_CONFIG cluster of bin/train processes on this machine.
 
-    bin/launch_local_cluster --workers=N [--ps=M] [--evaluator] [--max_restarts=K] -- <bin/train flags>
+    bin/launch_local_cluster --workers=N [--ps=M] [--evaluator] [--max_restarts=K] [--worker_grace_secs=S] -- <bin/train flags>
 
 Starts one `bin/train` process per task (in this directory, so relative paths in the
 flags mean the same to every task) on free 127.0.0.1 ports, each with its own
@@ -11,7 +11,11 @@ records the cluster, the pids and the log paths.
 
 The cluster ends when the chief does. After a chief that succeeded the launcher waits
 for the workers and the evaluator to finish on their own (the evaluator still evaluates
-and exports the last checkpoint), then stops the ps tasks, which would serve forever.
+and exports the last checkpoint), then stops the ps tasks, which would serve forever. A
+worker still running --worker_grace_secs after the chief succeeded is stopped, and the
+cluster still succeeds: the run is the chief's checkpoints (as a Kubeflow TFJob's default
+success policy has it), and an all-reduce worker can wait forever for a collective step
+that its finished chief will never take.
 A task that fails (after --max_restarts restarts, like a cluster manager's restart
 policy), a ps that exits at all, or Ctrl-C stops every task; the failed task's last log
 lines are printed.
@@ -34,6 +38,7 @@ LOG_DIR_NAME = 'cluster_logs'
 ECHOED_TASKS = ('chief', 'evaluator')
 POLL_SECS = 0.5
 STOP_GRACE_SECS = 15
+WORKER_GRACE_SECS = 120
 LOG_TAIL_LINES = 15
 
 
@@ -45,6 +50,7 @@ class TaskProcess:
         self.index = index
         self.log_path = log_path
         self.restarts = 0
+        self.stopped = False  # by the launcher, on purpose: its exit is no failure
         self._command = [sys.executable, TRAIN_SCRIPT] + list(train_flags)
         tf_config = {'cluster': cluster, 'task': {'type': task_type, 'index': index}}
         self._environ = dict(environ, TF_CONFIG=json.dumps(tf_config))
@@ -71,9 +77,11 @@ class TaskProcess:
         return self._process.poll()
 
     def terminate(self):
-        """SIGTERM (the chief saves a checkpoint on it and stops)."""
+        """SIGTERM (the chief saves a checkpoint on it and stops), and SIGCONT for a
+        process that was stopped (SIGSTOP), which would otherwise leave it pending."""
         if self.exit_code() is None:
             self._signal(signal.SIGTERM)
+            self._signal(signal.SIGCONT)
 
     def wait_or_kill(self, deadline):
         """Waits for the process to end until `deadline`, then SIGKILLs it."""
@@ -137,22 +145,23 @@ def model_dir_of(train_flags):
     return os.path.join('runs', model.replace(':', '.'))
 
 
-def check_counts(workers, parameter_servers, max_restarts):
+def check_counts(workers, parameter_servers, max_restarts, worker_grace_secs):
     if workers < 1:
         raise UserError(f'--workers must be at least 1 (the chief), got {workers}')
-    if parameter_servers < 0 or max_restarts < 0:
-        raise UserError('--ps and --max_restarts cannot be negative')
+    if parameter_servers < 0 or max_restarts < 0 or worker_grace_secs < 0:
+        raise UserError('--ps, --max_restarts and --worker_grace_secs cannot be negative')
 
 
 class LocalCluster:
     """The task processes of one cluster and the rules for ending it."""
 
     def __init__(self, workers, parameter_servers, evaluator, train_flags, max_restarts=0,
-                 environ=None, out=sys.stdout):
-        check_counts(workers, parameter_servers, max_restarts)
+                 worker_grace_secs=WORKER_GRACE_SECS, out=sys.stdout):
+        check_counts(workers, parameter_servers, max_restarts, worker_grace_secs)
         self.model_dir = model_dir_of(train_flags)
         self.log_dir = os.path.join(self.model_dir, LOG_DIR_NAME)
         self.max_restarts = max_restarts
+        self.worker_grace_secs = worker_grace_secs
         self._out = out
         ports = iter(free_ports(workers + parameter_servers))
         self.cluster = {'chief': [f'127.0.0.1:{next(ports)}']}
@@ -162,7 +171,7 @@ class LocalCluster:
             self.cluster['ps'] = [f'127.0.0.1:{next(ports)}' for _ in range(parameter_servers)]
         layout = ([('ps', index) for index in range(parameter_servers)] + [('chief', 0)]
                   + [('worker', index) for index in range(workers - 1)] + [('evaluator', 0)] * evaluator)
-        environ = dict(os.environ if environ is None else environ)
+        environ = dict(os.environ)
         self.tasks = [TaskProcess(task_type, index, self.cluster, train_flags,
                                   os.path.join(self.log_dir, f'{task_type}-{index}.log'), environ)
                       for task_type, index in layout]
@@ -206,7 +215,7 @@ class LocalCluster:
         """A task whose exit ends the cluster, restarting those that may be restarted."""
         for task in self.tasks:
             code = task.exit_code()
-            if code is None or (code == 0 and task.type != 'ps'):
+            if code is None or task.stopped or (code == 0 and task.type != 'ps'):
                 continue
             if task.type != 'ps' and task.restarts < self.max_restarts:
                 task.restarts += 1
@@ -231,9 +240,11 @@ class LocalCluster:
         return code if code and code > 0 else 1
 
     def _finish(self):
-        """After the chief's success: let the workers and the evaluator end, stop the ps."""
+        """After the chief's success: let the workers and the evaluator end (stopping a
+        worker that outlasts its grace), stop the ps."""
         self._say('chief finished; waiting for the other tasks to end')
         finishing = [task for task in self.tasks if task.type != 'ps']
+        worker_deadline = time.time() + self.worker_grace_secs
         while True:
             self._echo()
             failure = self._failed_task()
@@ -241,10 +252,21 @@ class LocalCluster:
                 return self._end_with_failure(failure)
             if all(task.exit_code() is not None for task in finishing):
                 break
+            if time.time() > worker_deadline:
+                self._stop_late_workers()
             time.sleep(POLL_SECS)
         self._stop_all()
         self._say(f'cluster done; logs in {self.log_dir}')
         return 0
+
+    def _stop_late_workers(self):
+        for task in self.tasks:
+            if task.type == 'worker' and task.exit_code() is None and not task.stopped:
+                self._say(f'{task.name} still running {self.worker_grace_secs:g} s after the chief '
+                          'finished; stopping it (the run is the chief\'s checkpoints)')
+                task.stopped = True
+                task.terminate()
+                task.wait_or_kill(time.time() + STOP_GRACE_SECS)
 
     def _stop_all(self):
         """Stops the training tasks and the evaluator, then the ps tasks: a chief saving

@@ -20,6 +20,9 @@ CLUSTER = FlagGroup('cluster', (
     flag(flags.DEFINE_integer, 'max_restarts', 0,
          'Restart a failed chief, worker or evaluator this many times before stopping the cluster '
          "(as a cluster manager's restart policy would)."),
+    flag(flags.DEFINE_integer, 'worker_grace_secs', local_cluster.WORKER_GRACE_SECS,
+         'Seconds a worker may run on after the chief succeeded; then it is stopped and the '
+         'cluster still succeeds (the run is the chief\'s checkpoints).'),
 ))
 
 
@@ -28,7 +31,7 @@ def run(options, argv):
     if not train_flags:
         raise UserError('give the bin/train flags after --, e.g. -- --model=pixel_row_lstm')
     launched = local_cluster.LocalCluster(options.workers, options.ps, options.evaluator, train_flags,
-                                          options.max_restarts)
+                                          options.max_restarts, options.worker_grace_secs)
     sys.exit(launched.run())
 
 
