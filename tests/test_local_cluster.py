@@ -105,9 +105,9 @@ def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, cli
     assert_cluster_gone(model_dir)
 
 
-# Global steps of the parameter-server run: the chief and the restarted worker train most
-# of them after the chief's pause below; enough that the worker, training alone during the
-# pause, is still far from them when it is killed.
+# Global steps of the parameter-server run: the chief trains most of them after its pause
+# below; enough that the worker, training alone during the pause, is still far from them
+# when it is killed.
 PS_TRAIN_STEPS = 1000
 
 

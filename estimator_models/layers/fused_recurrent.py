@@ -58,7 +58,7 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
                 recurrent_kernel, step_mask, c, gates, _reaching(grad_h), _reaching(grad_final),
                 inputs if projects_in_loop else nothing, nothing if bfloat16 else h,
                 bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U], [U, 4U]
-            # Cast once: both kernels' gradient products read it.
+            # Cast once: all three gradient products read it.
             flat_grad = tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), arithmetic_dtype)  # [T*B, 4U]
             if not projects_in_loop:
                 grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)

@@ -260,13 +260,16 @@ class LocalCluster:
         return 0
 
     def _stop_late_workers(self):
-        for task in self.tasks:
-            if task.type == 'worker' and task.exit_code() is None and not task.stopped:
-                self._say(f'{task.name} still running {self.worker_grace_secs:g} s after the chief '
-                          'finished; stopping it (the run is the chief\'s checkpoints)')
-                task.stopped = True
-                task.terminate()
-                task.wait_or_kill(time.time() + STOP_GRACE_SECS)
+        late = [task for task in self.tasks
+                if task.type == 'worker' and task.exit_code() is None and not task.stopped]
+        deadline = time.time() + STOP_GRACE_SECS
+        for task in late:
+            self._say(f'{task.name} still running {self.worker_grace_secs:g} s after the chief '
+                      'finished; stopping it (the run is the chief\'s checkpoints)')
+            task.stopped = True
+            task.terminate()
+        for task in late:
+            task.wait_or_kill(deadline)
 
     def _stop_all(self):
         """Stops the training tasks and the evaluator, then the ps tasks: a chief saving
