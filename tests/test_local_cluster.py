@@ -111,9 +111,10 @@ def test_all_reduce_workers_read_disjoint_tfrecord_shards_of_clips(tmp_path, cli
 PS_TRAIN_STEPS = 1000
 
 
-def task_pid(model_dir, task_type):
-    """The pid of the (latest) process of the first task of `task_type`."""
-    return next(task['pid'] for task in cluster_description(model_dir)['tasks'] if task['type'] == task_type)
+def task_pid(model_dir, task_type, index=0):
+    """The pid of the (latest) process of task `index` of `task_type`."""
+    return next(task['pid'] for task in cluster_description(model_dir)['tasks']
+                if (task['type'], task['index']) == (task_type, index))
 
 
 def steps_of_each_start(model_dir, task, task_name):
@@ -145,8 +146,9 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
     model_dir = str(tmp_path / 'run')
     with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
         launcher = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, 'bin', 'launch_local_cluster'), '--workers=2', '--ps=1',
-             '--evaluator', '--max_restarts=1', '--worker_grace_secs=5', '--', '--model=pixel_row_lstm', f'--model_dir={model_dir}',
+            [sys.executable, os.path.join(REPO, 'bin', 'launch_local_cluster'), '--workers=3', '--ps=1',
+             '--evaluator', '--max_restarts=1', '--worker_grace_secs=5', '--', '--model=pixel_row_lstm',
+             f'--model_dir={model_dir}',
              f'--data={data}', f'--data_dir={data_dir}', f'--train_steps={PS_TRAIN_STEPS}',
              f'--checkpoint_every={PS_TRAIN_STEPS}', f'--hparams={TINY_PIXEL_ROWS}'], stdout=out, stderr=err)
     try:
@@ -154,21 +156,26 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
         # trained: a parameter-server worker needs the chief only to have initialized the
         # variables, and on a loaded machine a running chief could reach --train_steps
         # before the worker, or its restart, took a step.
+        # Worker 1 hangs from then on, as an all-reduce worker can in a collective step its
+        # chief never takes.
         wait_for(lambda: has_trained(model_dir, 'chief-0', 'chief'), "the chief's first step", launcher)
         chief = task_pid(model_dir, 'chief')
         os.kill(chief, signal.SIGSTOP)
+        os.kill(task_pid(model_dir, 'worker', 1), signal.SIGSTOP)
         try:
             wait_for(lambda: has_trained(model_dir, 'worker-0', 'worker 0'), "the worker's first step", launcher)
             os.kill(task_pid(model_dir, 'worker'), signal.SIGKILL)
             wait_for(lambda: has_trained(model_dir, 'worker-0', 'worker 0', start=1),
                      "the restarted worker's first step", launcher)
-            # Then the worker hangs, as an all-reduce worker can in a collective step its
-            # chief never takes: the chief trains to the end alone, and the launcher stops
-            # the worker once its grace is over.
+            # Then worker 0 hangs too: the chief trains to the end alone. Once it has
+            # finished, worker 1 dies (and is not restarted), and worker 0 is stopped when
+            # its grace is over.
             os.kill(task_pid(model_dir, 'worker'), signal.SIGSTOP)
         finally:
             with contextlib.suppress(ProcessLookupError):  # a cluster that failed has ended it
                 os.kill(chief, signal.SIGCONT)
+        wait_for(lambda: 'chief finished' in (tmp_path / 'out').read_text(), 'the chief to finish', launcher)
+        os.kill(task_pid(model_dir, 'worker', 1), signal.SIGKILL)
         launcher.wait(timeout=600)
     finally:
         if launcher.poll() is None:
@@ -178,6 +185,7 @@ def test_parameter_server_cluster_restarts_a_killed_worker_trains_evaluates_expo
     assert launcher.returncode == 0, output[-3000:] + (tmp_path / 'err').read_text()[-3000:]
     assert 'parameter-server training' in output
     assert 'worker 0 was killed by SIGKILL; restarting it (1 of 1)' in output
+    assert 'worker 1 was killed by SIGKILL after the chief finished; not restarting it' in output
     assert 'worker 0 still running 5 s after the chief finished; stopping it' in output
     chief_starts = steps_of_each_start(model_dir, 'chief-0', 'chief')
     worker_starts = steps_of_each_start(model_dir, 'worker-0', 'worker 0')

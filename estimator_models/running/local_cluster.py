@@ -12,10 +12,10 @@ records the cluster, the pids and the log paths.
 The cluster ends when the chief does. After a chief that succeeded the launcher waits
 for the workers and the evaluator to finish on their own (the evaluator still evaluates
 and exports the last checkpoint), then stops the ps tasks, which would serve forever. A
-worker still running --worker_grace_secs after the chief succeeded is stopped, and the
-cluster still succeeds: the run is the chief's checkpoints (as a Kubeflow TFJob's default
-success policy has it), and an all-reduce worker can wait forever for a collective step
-that its finished chief will never take.
+worker still running --worker_grace_secs after the chief succeeded is stopped, and one
+that fails then is not restarted; the cluster still succeeds: the run is the chief's
+checkpoints (as a Kubeflow TFJob's default success policy has it), and an all-reduce
+worker can wait forever for a collective step that its finished chief will never take.
 A task that fails (after --max_restarts restarts, like a cluster manager's restart
 policy), a ps that exits at all, or Ctrl-C stops every task; the failed task's last log
 lines are printed.
@@ -247,6 +247,7 @@ class LocalCluster:
         worker_deadline = time.time() + self.worker_grace_secs
         while True:
             self._echo()
+            self._let_failed_workers_go()
             failure = self._failed_task()
             if failure is not None:
                 return self._end_with_failure(failure)
@@ -258,6 +259,16 @@ class LocalCluster:
         self._stop_all()
         self._say(f'cluster done; logs in {self.log_dir}')
         return 0
+
+    def _let_failed_workers_go(self):
+        """After the chief's success a worker that fails ends alone: nothing it would
+        train is still wanted."""
+        for task in self.tasks:
+            code = task.exit_code()
+            if task.type == 'worker' and code not in (None, 0) and not task.stopped:
+                self._say(f'{task.name} {_described_exit(code)} after the chief finished; not restarting it '
+                          '(the run is the chief\'s checkpoints)')
+                task.stopped = True
 
     def _stop_late_workers(self):
         late = [task for task in self.tasks
