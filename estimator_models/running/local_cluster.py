@@ -211,11 +211,18 @@ class LocalCluster:
                 return self._finish()
             time.sleep(POLL_SECS)
 
-    def _failed_task(self):
-        """A task whose exit ends the cluster, restarting those that may be restarted."""
+    def _failed_task(self, chief_succeeded=False):
+        """A task whose exit ends the cluster, restarting those that may be restarted.
+        After the chief's success a worker that fails ends alone: nothing it would train
+        is still wanted."""
         for task in self.tasks:
             code = task.exit_code()
             if code is None or task.stopped or (code == 0 and task.type != 'ps'):
+                continue
+            if chief_succeeded and task.type == 'worker':
+                self._say(f'{task.name} {_described_exit(code)} after the chief finished; not restarting it '
+                          '(the run is the chief\'s checkpoints)')
+                task.stopped = True
                 continue
             if task.type != 'ps' and task.restarts < self.max_restarts:
                 task.restarts += 1
@@ -247,8 +254,7 @@ class LocalCluster:
         worker_deadline = time.time() + self.worker_grace_secs
         while True:
             self._echo()
-            self._let_failed_workers_go()
-            failure = self._failed_task()
+            failure = self._failed_task(chief_succeeded=True)
             if failure is not None:
                 return self._end_with_failure(failure)
             if all(task.exit_code() is not None for task in finishing):
@@ -260,38 +266,20 @@ class LocalCluster:
         self._say(f'cluster done; logs in {self.log_dir}')
         return 0
 
-    def _let_failed_workers_go(self):
-        """After the chief's success a worker that fails ends alone: nothing it would
-        train is still wanted."""
-        for task in self.tasks:
-            code = task.exit_code()
-            if task.type == 'worker' and code not in (None, 0) and not task.stopped:
-                self._say(f'{task.name} {_described_exit(code)} after the chief finished; not restarting it '
-                          '(the run is the chief\'s checkpoints)')
-                task.stopped = True
-
     def _stop_late_workers(self):
         late = [task for task in self.tasks
                 if task.type == 'worker' and task.exit_code() is None and not task.stopped]
-        deadline = time.time() + STOP_GRACE_SECS
         for task in late:
             self._say(f'{task.name} still running {self.worker_grace_secs:g} s after the chief '
                       'finished; stopping it (the run is the chief\'s checkpoints)')
             task.stopped = True
-            task.terminate()
-        for task in late:
-            task.wait_or_kill(deadline)
+        _stop(late)
 
     def _stop_all(self):
         """Stops the training tasks and the evaluator, then the ps tasks: a chief saving
         its checkpoint on SIGTERM still needs the ps tasks that hold the variables."""
-        for group in ([task for task in self.tasks if task.type != 'ps'],
-                      [task for task in self.tasks if task.type == 'ps']):
-            deadline = time.time() + STOP_GRACE_SECS
-            for task in group:
-                task.terminate()
-            for task in group:
-                task.wait_or_kill(deadline)
+        _stop([task for task in self.tasks if task.type != 'ps'])
+        _stop([task for task in self.tasks if task.type == 'ps'])
 
     def _echo(self):
         for task in self.tasks:
@@ -316,6 +304,14 @@ def _interrupt(signal_number, frame):
     del signal_number, frame
     raise KeyboardInterrupt
 
+
+def _stop(tasks):
+    """SIGTERM to every task at once, then SIGKILL to those still running STOP_GRACE_SECS later."""
+    deadline = time.time() + STOP_GRACE_SECS
+    for task in tasks:
+        task.terminate()
+    for task in tasks:
+        task.wait_or_kill(deadline)
 
 def _described_exit(code):
     if code < 0:
