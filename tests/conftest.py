@@ -234,18 +234,46 @@ def _stream_handlers():
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
 
 
-def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_examples=32):
+def train_on_a_few_examples(model, data, model_dir, steps, overrides, num_examples=32, eval_events=False):
     """Trains `model` on the first `num_examples` of `data` for `steps` steps.
 
     Returns (run, loss after 1 step, loss after `steps`), the losses evaluated on
-    those examples; the checkpoint stays in model_dir for predictions.
+    those examples; the checkpoint stays in model_dir for predictions. With
+    `eval_events`, the last evaluation is Estimator.evaluate's, which also writes its
+    summaries to model_dir/eval.
     """
     run, estimator, train_input, eval_input = _on_a_few_examples(model, data, model_dir, steps, overrides,
                                                                  num_examples)
     # One training graph, not one per train() call: model.ckpt-1 is saved on the way.
     estimator.train(train_input, max_steps=steps, hooks=[_CheckpointAfterFirstStep(model_dir)])
-    before = estimator.evaluate(eval_input, checkpoint_path=os.path.join(model_dir, 'model.ckpt-1'))['loss']
-    return run, before, estimator.evaluate(eval_input)['loss']
+    first, last = os.path.join(model_dir, 'model.ckpt-1'), tf.train.latest_checkpoint(model_dir)
+    if eval_events:
+        return run, evaluation_losses(estimator, eval_input, [first])[0], estimator.evaluate(eval_input)['loss']
+    return run, *evaluation_losses(estimator, eval_input, [first, last])
+
+
+def evaluation_losses(estimator, eval_input, checkpoints):
+    """The evaluation loss of each checkpoint, as Estimator.evaluate reports it (the mean
+    of its batches' losses), from one evaluation graph and session for all of them, where
+    evaluate() builds both anew for each."""
+    with tf.Graph().as_default():
+        tf.compat.v1.train.get_or_create_global_step()
+        batches = tf.compat.v1.data.make_initializable_iterator(eval_input())
+        features, labels = batches.get_next()
+        loss = estimator.model_fn(features, labels, ModeKeys.EVAL, estimator.config).loss
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session(config=estimator.config.session_config) as session:
+            return [_mean_loss(session, saver, checkpoint, batches, loss) for checkpoint in checkpoints]
+
+
+def _mean_loss(session, saver, checkpoint, batches, loss):
+    saver.restore(session, checkpoint)
+    session.run(batches.initializer)
+    losses = []
+    with contextlib.suppress(tf.errors.OutOfRangeError):
+        while True:
+            losses.append(session.run(loss))
+    return float(np.mean(losses))
 
 
 class _CheckpointAfterFirstStep(tf.compat.v1.train.SessionRunHook):
@@ -278,7 +306,10 @@ def _on_a_few_examples(model, data, model_dir, steps, overrides, num_examples):
     """(run, Estimator for `steps` steps, train input_fn, eval input_fn) of `model` on the
     first `num_examples` of `data`."""
     run, train_source, _ = experiment.prepare_training(model, model_dir, data, None, overrides)
-    config = experiment.run_config(model_dir, seed=1, checkpoint_every=steps)
+    # Nothing reads these runs' graph.pbtxt or .meta files, and writing a Keras
+    # application's graph as text takes seconds.
+    config = experiment.run_config(model_dir, seed=1, checkpoint_every=steps).replace(
+        checkpoint_save_graph_def=False)
     estimator = experiment.make_estimator(run, config, train_steps=steps)
     return (run, estimator, run.input_fn(train_source, ModeKeys.TRAIN, seed=1, num_examples=num_examples),
             run.input_fn(train_source, ModeKeys.EVAL, num_examples=num_examples))

@@ -98,7 +98,8 @@ def trained(digits_npz, clips_npz, tmp_path_factory):
         data = clips_npz if model == 'temporal_cnn_lstm' else digits_npz
         model_dir = str(tmp_path_factory.mktemp(f'{model}_{how}'))
         run, before, after = train_on_a_few_examples(model, data, model_dir, steps=25,
-                                                     overrides=dict(TINY_WITHOUT_BATCH_NORM[model], pooling=how))
+                                                     overrides=dict(TINY_WITHOUT_BATCH_NORM[model], pooling=how),
+                                                     eval_events=True)
         export = exporting.export_saved_model(run, tf.train.latest_checkpoint(model_dir),
                                               os.path.join(model_dir, 'export'))
         examples = held_out_arrays(run, 8)
