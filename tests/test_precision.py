@@ -69,11 +69,13 @@ def test_a_bfloat16_training_graph_convolves_and_projects_in_bfloat16_and_others
     assert _graph_dtypes(TRAIN, float32) == {'Conv2D': {tf.float32}, 'MatMul': {tf.float32}}
 
 
-def test_bfloat16_products_stay_close_to_float32_and_train_float32_variables():
-    """The input projection, the recurrent products and the recurrent kernel's gradient
-    product in bfloat16."""
+@pytest.mark.parametrize('steps', [7, 1])
+def test_bfloat16_products_stay_close_to_float32_and_train_float32_variables(steps):
+    """The input projection, the recurrent products and the product that gives both
+    kernels' gradients in bfloat16; one step too, where no h_{t-1} but the zero state
+    meets a gradient."""
     rng = np.random.default_rng(0)
-    sequences = rng.normal(size=(8, 7, 40)).astype(np.float32)
+    sequences = rng.normal(size=(8, steps, 40)).astype(np.float32)
     weights = [rng.normal(size=shape, scale=0.2).astype(np.float32) for shape in ((40, 64), (16, 64), (64,))]
     results = []
     for dtype in (tf.float32, tf.bfloat16):

@@ -30,8 +30,8 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     cache. Wider inputs are projected by one matmul before the op: their kernel panels no
     longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). In float32 the
     backward op's loop also sums the recurrent kernel's gradient. With
-    `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients are
-    bfloat16 matmuls around the op, accumulating in float32.
+    `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients (one
+    product) are bfloat16 matmuls around the op, accumulating in float32.
     """
     library = kernels.load()
     bfloat16 = arithmetic_dtype == tf.bfloat16
@@ -60,18 +60,36 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
                 bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U], [U, 4U]
             # Cast once: all three gradient products read it.
             flat_grad = tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), arithmetic_dtype)  # [T*B, 4U]
-            if not projects_in_loop:
-                grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
             if bfloat16:
-                # Step t multiplied h_{t-1} by the kernel, and the first step a zero state:
-                # steps 0..T-2's h times steps 1..T-1's gradient (slices sharing memory).
-                grad_recurrent = product(tf.reshape(h[:-1], [-1, units]), flat_grad[batch:], transpose_a=True)
+                grad_kernel, grad_recurrent = _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype)
+            elif not projects_in_loop:
+                grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
             grad_inputs = tf.reshape(product(flat_grad, kernel, transpose_b=True), tf.shape(inputs))  # [T, B, F]
             return grad_inputs, grad_kernel, grad_recurrent, grad_bias
 
         return (h, final), gradient
 
     return run(inputs, kernel, recurrent_kernel, bias)
+
+
+def _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype):
+    """Both kernels' gradients in one product over all steps: [x_t, h_{t-1}]^T . grad_t,
+    with h_{-1} the zero state. Split, the input kernel's product ([F, T*B] . [T*B, 4U],
+    F as small as 28) ran far below the rate of the merged one (BENCHMARKS.md).
+
+    Args:
+      inputs: float32 [T, B, F]; h: float32 [T, B, U] from the forward op.
+      flat_grad: [T*B, 4U] in `arithmetic_dtype`, the gate gradients of every step.
+
+    Returns:
+      float32 (grad_kernel [F, 4U], grad_recurrent [U, 4U]).
+    """
+    features = inputs.shape[-1]
+    previous_h = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)                      # [T, B, U]
+    stacked = tf.concat([tf.cast(inputs, arithmetic_dtype), tf.cast(previous_h, arithmetic_dtype)], axis=-1)
+    both = tf.matmul(tf.reshape(stacked, [-1, stacked.shape[-1]]), flat_grad, transpose_a=True)  # [F+U, 4U]
+    both = tf.cast(both, tf.float32)
+    return both[:features], both[features:]
 
 
 def _reaching(gradient):
