@@ -80,8 +80,9 @@ def masked_and_unmasked(tmp_path_factory):
 
 @pytest.mark.parametrize('cell', [{'cell': 'lstm'}, {'cell': 'gru'},
                                   {'cell': 'gru', 'gru_reset_after': False}])
-@pytest.mark.parametrize('structure', [{}, {'bidirectional': True},
-                                       {'bidirectional': True, 'rnn_layers': 2}])
+# One layer forward; two bidirectional layers, whose last is what a single bidirectional
+# layer would be.
+@pytest.mark.parametrize('structure', [{}, {'bidirectional': True, 'rnn_layers': 2}])
 @pytest.mark.parametrize('how', pooling.POOLINGS)
 def test_unmasked_gives_the_masked_outputs_for_every_length(masked_and_unmasked, cell, structure, how):
     case = f'{cell} {structure} pooling={how}'
