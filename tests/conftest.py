@@ -257,6 +257,7 @@ def evaluation_losses(estimator, eval_input, checkpoints):
     of its batches' losses), from one evaluation graph and session for all of them, where
     evaluate() builds both anew for each."""
     with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(estimator.config.tf_random_seed)
         tf.compat.v1.train.get_or_create_global_step()
         batches = tf.compat.v1.data.make_initializable_iterator(eval_input())
         features, labels = batches.get_next()
@@ -290,7 +291,7 @@ class _CheckpointAfterFirstStep(tf.compat.v1.train.SessionRunHook):
         step = run_context.session.run(tf.compat.v1.train.get_global_step())
         assert step == 1, f'expected a fresh model_dir, found step {step}'
         saver, = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
-        saver.save(run_context.session, self._prefix, global_step=1)
+        saver.save(run_context.session, self._prefix, global_step=1, write_meta_graph=False)
 
 
 def train_without_evaluating(model, data, model_dir, overrides, steps, num_examples=None):

@@ -58,7 +58,7 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
                 recurrent_kernel, step_mask, c, gates, _reaching(grad_h), _reaching(grad_final),
                 inputs if projects_in_loop else nothing, nothing if bfloat16 else h,
                 bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U], [U, 4U]
-            # Cast once: all three gradient products read it.
+            # Cast once: every gradient product below reads it.
             flat_grad = tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), arithmetic_dtype)  # [T*B, 4U]
             if bfloat16:
                 grad_kernel, grad_recurrent = _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype)
@@ -85,8 +85,8 @@ def _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype):
       float32 (grad_kernel [F, 4U], grad_recurrent [U, 4U]).
     """
     features = inputs.shape[-1]
-    previous_h = tf.concat([tf.zeros_like(h[:1]), h[:-1]], axis=0)                      # [T, B, U]
-    stacked = tf.concat([tf.cast(inputs, arithmetic_dtype), tf.cast(previous_h, arithmetic_dtype)], axis=-1)
+    previous_h = tf.pad(tf.cast(h[:-1], arithmetic_dtype), [[1, 0], [0, 0], [0, 0]])    # [T, B, U]
+    stacked = tf.concat([tf.cast(inputs, arithmetic_dtype), previous_h], axis=-1)      # [T, B, F+U]
     both = tf.matmul(tf.reshape(stacked, [-1, stacked.shape[-1]]), flat_grad, transpose_a=True)  # [F+U, 4U]
     both = tf.cast(both, tf.float32)
     return both[:features], both[features:]
@@ -146,8 +146,8 @@ class FusedLSTM(_SequenceLSTM):
     """Keras' LSTM computed by the fused CPU kernel. With `arithmetic_dtype` tf.bfloat16
     (precision=mixed_bfloat16, training graphs) the input projection of all steps, each
     step's product with the recurrent kernel (on AVX512_BF16, units a multiple of 16) and
-    the recurrent kernel's gradient product run in bfloat16, accumulating in float32; the
-    state, the gates and the variables stay float32."""
+    the one product that gives both kernels' gradients run in bfloat16, accumulating in
+    float32; the state, the gates and the variables stay float32."""
 
     def __init__(self, units, arithmetic_dtype=tf.float32, **kwargs):
         super().__init__(units, **kwargs)

@@ -1,8 +1,8 @@
 """Training precision: bfloat16 arithmetic where the CPU has instructions for it.
 
 `precision=mixed_bfloat16` runs a training graph's convolutions (small_cnn) and the fused
-LSTM's input projection, per-step recurrent products and recurrent-kernel gradient
-product in bfloat16, on float32 variables: the LSTM's state and gates, the loss, the
+LSTM's input projection, per-step recurrent products and the product that gives both
+kernels' gradients in bfloat16, on float32 variables: the LSTM's state and gates, the loss, the
 gradients' accumulation and Adam stay float32, and every precision reads the same
 checkpoints. Evaluation, prediction and exports always run float32. `auto`
 picks mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 dot products

@@ -61,7 +61,7 @@ _TRAINING = (
            details="""
                `mixed_bfloat16` computes the training graph's convolutions (small_cnn) and the fused
                LSTM's input projection, per-step recurrent products (on AVX512_BF16, with rnn_units a
-               multiple of 16) and recurrent-kernel gradient in bfloat16, on float32 variables; the
+               multiple of 16) and both kernels' gradients in bfloat16, on float32 variables; the
                LSTM state and gates, the loss and Adam stay float32, so every precision reads the
                same checkpoints. `auto` is mixed_bfloat16 on a machine without a GPU whose CPU has
                bfloat16 instructions (AVX512_BF16 or AMX-BF16), with oneDNN on, and float32
