@@ -61,7 +61,11 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
             # Cast once: every gradient product below reads it.
             flat_grad = tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), arithmetic_dtype)  # [T*B, 4U]
             if bfloat16:
-                grad_kernel, grad_recurrent = _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype)
+                # Both kernels' gradients in one product (BENCHMARKS.md): split, the input
+                # kernel's ([F, T*B] . [T*B, 4U], F as small as 28) ran far below its rate.
+                both = product(_inputs_beside_previous_h(inputs, h, arithmetic_dtype), flat_grad,
+                               transpose_a=True)                                     # [F+U, 4U]
+                grad_kernel, grad_recurrent = tf.split(both, [inputs.shape[-1], units])   # [F, 4U], [U, 4U]
             elif not projects_in_loop:
                 grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
             grad_inputs = tf.reshape(product(flat_grad, kernel, transpose_b=True), tf.shape(inputs))  # [T, B, F]
@@ -72,24 +76,19 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     return run(inputs, kernel, recurrent_kernel, bias)
 
 
-def _kernel_gradients(inputs, h, flat_grad, arithmetic_dtype):
-    """Both kernels' gradients in one product over all steps: [x_t, h_{t-1}]^T . grad_t,
-    with h_{-1} the zero state. Split, the input kernel's product ([F, T*B] . [T*B, 4U],
-    F as small as 28) ran far below the rate of the merged one (BENCHMARKS.md).
+def _inputs_beside_previous_h(inputs, h, dtype):
+    """[x_t, h_{t-1}] of every step in `dtype`, h_{-1} the zero state: the rows whose
+    product with step t's gate gradients gives both kernels' gradients.
 
     Args:
       inputs: float32 [T, B, F]; h: float32 [T, B, U] from the forward op.
-      flat_grad: [T*B, 4U] in `arithmetic_dtype`, the gate gradients of every step.
 
     Returns:
-      float32 (grad_kernel [F, 4U], grad_recurrent [U, 4U]).
+      [T*B, F+U] in `dtype`.
     """
-    features = inputs.shape[-1]
-    previous_h = tf.pad(tf.cast(h[:-1], arithmetic_dtype), [[1, 0], [0, 0], [0, 0]])    # [T, B, U]
-    stacked = tf.concat([tf.cast(inputs, arithmetic_dtype), previous_h], axis=-1)      # [T, B, F+U]
-    both = tf.matmul(tf.reshape(stacked, [-1, stacked.shape[-1]]), flat_grad, transpose_a=True)  # [F+U, 4U]
-    both = tf.cast(both, tf.float32)
-    return both[:features], both[features:]
+    previous_h = tf.pad(tf.cast(h[:-1], dtype), [[1, 0], [0, 0], [0, 0]])                # [T, B, U]
+    stacked = tf.concat([tf.cast(inputs, dtype), previous_h], axis=-1)                   # [T, B, F+U]
+    return tf.reshape(stacked, [-1, stacked.shape[-1]])
 
 
 def _reaching(gradient):

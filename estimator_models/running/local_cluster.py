@@ -171,9 +171,8 @@ class LocalCluster:
             self.cluster['ps'] = [f'127.0.0.1:{next(ports)}' for _ in range(parameter_servers)]
         layout = ([('ps', index) for index in range(parameter_servers)] + [('chief', 0)]
                   + [('worker', index) for index in range(workers - 1)] + [('evaluator', 0)] * evaluator)
-        environ = dict(os.environ)
         self.tasks = [TaskProcess(task_type, index, self.cluster, train_flags,
-                                  os.path.join(self.log_dir, f'{task_type}-{index}.log'), environ)
+                                  os.path.join(self.log_dir, f'{task_type}-{index}.log'), os.environ)
                       for task_type, index in layout]
 
     def _say(self, text):
@@ -312,6 +311,7 @@ def _stop(tasks):
         task.terminate()
     for task in tasks:
         task.wait_or_kill(deadline)
+
 
 def _described_exit(code):
     if code < 0:
