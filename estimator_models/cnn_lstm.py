@@ -46,23 +46,28 @@ def model_fn(features, labels, mode, params):
     images = features[IMAGE_KEY] / 255.0                                    # [B, H, W, C]
     summaries.input_images(images, mode, params)
     backbone = backbones.apply_backbone(images, params, mode)
-    feature_map = backbone.feature_map                                      # [B, h, w, F]
+    feature_map = backbone.feature_map                                      # [B, h, w, F], maybe bfloat16
     sequence, lengths = read_as_sequence(feature_map, features, params)    # [B, h, w*F] (rows), [B]
-    sequence = sequence[:, ::params['step']]                                # [B, ceil(h/step), w*F]
-    if lengths is not None:
-        lengths = (lengths - 1) // params['step'] + 1                       # of boxes 0, step, 2*step...
+    if params['step'] > 1:  # a slice of every step would still copy its gradient
+        sequence = sequence[:, ::params['step']]                            # [B, ceil(h/step), w*F]
+        if lengths is not None:
+            lengths = (lengths - 1) // params['step'] + 1                   # of boxes 0, step, 2*step...
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
-    summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
+    summaries.histograms(mode, params, feature_map=tf.cast(feature_map, tf.float32), final_state=final,
+                         logits=logits)
     return head.classification_head(logits, labels, mode, params, attention, backbone)
 
 
 def read_as_sequence(feature_map, features, params):
     """[B, h, w, F] -> ([B, T, D] as `sequence` says, int32 [B] true lengths or None):
-    rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F], pooled [B, h, F], or
-    regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes)."""
+    rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F], pooled [B, h, F] (in the
+    feature map's dtype: the recurrent stack reads a bfloat16 one as it is), or
+    regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes),
+    float32."""
     if params['sequence'] != 'regions':
         return sequencing.SEQUENCERS[params['sequence']](feature_map), None
+    feature_map = tf.cast(feature_map, tf.float32)
     if params['regions'] == 'grid':
         return regions.grid_as_sequence(feature_map, params['grid']), None
     boxes, counts = regions.whole_image_when_boxless(features[BOXES_KEY], features[NUM_BOXES_KEY])

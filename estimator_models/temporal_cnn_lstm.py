@@ -55,7 +55,7 @@ def model_fn(features, labels, mode, params):
         frames = with_frame_differences(frames)                             # [B, T, H, W, 2C]
     images, positions = sequencing.true_frames_as_images(frames, lengths)   # [N, H, W, C], N true frames
     backbone = backbones.apply_backbone(images, params, mode)
-    feature_map = backbone.feature_map                                      # [N, h, w, F]
+    feature_map = tf.cast(backbone.feature_map, tf.float32)                 # [N, h, w, F]
     # Flattened rather than pooled: the motion is in where things are.
     per_frame = tf.keras.layers.Dense(
         params['frame_features'], activation='relu', name='frame_features')(

@@ -1,4 +1,5 @@
-"""Backbones (`backbone=small_cnn|resnet50|mobilenet_v2`): each trains and serves like
+"""Backbones (`backbone=small_cnn|resnet50|mobilenet_v2`): small_cnn's blocks compute
+what Keras' conv, ReLU and pool layers do; each application trains and serves like
 Estimator.predict; `backbone_weights` loads a Keras `.h5`; frozen stays exactly as
 loaded, fine-tuned moves; mistakes are one line."""
 
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from conftest import (TINY, held_out_arrays, run_cli, serve_each_in_one_fresh_process, train_on_a_few_examples,
                       train_without_evaluating)
+from estimator_models.layers import backbones
 from estimator_models.running import experiment
 from estimator_models.serving import exporting
 from input_fns.embedded import moving_glyphs
@@ -22,6 +24,53 @@ APPLICATION = dict(TINY['cnn_lstm'], batch_size='8', backbone_batch_norm_momentu
 APPLICATION_STEPS = 12
 # Steps of the frozen-backbone run: its loss falls while the backbone stays as loaded.
 FROZEN_STEPS = 20
+
+
+def keras_small_cnn(filters, batch_norm):
+    """small_cnn as plain Keras layers in the textbook order: conv, [BatchNorm,] ReLU, pool."""
+    layers = []
+    for channels in filters:
+        if batch_norm:
+            layers += [tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False),
+                       tf.keras.layers.BatchNormalization(), tf.keras.layers.ReLU()]
+        else:
+            layers.append(tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu'))
+        layers.append(tf.keras.layers.MaxPool2D(2))
+    return tf.keras.Sequential(layers)
+
+
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_small_cnn_gives_keras_layers_values_and_gradients(batch_norm):
+    images = tf.constant(np.random.default_rng(0).random((4, 15, 14, 2)), tf.float32)
+    ours, keras = backbones.small_cnn((8, 16), batch_norm=batch_norm), keras_small_cnn((8, 16), batch_norm)
+    ours(images), keras(images)
+    # Biases and BatchNorm offsets away from zero, so the pool meets both signs.
+    keras.set_weights([np.random.default_rng(1).normal(size=weight.shape) for weight in keras.get_weights()])
+    ours.set_weights(keras.get_weights())
+    results = []
+    for network in (ours, keras):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            feature_map = network(images, training=True)                      # [4, 3, 3, 16]
+            loss = tf.reduce_sum(feature_map * tf.range(16, dtype=tf.float32))
+        results.append([feature_map, *tape.gradient(loss, [images, *network.trainable_weights])])
+    assert results[0][0].shape == (4, 3, 3, 16)
+    assert 0 < np.mean(results[0][0].numpy() > 0) < 1
+    for ours_value, keras_value in zip(*results):
+        np.testing.assert_allclose(ours_value, keras_value, rtol=1e-5, atol=1e-5)
+
+
+def test_small_cnn_kernel_gradients_wait_for_the_inputs_gradients():
+    with tf.Graph().as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 16, 16, 1])
+        network = backbones.small_cnn((8, 16, 16))
+        tf.gradients(tf.reduce_sum(network(images)), network.trainable_weights)
+        operations = tf.compat.v1.get_default_graph().get_operations()
+    waits = {op.name.split('/')[2]: [control.type for control in op.control_inputs]
+             for op in operations if op.type == 'Conv2DBackpropFilter'}
+    # The first convolution reads the images, which need no gradient: nothing to wait for.
+    assert waits == {'cnn_conv_0': [], 'cnn_conv_1': ['Conv2DBackpropInput'],
+                     'cnn_conv_2': ['Conv2DBackpropInput']}
 
 
 def write_known_weights(path, seed=3):

@@ -1,6 +1,7 @@
-"""The head's regularisation: label smoothing against its formula, AdamW-style decay of
-kernels only, and a cnn_lstm with BatchNorm, smoothing and decay trained and served like
-Estimator.predict."""
+"""The head's training step and regularisation: gradients clipped as
+tf.clip_by_global_norm clips them and a non-finite step moving nothing, label smoothing
+against its formula, AdamW-style decay of kernels only, and a cnn_lstm with BatchNorm,
+smoothing and decay trained and served like Estimator.predict."""
 
 import os
 
@@ -20,6 +21,36 @@ def in_a_graph(build):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             return session.run(result)
+
+
+OPTIMIZER = dict(learning_rate=0.1, warmup_steps=0, lr_schedule='constant', train_steps=10, clip_norm=1.0)
+
+
+def weights_after_steps(scales, clip_by_tensorflow=False):
+    """A [3] weight after one Adam step per loss scale (its loss: scale * sum(w * [3, 4, 12]),
+    a gradient norm of 13 * scale), by the head's step or by tf.clip_by_global_norm and Adam."""
+    with tf.Graph().as_default():
+        weight = tf.compat.v1.get_variable('weight', initializer=tf.constant([1.0, -2.0, 0.5]))
+        scale = tf.compat.v1.placeholder(tf.float32, [])
+        loss = scale * tf.reduce_sum(weight * tf.constant([3.0, 4.0, 12.0]))
+        if clip_by_tensorflow:
+            optimizer = tf.compat.v1.train.AdamOptimizer(OPTIMIZER['learning_rate'])
+            clipped, _ = tf.clip_by_global_norm(tf.gradients(loss, [weight]), OPTIMIZER['clip_norm'])
+            train_op = optimizer.apply_gradients(zip(clipped, [weight]))
+        else:
+            train_op, _, _ = head._train_op(loss, OPTIMIZER)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            for value in scales:
+                session.run(train_op, {scale: value})
+            return session.run(weight)
+
+
+def test_train_step_clips_as_tensorflow_does_and_a_non_finite_step_moves_nothing():
+    scales = [1.0, 0.01, 2.0]
+    np.testing.assert_array_equal(weights_after_steps(scales), weights_after_steps(scales, clip_by_tensorflow=True))
+    np.testing.assert_array_equal(weights_after_steps([np.inf]), [1.0, -2.0, 0.5])
+    np.testing.assert_array_equal(weights_after_steps([np.nan]), [1.0, -2.0, 0.5])
 
 
 @pytest.mark.parametrize('smoothing', [0.0, 0.1])

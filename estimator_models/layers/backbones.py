@@ -62,7 +62,8 @@ HPARAMS = (
 class Backbone(NamedTuple):
     """A backbone applied to a batch of images.
 
-    feature_map: float32 [N, h, w, F].
+    feature_map: [N, h, w, F], float32, or bfloat16 from small_cnn in a bfloat16
+      training graph (precision=mixed_bfloat16): cast it where float32 is needed.
     variables: every variable the backbone holds (weights and BatchNorm statistics).
     trainable: whether the head trains them.
     init_fn: Scaffold init_fn that loads `backbone_weights` into a new run, or None.
@@ -85,7 +86,7 @@ def apply_backbone(images, params, mode):
     if params['backbone'] == 'small_cnn':
         network = small_cnn(params['cnn_filters'], batch_norm=params.get('cnn_batch_norm', False),
                             compute_dtype=precision.compute_dtype(params, mode))
-        feature_map = tf.cast(network(images, training=training), tf.float32)
+        feature_map = network(images, training=training)
         _collect_batch_norm_updates(network, images, training)
         return Backbone(feature_map, network.weights, trainable, None)
     network = _application(params['backbone'], images.shape[1:3])
@@ -111,23 +112,86 @@ def small_cnn(filters, name='cnn', batch_norm=False, compute_dtype=tf.float32):
     `compute_dtype` (with tf.bfloat16 its variables stay float32, so every precision
     reads the same checkpoints: estimator_models.layers.precision). Built fresh on each
     call, with fixed layer names, so checkpoints keep their keys.
+
+    Each block pools before its ReLU and its bias, which give the same values: both rise
+    with their input, so a window's maximum is the same taken before them as after. They
+    and their gradients then run on a quarter of the values.
     """
     # A per-layer policy, not Keras' global one: the rest of the graph stays float32.
     policy = tf.keras.mixed_precision.Policy(
         'mixed_bfloat16' if compute_dtype == tf.bfloat16 else 'float32')
     layers = []
     for index, channels in enumerate(filters):
-        if batch_norm:
-            # BatchNorm's offset does what the convolution's bias would.
-            layers += [tf.keras.layers.Conv2D(channels, 3, padding='same', use_bias=False,
-                                              name=f'{name}_conv_{index}', dtype=policy),
-                       tf.keras.layers.BatchNormalization(name=f'{name}_batch_norm_{index}', dtype=policy),
-                       tf.keras.layers.ReLU(name=f'{name}_relu_{index}', dtype=policy)]
-        else:
-            layers.append(tf.keras.layers.Conv2D(channels, 3, padding='same', activation='relu',
-                                                 name=f'{name}_conv_{index}', dtype=policy))
-        layers.append(tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}', dtype=policy))
+        # The first convolution reads the images, which need no gradient.
+        reads_pixels = index == 0
+        conv_name = f'{name}_conv_{index}'
+        if not batch_norm:
+            layers.append(PooledConv2D(channels, reads_pixels, name=conv_name, dtype=policy))
+            continue
+        # BatchNorm's offset does what the convolution's bias would; its scale may be
+        # negative, so it stays before the pool.
+        layers += [Conv2DInputGradientFirst(channels, reads_pixels, use_bias=False, name=conv_name, dtype=policy),
+                   tf.keras.layers.BatchNormalization(name=f'{name}_batch_norm_{index}', dtype=policy),
+                   tf.keras.layers.MaxPool2D(2, name=f'{name}_pool_{index}', dtype=policy),
+                   tf.keras.layers.ReLU(name=f'{name}_relu_{index}', dtype=policy)]
     return tf.keras.Sequential(layers, name=name)
+
+
+class Conv2DInputGradientFirst(tf.keras.layers.Conv2D):
+    """Keras' 3x3 'same' Conv2D, [N, H, W, C] -> [N, H, W, filters], with the same
+    variables under the same names, whose gradient computes the inputs' gradient before
+    the kernel's.
+
+    The layers below wait for the inputs' gradient; the kernel's only feeds the
+    optimizer. Run side by side, the two share the cores and both finish late; in this
+    order the kernel's gradient runs beside the layers below (BENCHMARKS.md). With
+    `reads_pixels` the inputs need no gradient and the convolution is TensorFlow's own.
+    """
+
+    def __init__(self, filters, reads_pixels, **kwargs):
+        super().__init__(filters, 3, padding='same', **kwargs)
+        self.reads_pixels = reads_pixels
+
+    def convolution_op(self, inputs, kernel):
+        if self.reads_pixels:
+            return super().convolution_op(inputs, kernel)
+        return _convolution_input_gradient_first(inputs, tf.convert_to_tensor(kernel))
+
+
+def _convolution_input_gradient_first(inputs, kernel):
+    """A 3x3 'same' convolution, [N, H, W, C] x [3, 3, C, F] -> [N, H, W, F], whose kernel
+    gradient waits for its inputs' gradient."""
+    strides = [1, 1, 1, 1]
+
+    @tf.custom_gradient
+    def convolve(inputs, kernel):
+        def gradient(grad):                                                    # [N, H, W, F]
+            grad_inputs = tf.compat.v1.nn.conv2d_backprop_input(
+                tf.shape(inputs), kernel, grad, strides, 'SAME')               # [N, H, W, C]
+            kernel_shape = tf.shape(kernel)  # made here: inside, it would carry the wait instead
+            with tf.control_dependencies([grad_inputs]):
+                grad_kernel = tf.compat.v1.nn.conv2d_backprop_filter(
+                    inputs, kernel_shape, grad, strides, 'SAME')               # [3, 3, C, F]
+            return grad_inputs, grad_kernel
+
+        return tf.nn.conv2d(inputs, kernel, strides, 'SAME'), gradient
+
+    return convolve(inputs, kernel)
+
+
+class PooledConv2D(Conv2DInputGradientFirst):
+    """A 3x3 convolution with bias and ReLU and a 2x2 max-pool after it, [N, H, W, C] ->
+    [N, H/2, W/2, filters] (sizes rounded down), computed as convolution, pool, bias,
+    ReLU."""
+
+    def call(self, inputs):
+        convolved = self.convolution_op(inputs, self.kernel)                  # [N, H, W, F]
+        pooled = tf.nn.max_pool2d(convolved, 2, 2, 'VALID')                   # [N, H/2, W/2, F]
+        return tf.nn.relu(tf.nn.bias_add(pooled, self.bias))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = tf.TensorShape(super().compute_output_shape(input_shape))
+        return tf.TensorShape([batch, height and height // 2, width and width // 2, channels])
 
 
 def _collect_batch_norm_updates(network, inputs, training):

@@ -31,15 +31,16 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). In float32 the
     backward op's loop also sums the recurrent kernel's gradient. With
     `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients (one
-    product) are bfloat16 matmuls around the op, accumulating in float32.
+    product) are bfloat16 matmuls around the op, accumulating in float32; `inputs` may
+    then be bfloat16 too (a bfloat16 CNN's features), and their gradient is bfloat16.
     """
     library = kernels.load()
     bfloat16 = arithmetic_dtype == tf.bfloat16
     projects_in_loop = not bfloat16 and inputs.shape[-1] <= recurrent_kernel.shape[0]
     nothing = tf.zeros([0])
 
-    def product(a, b, **transposes):  # float32 [rows, columns]
-        return tf.cast(tf.matmul(tf.cast(a, arithmetic_dtype), tf.cast(b, arithmetic_dtype), **transposes), tf.float32)
+    def product(a, b, dtype=tf.float32, **transposes):  # [rows, columns] in `dtype`
+        return tf.cast(tf.matmul(tf.cast(a, arithmetic_dtype), tf.cast(b, arithmetic_dtype), **transposes), dtype)
 
     @tf.custom_gradient
     def run(inputs, kernel, recurrent_kernel, bias):
@@ -68,7 +69,8 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
                 grad_kernel, grad_recurrent = tf.split(both, [inputs.shape[-1], units])   # [F, 4U], [U, 4U]
             elif not projects_in_loop:
                 grad_kernel = product(flat_inputs, flat_grad, transpose_a=True)
-            grad_inputs = tf.reshape(product(flat_grad, kernel, transpose_b=True), tf.shape(inputs))  # [T, B, F]
+            grad_inputs = tf.reshape(product(flat_grad, kernel, inputs.dtype, transpose_b=True),
+                                     tf.shape(inputs))                               # [T, B, F]
             return grad_inputs, grad_kernel, grad_recurrent, grad_bias
 
         return (h, final), gradient
@@ -81,7 +83,7 @@ def _inputs_beside_previous_h(inputs, h, dtype):
     product with step t's gate gradients gives both kernels' gradients.
 
     Args:
-      inputs: float32 [T, B, F]; h: float32 [T, B, U] from the forward op.
+      inputs: [T, B, F], float32 or `dtype`; h: float32 [T, B, U] from the forward op.
 
     Returns:
       [T*B, F+U] in `dtype`.
@@ -103,12 +105,14 @@ def _reaching(gradient):
 class _SequenceLSTM(tf.keras.layers.Layer):
     """What the fused and cuDNN layers share: Keras LSTM's variables, masks, directions.
 
-    Called on float32 [B, T, F] with an optional bool mask [B, T]; returns [B, T, U]
-    (return_sequences, in the order the steps ran, as Keras' LSTM does) or [B, U].
+    Called on [B, T, F] with an optional bool mask [B, T]; returns float32 [B, T, U]
+    (return_sequences, in the order the steps ran, as Keras' LSTM does) or [B, U]. The
+    inputs are read as float32 unless reads_inputs_as says otherwise.
     """
 
     def __init__(self, units, return_sequences=False, go_backwards=False, **kwargs):
-        super().__init__(**kwargs)
+        # Keras would cast the inputs to float32 itself; reads_inputs_as decides instead.
+        super().__init__(autocast=False, **kwargs)
         self.units = units
         self.return_sequences = return_sequences
         self.go_backwards = go_backwards
@@ -123,6 +127,7 @@ class _SequenceLSTM(tf.keras.layers.Layer):
 
     def call(self, inputs, mask=None, training=None):
         del training  # no dropout inside the layer: the stack applies it between layers
+        inputs = tf.cast(inputs, self.reads_inputs_as(inputs.dtype))
         time_major = tf.transpose(inputs, [1, 0, 2])                                  # [T, B, F]
         step_mask = (tf.ones(tf.shape(time_major)[:2]) if mask is None
                      else tf.transpose(tf.cast(mask, tf.float32)))                   # [T, B]
@@ -137,6 +142,11 @@ class _SequenceLSTM(tf.keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         return mask if self.return_sequences else None
 
+    def reads_inputs_as(self, given):
+        """The dtype the layer reads inputs of dtype `given` in."""
+        del given
+        return tf.float32
+
     def _run(self, time_major, step_mask):
         raise NotImplementedError
 
@@ -146,11 +156,15 @@ class FusedLSTM(_SequenceLSTM):
     (precision=mixed_bfloat16, training graphs) the input projection of all steps, each
     step's product with the recurrent kernel (on AVX512_BF16, units a multiple of 16) and
     the one product that gives both kernels' gradients run in bfloat16, accumulating in
-    float32; the state, the gates and the variables stay float32."""
+    float32; the state, the gates and the variables stay float32. Then bfloat16 inputs
+    stay bfloat16: the projection would cast them back."""
 
     def __init__(self, units, arithmetic_dtype=tf.float32, **kwargs):
         super().__init__(units, **kwargs)
         self.arithmetic_dtype = arithmetic_dtype
+
+    def reads_inputs_as(self, given):
+        return given if given == self.arithmetic_dtype == tf.bfloat16 else tf.float32
 
     def _run(self, time_major, step_mask):
         return fused_lstm_sequence(time_major, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,

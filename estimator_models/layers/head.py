@@ -185,11 +185,15 @@ def _train_op(loss, params, backbone=None):
     head_variables, backbone_variables = _trained_variables(params, backbone)
     gradients, variables = zip(*optimizer.compute_gradients(
         loss, var_list=head_variables + backbone_variables))
-    clipped, gradient_norm = tf.clip_by_global_norm(gradients, params['clip_norm'])
+    gradient_norm = tf.linalg.global_norm(gradients)
     # A step whose loss or gradients are not finite changes no weight by its gradients,
     # so the checkpoint saved at that step (before training stops) is still a good one.
     finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(gradient_norm))
-    clipped = [tf.where(finite, gradient, tf.zeros_like(gradient)) for gradient in clipped]
+    # tf.clip_by_global_norm's scale, or 0 on such a step: multiply_no_nan then gives
+    # zeros even where a gradient is NaN, in one op per gradient.
+    clip_norm = params['clip_norm']
+    scale = tf.where(finite, clip_norm * tf.minimum(1.0 / gradient_norm, 1.0 / clip_norm), 0.0)
+    clipped = [tf.math.multiply_no_nan(gradient, scale) for gradient in gradients]
     # Keras layers do not put their updates (e.g. batch-norm statistics) in
     # UPDATE_OPS by themselves; models that have any add them there.
     update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)

@@ -52,7 +52,8 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
     """Runs `rnn_layers` recurrent layers over a sequence and returns the final output.
 
     Args:
-      sequence: float32 [B, T, F].
+      sequence: [B, T, F], float32; or bfloat16 (a bfloat16 CNN's features), which the
+        fused LSTM reads as it is and every other implementation as float32.
       hparams: dict with `cell` ('lstm' | 'gru'), `rnn_units`, `rnn_layers`,
         `bidirectional`, `dropout` (applied between layers and to the output),
         `input_dropout` (applied to the sequence before the first layer),
@@ -73,6 +74,8 @@ def recurrent_stack(sequence, hparams, mode, lengths=None, return_sequences=Fals
     """
     training = mode == tf.estimator.ModeKeys.TRAIN
     chosen = implementation(hparams, mode)
+    if chosen != 'fused':
+        sequence = tf.cast(sequence, tf.float32)
     if hparams.get('input_dropout'):
         sequence = tf.keras.layers.Dropout(
             hparams['input_dropout'], name='rnn_input_dropout')(sequence, training=training)
