@@ -39,6 +39,8 @@ DEFAULT_HPARAMS = {
     'augment': 'light',
 }
 HPARAM_CHOICES = choices_of(HPARAMS)
+# The sequencers that only move the feature map's values.
+REARRANGING_SEQUENCERS = ('rows', 'columns', 'flatten')
 
 
 def model_fn(features, labels, mode, params):
@@ -61,13 +63,13 @@ def model_fn(features, labels, mode, params):
 
 def read_as_sequence(feature_map, features, params):
     """[B, h, w, F] -> ([B, T, D] as `sequence` says, int32 [B] true lengths or None):
-    rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F], pooled [B, h, F] (in the
-    feature map's dtype: the recurrent stack reads a bfloat16 one as it is), or
-    regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes),
-    float32."""
+    rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F] (in the feature map's
+    dtype: the recurrent stack reads a bfloat16 one as it is), pooled [B, h, F], or
+    regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes)."""
+    if params['sequence'] not in REARRANGING_SEQUENCERS:
+        feature_map = tf.cast(feature_map, tf.float32)  # averaged or resampled: in float32
     if params['sequence'] != 'regions':
         return sequencing.SEQUENCERS[params['sequence']](feature_map), None
-    feature_map = tf.cast(feature_map, tf.float32)
     if params['regions'] == 'grid':
         return regions.grid_as_sequence(feature_map, params['grid']), None
     boxes, counts = regions.whole_image_when_boxless(features[BOXES_KEY], features[NUM_BOXES_KEY])
