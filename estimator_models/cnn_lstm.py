@@ -39,8 +39,6 @@ DEFAULT_HPARAMS = {
     'augment': 'light',
 }
 HPARAM_CHOICES = choices_of(HPARAMS)
-# The sequencers that only move the feature map's values.
-REARRANGING_SEQUENCERS = ('rows', 'columns', 'flatten')
 
 
 def model_fn(features, labels, mode, params):
@@ -56,8 +54,7 @@ def model_fn(features, labels, mode, params):
             lengths = (lengths - 1) // params['step'] + 1                   # of boxes 0, step, 2*step...
     final, attention = recurrent.pooled_recurrent_stack(sequence, params, mode, lengths)  # [B, U], [B, T]
     logits = tf.keras.layers.Dense(params['num_classes'], name='logits')(final)  # [B, K]
-    summaries.histograms(mode, params, feature_map=tf.cast(feature_map, tf.float32), final_state=final,
-                         logits=logits)
+    summaries.histograms(mode, params, feature_map=feature_map, final_state=final, logits=logits)
     return head.classification_head(logits, labels, mode, params, attention, backbone)
 
 
@@ -66,7 +63,7 @@ def read_as_sequence(feature_map, features, params):
     rows [B, h, w*F], columns [B, w, h*F], flatten [B, h*w, F] (in the feature map's
     dtype: the recurrent stack reads a bfloat16 one as it is), pooled [B, h, F], or
     regions: [B, R*C, 4F] (grid=RxC), or [B, R, 4F] with each image's box count (boxes)."""
-    if params['sequence'] not in REARRANGING_SEQUENCERS:
+    if params['sequence'] not in sequencing.REARRANGING_SEQUENCERS:
         feature_map = tf.cast(feature_map, tf.float32)  # averaged or resampled: in float32
     if params['sequence'] != 'regions':
         return sequencing.SEQUENCERS[params['sequence']](feature_map), None

@@ -33,6 +33,9 @@ SEQUENCERS = {
     'flatten': positions_as_sequence,
     'pooled': pooled_as_sequence,
 }
+# The sequencers that only move values: a bfloat16 feature map can pass through them as it
+# is, where an average is better taken in float32.
+REARRANGING_SEQUENCERS = ('rows', 'columns', 'flatten')
 
 
 def true_frames_as_images(frames, lengths):

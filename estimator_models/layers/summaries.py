@@ -63,13 +63,14 @@ def _as_uint8(images):
 
 def histograms(mode, params, **activations):
     """When `histograms` is on, histograms of every trainable variable (`weights/NAME`)
-    and of each named activation tensor (`activations/NAME`), any shape."""
+    and of each named activation tensor (`activations/NAME`), any shape, read as float32
+    (a bfloat16 feature map included)."""
     if mode != ModeKeys.TRAIN or not params['histograms']:
         return
     for variable in tf.compat.v1.trainable_variables():
         tf.compat.v1.summary.histogram(f'weights/{variable.op.name}', variable)
     for name, tensor in activations.items():
-        tf.compat.v1.summary.histogram(f'activations/{name}', tensor)
+        tf.compat.v1.summary.histogram(f'activations/{name}', tf.cast(tensor, tf.float32))
 
 
 def eval_metrics(labels, probabilities, classes):
