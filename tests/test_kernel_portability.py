@@ -5,7 +5,8 @@ product per step, then a pass over the step's rows. This machine builds the AVX-
 Here the same source is also built for Haswell (AVX2, no AVX-512), with its ops renamed
 so that both libraries load in one process, and every output of both ops is compared on
 shapes that cover partial row blocks and panels, padded steps, inputs projected inside
-the loop and before it, and a single step.
+the loop and before it, and a single step. The bfloat16 copies the ops hand over are
+widened and rounded outside the loop there, and checked too.
 
 It costs one more compile of the kernel, about 20 seconds.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import test_precision
 from conftest import build_kernel_variant
 from estimator_models.layers import kernels
 
@@ -69,7 +71,7 @@ def forward_and_gradient(forward_op, gradient_op, arrays, in_loop, with_h):
         else:
             inputs = tf.reshape(tf.reshape(x, [-1, x.shape[2]]) @ kernel, [x.shape[0], x.shape[1], -1])
             input_kernel = nothing
-        h, c, gates, h_last = forward_op(inputs, arrays['recurrent_kernel'], arrays['bias'], arrays['mask'],
+        h, c, gates, h_last, _ = forward_op(inputs, arrays['recurrent_kernel'], arrays['bias'], arrays['mask'],
                                          input_kernel)
         gradients = gradient_op(arrays['recurrent_kernel'], arrays['mask'], c, gates, arrays['grad_h'],
                                 arrays['grad_h_last'], x if in_loop else nothing, h if with_h else nothing)
@@ -92,3 +94,10 @@ def test_the_portable_path_gives_the_avx512_paths_outputs(portable_library, shap
                 scale = max(1.0, float(np.abs(expected[name]).max(initial=0.0)))
                 np.testing.assert_allclose(portable[name], expected[name], rtol=0, atol=2e-5 * scale,
                                            err_msg=f'{case}: {name}')
+
+
+def test_the_portable_path_rounds_and_widens_the_bfloat16_copies(portable_library):
+    """Without AVX-512 the ops widen a bfloat16 x_proj before the loop and round h_{t-1}
+    and the gate gradients after it."""
+    test_precision.check_bfloat16_outputs(portable_library.lstm_sequence_portable,
+                                          portable_library.lstm_sequence_portable_grad, 5, 37, 20)

@@ -167,9 +167,9 @@ def check_bfloat16_products(library, steps, batch, units):
     grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
     bias = rng.normal(size=4 * units, scale=0.1).astype(np.float32)
     nothing = np.zeros(0, np.float32)
-    h, c, gates, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask, nothing,
+    h, c, gates, _, _ = [tensor.numpy() for tensor in library.lstm_sequence(x_proj, kernel, bias, mask, nothing,
                                                                          bfloat16_products=True)]
-    grad_x_proj, grad_bias, _, _ = [tensor.numpy() for tensor in library.lstm_sequence_grad(
+    grad_x_proj, grad_bias, _, _, _ = [tensor.numpy() for tensor in library.lstm_sequence_grad(
         kernel, mask, c, gates, grad_h, nothing, nothing, nothing, bfloat16_products=True)]
 
     for computed, expected in zip((h, c, gates), _reference_steps(x_proj + bias, kernel, mask, h, c)):
@@ -183,6 +183,44 @@ def check_bfloat16_products(library, steps, batch, units):
 
     float32_h = library.lstm_sequence(x_proj, kernel, bias, mask, nothing)[0].numpy()
     assert np.abs(float32_h - h).max() > 1e-4
+
+
+@pytest.mark.parametrize('steps, batch, units', [(6, 40, 16), (5, 9, 20)])
+def test_the_fused_ops_hand_over_bfloat16_copies_of_previous_h_and_of_the_gate_gradients(steps, batch, units):
+    """Units in multiples of 16 write the copies as the bfloat16 products' operands; 20
+    units multiply in float32 and round them at the end."""
+    check_bfloat16_outputs(kernels.load().lstm_sequence, kernels.load().lstm_sequence_grad, steps, batch, units)
+
+
+def check_bfloat16_outputs(forward_op, gradient_op, steps, batch, units):
+    """With bfloat16_outputs the forward op reads a bfloat16 x_proj as its float32 widening
+    and gives every step's h_{t-1} (zeros at the first step), the gradient op the gate
+    gradients: both the very float32 values of a run without them, rounded to bfloat16."""
+    rng = np.random.default_rng(units)
+    x_proj = _bfloat16(rng.normal(size=(steps, batch, 4 * units))).astype(np.float32)  # exact in bfloat16
+    kernel = rng.normal(size=(units, 4 * units), scale=units ** -0.5).astype(np.float32)
+    bias = rng.normal(size=4 * units, scale=0.1).astype(np.float32)
+    mask = (rng.random((steps, batch)) > 0.25).astype(np.float32)
+    grad_h = rng.normal(size=(steps, batch, units)).astype(np.float32)
+    nothing = np.zeros(0, np.float32)
+    h, c, gates, h_last, no_copy = forward_op(x_proj, kernel, bias, mask, nothing, bfloat16_products=True)
+    assert no_copy.shape == (0,)
+    *same, previous_h = forward_op(tf.cast(x_proj, tf.bfloat16), kernel, bias, mask, nothing,
+                                   bfloat16_products=True, bfloat16_outputs=True)
+    for expected, computed in zip((h, c, gates, h_last), same):
+        np.testing.assert_array_equal(computed, expected)
+    assert previous_h.dtype == tf.bfloat16
+    expected_previous = np.concatenate([np.zeros((1, batch, units)), _bfloat16(h[:-1])])
+    np.testing.assert_array_equal(tf.cast(previous_h, tf.float64), expected_previous)
+
+    grad_x_proj, grad_bias, _, _, no_copy = gradient_op(kernel, mask, c, gates, grad_h, nothing, nothing, nothing,
+                                                        bfloat16_products=True)
+    assert no_copy.shape == (0,)
+    no_float32, same_bias, _, _, rounded = gradient_op(kernel, mask, c, gates, grad_h, nothing, nothing, nothing,
+                                                       bfloat16_products=True, bfloat16_outputs=True)
+    assert no_float32.shape == (0,)
+    np.testing.assert_array_equal(same_bias, grad_bias)
+    np.testing.assert_array_equal(tf.cast(rounded, tf.float64), _bfloat16(grad_x_proj))
 
 
 # VDPBF16PS and VCVTNEPS2BF16 as exact float32 code: the same pairs (k, k + 1) summed into
@@ -238,7 +276,8 @@ def test_the_bfloat16_path_with_its_two_instructions_emulated(tmp_path):
     check = (f'import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import tensorflow as tf; '
              f'import test_precision; library = tf.load_op_library({str(library)!r}); '
              f'[test_precision.check_bfloat16_products(library, *shape) '
-             f'for shape in test_precision.BFLOAT16_SHAPES + [(9, 37, 80)]]')
+             f'for shape in test_precision.BFLOAT16_SHAPES + [(9, 37, 80)]]; '
+             f'test_precision.check_bfloat16_outputs(library.lstm_sequence, library.lstm_sequence_grad, 6, 40, 16)')
     result = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -31,8 +31,11 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     longer stay in cache beside the recurrent kernel's (BENCHMARKS.md). In float32 the
     backward op's loop also sums the recurrent kernel's gradient. With
     `arithmetic_dtype` tf.bfloat16 the input projection and both kernels' gradients (one
-    product) are bfloat16 matmuls around the op, accumulating in float32; `inputs` may
-    then be bfloat16 too (a bfloat16 CNN's features), and their gradient is bfloat16.
+    product) are bfloat16 matmuls around the op, accumulating in float32. The op then
+    reads the projection in bfloat16 and hands over h_{t-1} and the gate gradients in
+    bfloat16, the copies its per-step products make, so no cast runs between the op and
+    those matmuls. `inputs` may then be bfloat16 too (a bfloat16 CNN's features), and
+    their gradient is bfloat16.
     """
     library = kernels.load()
     bfloat16 = arithmetic_dtype == tf.bfloat16
@@ -48,23 +51,29 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
         units = recurrent_kernel.shape[0]
         flat_inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])                    # [T*B, F]
         if projects_in_loop:
-            h, c, gates, final = library.lstm_sequence(inputs, recurrent_kernel, bias, step_mask, kernel)
+            h, c, gates, final, _ = library.lstm_sequence(inputs, recurrent_kernel, bias, step_mask, kernel)
         else:
-            projected = tf.reshape(product(flat_inputs, kernel), [steps, batch, 4 * units])  # [T, B, 4U]
-            h, c, gates, final = library.lstm_sequence(projected, recurrent_kernel, bias, step_mask, nothing,
-                                                       bfloat16_products=bfloat16)  # [T, B, U], [B, U]
+            # In bfloat16 the op reads the projection as the matmul gives it, and hands
+            # back every step's h_{t-1} in bfloat16 for the kernels' gradient product.
+            projected = tf.reshape(product(flat_inputs, kernel, arithmetic_dtype),
+                                   [steps, batch, 4 * units])                        # [T, B, 4U]
+            h, c, gates, final, previous_h = library.lstm_sequence(
+                projected, recurrent_kernel, bias, step_mask, nothing, bfloat16_products=bfloat16,
+                bfloat16_outputs=bfloat16)                                            # [T, B, U], [B, U]
 
         def gradient(grad_h, grad_final):
-            grad_x_proj, grad_bias, grad_kernel, grad_recurrent = library.lstm_sequence_grad(
+            # [T, B, 4U] (float32, or bfloat16 only), [4U], [F, 4U], [U, 4U]
+            grad_x_proj, grad_bias, grad_kernel, grad_recurrent, grad_x_proj_bfloat16 = library.lstm_sequence_grad(
                 recurrent_kernel, step_mask, c, gates, _reaching(grad_h), _reaching(grad_final),
                 inputs if projects_in_loop else nothing, nothing if bfloat16 else h,
-                bfloat16_products=bfloat16)  # [T, B, 4U], [4U], [F, 4U], [U, 4U]
-            # Cast once: every gradient product below reads it.
-            flat_grad = tf.cast(tf.reshape(grad_x_proj, [-1, 4 * units]), arithmetic_dtype)  # [T*B, 4U]
+                bfloat16_products=bfloat16, bfloat16_outputs=bfloat16)
+            # Every gradient product below reads it; in bfloat16 the op rounded it itself.
+            flat_grad = tf.reshape(grad_x_proj_bfloat16 if bfloat16 else grad_x_proj,
+                                   [-1, 4 * units])                                  # [T*B, 4U]
             if bfloat16:
                 # Both kernels' gradients in one product (BENCHMARKS.md): split, the input
                 # kernel's ([F, T*B] . [T*B, 4U], F as small as 28) ran far below its rate.
-                both = product(_inputs_beside_previous_h(inputs, h, arithmetic_dtype), flat_grad,
+                both = product(_inputs_beside_previous_h(inputs, previous_h), flat_grad,
                                transpose_a=True)                                     # [F+U, 4U]
                 grad_kernel, grad_recurrent = tf.split(both, [inputs.shape[-1], units])   # [F, 4U], [U, 4U]
             elif not projects_in_loop:
@@ -78,18 +87,17 @@ def fused_lstm_sequence(inputs, kernel, recurrent_kernel, bias, step_mask, arith
     return run(inputs, kernel, recurrent_kernel, bias)
 
 
-def _inputs_beside_previous_h(inputs, h, dtype):
-    """[x_t, h_{t-1}] of every step in `dtype`, h_{-1} the zero state: the rows whose
-    product with step t's gate gradients gives both kernels' gradients.
+def _inputs_beside_previous_h(inputs, previous_h):
+    """[x_t, h_{t-1}] of every step, h_{-1} the zero state: the rows whose product with
+    step t's gate gradients gives both kernels' gradients.
 
     Args:
-      inputs: [T, B, F], float32 or `dtype`; h: float32 [T, B, U] from the forward op.
+      inputs: [T, B, F]; previous_h: bfloat16 [T, B, U] from the forward op.
 
     Returns:
-      [T*B, F+U] in `dtype`.
+      bfloat16 [T*B, F+U].
     """
-    previous_h = tf.pad(tf.cast(h[:-1], dtype), [[1, 0], [0, 0], [0, 0]])                # [T, B, U]
-    stacked = tf.concat([tf.cast(inputs, dtype), previous_h], axis=-1)                   # [T, B, F+U]
+    stacked = tf.concat([tf.cast(inputs, previous_h.dtype), previous_h], axis=-1)      # [T, B, F+U]
     return tf.reshape(stacked, [-1, stacked.shape[-1]])
 
 
@@ -156,15 +164,17 @@ class FusedLSTM(_SequenceLSTM):
     (precision=mixed_bfloat16, training graphs) the input projection of all steps, each
     step's product with the recurrent kernel (on AVX512_BF16, units a multiple of 16) and
     the one product that gives both kernels' gradients run in bfloat16, accumulating in
-    float32; the state, the gates and the variables stay float32. Then bfloat16 inputs
-    stay bfloat16: the projection would cast them back."""
+    float32; the state, the gates and the variables stay float32. Then the inputs are
+    read as bfloat16 before they are made time-major: the projection reads them so, and a
+    float32 copy would be rearranged for nothing."""
 
     def __init__(self, units, arithmetic_dtype=tf.float32, **kwargs):
         super().__init__(units, **kwargs)
         self.arithmetic_dtype = arithmetic_dtype
 
     def reads_inputs_as(self, given):
-        return given if given == self.arithmetic_dtype == tf.bfloat16 else tf.float32
+        del given
+        return tf.bfloat16 if self.arithmetic_dtype == tf.bfloat16 else tf.float32
 
     def _run(self, time_major, step_mask):
         return fused_lstm_sequence(time_major, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,

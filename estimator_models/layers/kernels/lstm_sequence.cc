@@ -25,7 +25,11 @@
 // gradient) and of the kernel, accumulating in float32 (AVX512_BF16's VDPBF16PS, twice
 // the multiply-adds of a float32 FMA per instruction); the state, the gates and every
 // output stay float32. Where the build's CPU lacks AVX512_BF16, or units is not a
-// multiple of 16, the products stay float32.
+// multiple of 16, the products stay float32. With `bfloat16_outputs` the ops also hand
+// over, in bfloat16, what the weight-gradient product after them reads: the forward op
+// every step's h_{t-1}, the gradient op the gate gradients (in bfloat16 only). The
+// bfloat16 products write these copies as their operands anyway; other paths round them
+// at the end. x_proj may then be bfloat16 too, the projection matmul's own output.
 
 #define EIGEN_USE_THREADS
 
@@ -67,7 +71,7 @@ using Vector = Eigen::Map<Eigen::ArrayXf>;
 using ConstVector = Eigen::Map<const Eigen::ArrayXf>;
 
 REGISTER_OP("LstmSequence")
-    .Input("x_proj: float")            // [T, B, 4U] x_t @ kernel; with `kernel`, x itself [T, B, F]
+    .Input("x_proj: Tx")               // [T, B, 4U] x_t @ kernel; with `kernel`, x itself [T, B, F] (float)
     .Input("recurrent_kernel: float")  // [U, 4U]
     .Input("bias: float")              // [4U]
     .Input("mask: float")              // [T, B] 1: the step counts, 0: carry the state
@@ -76,11 +80,16 @@ REGISTER_OP("LstmSequence")
     .Output("c: float")                // [T, B, U]
     .Output("gates: float")            // [T, B, 4U] activated i, f, c~, o
     .Output("h_last: float")           // [B, U] h of the last step (zeros when T = 0)
+    .Output("previous_h: bfloat16")    // [T, B, U] h_{t-1} at step t, zeros at t = 0; [0] unless bfloat16_outputs
+    .Attr("Tx: {float, bfloat16} = DT_FLOAT")
     .Attr("bfloat16_products: bool = false")
+    .Attr("bfloat16_outputs: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       ShapeHandle x_proj, kernel;
       TF_RETURN_IF_ERROR(context->WithRank(context->input(0), 3, &x_proj));
       TF_RETURN_IF_ERROR(context->WithRank(context->input(1), 2, &kernel));
+      bool bfloat16_outputs = false;
+      TF_RETURN_IF_ERROR(context->GetAttr("bfloat16_outputs", &bfloat16_outputs));
       ShapeHandle state = context->MakeShape(
           {context->Dim(x_proj, 0), context->Dim(x_proj, 1), context->Dim(kernel, 0)});
       context->set_output(0, state);
@@ -88,6 +97,7 @@ REGISTER_OP("LstmSequence")
       context->set_output(2, context->MakeShape({context->Dim(x_proj, 0), context->Dim(x_proj, 1),
                                                  context->Dim(kernel, 1)}));
       context->set_output(3, context->MakeShape({context->Dim(x_proj, 1), context->Dim(kernel, 0)}));
+      context->set_output(4, bfloat16_outputs ? state : context->Vector(0));
       return Status();
     });
 
@@ -100,14 +110,20 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("grad_h_last: float")       // [B, U], or [0]: none reaches h_last
     .Input("x: float")                 // [T, B, F] that `kernel` projected, or [0]: no kernel gradient
     .Input("h: float")                 // [T, B, U] from LstmSequence, or [0]: no recurrent kernel gradient
-    .Output("grad_x_proj: float")      // [T, B, 4U]
+    .Output("grad_x_proj: float")      // [T, B, 4U], or [0] with bfloat16_outputs
     .Output("grad_bias: float")        // [4U]
     .Output("grad_kernel: float")      // [F, 4U], or [0] when x is [0]
     .Output("grad_recurrent_kernel: float")  // [U, 4U], or [0] when h is [0]
+    // grad_x_proj rounded, with bfloat16_outputs (grad_x_proj is then [0]); else [0]
+    .Output("grad_x_proj_bfloat16: bfloat16")
     .Attr("bfloat16_products: bool = false")
+    .Attr("bfloat16_outputs: bool = false")
     .SetShapeFn([](InferenceContext* context) {
       const auto gates = context->Dim(context->input(3), 2);
-      context->set_output(0, context->input(3));
+      bool bfloat16_outputs = false;
+      TF_RETURN_IF_ERROR(context->GetAttr("bfloat16_outputs", &bfloat16_outputs));
+      context->set_output(0, bfloat16_outputs ? context->Vector(0) : context->input(3));
+      context->set_output(4, bfloat16_outputs ? context->input(3) : context->Vector(0));
       context->set_output(1, context->Vector(gates));
       const auto given = [&](int input) {
         ShapeHandle shape = context->input(input);
@@ -201,6 +217,31 @@ Status CheckProjectedShapes(const Tensor& x, const Tensor& input_kernel, const T
 // [0]: the caller leaves out an optional input.
 bool IsEmptyVector(const Tensor& tensor) { return tensor.dims() == 1 && tensor.NumElements() == 0; }
 
+uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+void RoundToBfloat16(const float* in, int64_t size, uint16_t* out) {
+  for (int64_t i = 0; i < size; ++i) out[i] = ToBfloat16(in[i]);
+}
+
+void WidenBfloat16(const uint16_t* in, int64_t size, float* out) {
+  for (int64_t i = 0; i < size; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
+    std::memcpy(out + i, &bits, sizeof(bits));
+  }
+}
+
+const uint16_t* Bfloat16Data(const Tensor& tensor) {
+  return reinterpret_cast<const uint16_t*>(tensor.flat<Eigen::bfloat16>().data());
+}
+
+uint16_t* Bfloat16Data(Tensor* tensor) { return reinterpret_cast<uint16_t*>(tensor->flat<Eigen::bfloat16>().data()); }
+
 // What one call of either op reads and writes, as flat arrays in the ops' layouts.
 struct Sequence {
   int64_t steps, batch, units;
@@ -221,6 +262,11 @@ struct Forward {
   float* h;             // [T, B, U]
   float* c;             // [T, B, U]
   float* gates;         // [T, B, 4U] activated i, f, c~, o
+  // x_proj in bfloat16 instead ([T, B, 4U]), read as it is: the AVX-512 loop only.
+  const uint16_t* x_proj_bfloat16;
+  // [T, B, U] bfloat16 h_{t-1} at step t, or null. The bfloat16 products write it as the
+  // next step's operand; every other path leaves it to the op.
+  uint16_t* previous_h;
 };
 
 struct Backward {
@@ -228,7 +274,10 @@ struct Backward {
   const float* c;       // [T, B, U]
   const float* gates;   // [T, B, 4U]
   const float* grad_h;  // [T, B, U], or null: zeros
-  float* grad_x_proj;   // [T, B, 4U]
+  float* grad_x_proj;   // [T, B, 4U], or null with grad_x_proj_bfloat16 and bfloat16 products
+  // [T, B, 4U] the gate gradients rounded to bfloat16, or null. The bfloat16 products
+  // write it as the next step's operand; every other path leaves it to the op.
+  uint16_t* grad_x_proj_bfloat16;
   float* carried_h;     // [B, U] gradient that padded steps pass through to h_{t-1}
   float* carried_c;     // [B, U] gradient reaching c_t from step t + 1
   float* grad_bias;     // [RowBlocks, 4U] each row block's sum of its gate gradients
@@ -329,14 +378,22 @@ class PackedFloat32 {
 // up with 256 bytes a row (BENCHMARKS.md).
 constexpr int64_t kPanelRowsAhead = 4;
 
+// The accumulators of a block product: kRows rows of 4 vectors, one flat array that
+// loops walk fully unrolled. As sum[kRows][4] in nested loops, gcc zeroed and stored them
+// through the stack on every call: a tenth of a bfloat16 block's time at 64 pairs.
+#define FOR_EACH_ACCUMULATOR _Pragma("GCC unroll 32") for (int i = 0; i < kRows * 4; ++i)
+
 // row[v] += a * b[v] for the 4 vectors of a block row.
-__attribute__((always_inline)) inline void MultiplyAdd(__m512 (&row)[4], __m512 a, const __m512 (&b)[4]) {
-  for (int v = 0; v < 4; ++v) row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
+__attribute__((always_inline)) inline void MultiplyAdd(__m512* row, __m512 a, const __m512 (&b)[4]) {
+  row[0] = _mm512_fmadd_ps(a, b[0], row[0]);
+  row[1] = _mm512_fmadd_ps(a, b[1], row[1]);
+  row[2] = _mm512_fmadd_ps(a, b[2], row[2]);
+  row[3] = _mm512_fmadd_ps(a, b[3], row[3]);
 }
 
-// sum[kRows][4 vectors] += a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
+// sum[kRows * 4 vectors] += a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
 template <int kRows>
-__attribute__((always_inline)) inline void MultiplyPanel(__m512 (&sum)[kRows][4], const float* a, int64_t a_stride,
+__attribute__((always_inline)) inline void MultiplyPanel(__m512 (&sum)[kRows * 4], const float* a, int64_t a_stride,
                                                          const float* panel, int64_t depth) {
   for (int64_t k = 0; k < depth; ++k) {
     const float* b_row = panel + k * kPanelColumns;
@@ -345,25 +402,24 @@ __attribute__((always_inline)) inline void MultiplyPanel(__m512 (&sum)[kRows][4]
     for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
     const __m512 b[4] = {_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row + 16), _mm512_loadu_ps(b_row + 32),
                          _mm512_loadu_ps(b_row + 48)};
-    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[r * a_stride + k]), b);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum + 4 * r, _mm512_set1_ps(a[r * a_stride + k]), b);
   }
 }
 
 // out[kRows][64] = a[kRows, depth] . panel[depth, 64], a's rows a_stride apart.
 template <int kRows>
 void Float32Block(const float* a, int64_t a_stride, const float* panel, int64_t depth, float* out) {
-  __m512 sum[kRows][4];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  __m512 sum[kRows * 4];
+  FOR_EACH_ACCUMULATOR sum[i] = _mm512_setzero_ps();
   MultiplyPanel<kRows>(sum, a, a_stride, panel, depth);
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+  FOR_EACH_ACCUMULATOR _mm512_storeu_ps(out + i / 4 * kPanelColumns + 16 * (i % 4), sum[i]);
 }
 
 // Calls block(std::integral_constant<int, rows>()) for rows in 1..kMaxBlockRows: a block
 // product's row count is a template argument, so that its accumulators stay in registers.
 template <typename Block>
-void WithRows(int64_t rows, Block block) {
+__attribute__((always_inline)) inline void WithRows(int64_t rows, Block block) {
   switch (rows) {
     case 1: return block(std::integral_constant<int, 1>());
     case 2: return block(std::integral_constant<int, 2>());
@@ -389,13 +445,11 @@ __attribute__((noinline)) void Float32InputAndRecurrentBlock(const float* x, int
                                                              const float* x_panel, int64_t x_depth, const float* a,
                                                              int64_t a_stride, const float* panel, int64_t depth,
                                                              float* out) {
-  __m512 sum[kRows][4];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  __m512 sum[kRows * 4];
+  FOR_EACH_ACCUMULATOR sum[i] = _mm512_setzero_ps();
   MultiplyPanel<kRows>(sum, x, x_stride, x_panel, x_depth);
   if (a) MultiplyPanel<kRows>(sum, a, a_stride, panel, depth);
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+  FOR_EACH_ACCUMULATOR _mm512_storeu_ps(out + i / 4 * kPanelColumns + 16 * (i % 4), sum[i]);
 }
 
 // sums[kRows][64] += a^T . b over `depth` rows k, where a(k, r) = a[k * a_stride + r *
@@ -408,34 +462,25 @@ void Float32AccumulateBlock(const float* a, int64_t a_stride, int64_t a_row_stri
   const auto load = [&](const float* from, int v) {
     return kFull ? _mm512_loadu_ps(from) : _mm512_maskz_loadu_ps(lanes[v], from);
   };
-  __m512 sum[kRows][4];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  __m512 sum[kRows * 4];
+  FOR_EACH_ACCUMULATOR sum[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < depth; ++k) {
     const float* b_row = b + k * b_stride;
     const __m512 b_k[4] = {load(b_row, 0), load(b_row + 16, 1), load(b_row + 32, 2), load(b_row + 48, 3)};
-    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum[r], _mm512_set1_ps(a[k * a_stride + r * a_row_stride]), b_k);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) MultiplyAdd(sum + 4 * r, _mm512_set1_ps(a[k * a_stride + r * a_row_stride]), b_k);
   }
   // Added at the end: accumulators that start from memory, gcc stored back at every k.
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) {
-      float* out = sums + r * sums_stride + 16 * v;
-      _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), sum[r][v]));
-    }
+  FOR_EACH_ACCUMULATOR {
+    float* out = sums + i / 4 * sums_stride + 16 * (i % 4);
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), sum[i]));
+  }
 }
 
 // bfloat16 products: VDPBF16PS multiplies pairs of bfloat16 (k, k+1) and adds both
 // products to one float32 lane, so the kernel is packed with each (k, k+1) pair of a
-// column side by side: panel p is [depth / 2][64][2].
-uint16_t ToBfloat16(float value) {  // round to nearest even, NaN kept a NaN
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-// The same panels in bfloat16, each row pair's values interleaved: [depth / 2][64][2].
+// column side by side. PackedBfloat16 holds a PackedFloat32's panels that way, each
+// [depth / 2][64][2].
 class PackedBfloat16 {
  public:
   PackedBfloat16(const PackedFloat32& float32, int64_t panels)
@@ -465,20 +510,25 @@ void StoreBfloat16(uint16_t* out, __m512 values) {
 // out[kRows][64] = a[kRows, 2 * pairs] . panel, a in bfloat16 pairs a_stride pairs apart.
 template <int kRows>
 void Bfloat16Block(const uint32_t* a, int64_t a_stride, const uint16_t* panel, int64_t pairs, float* out) {
-  __m512 sum[kRows][4];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_setzero_ps();
+  __m512 sum[kRows * 4];
+  FOR_EACH_ACCUMULATOR sum[i] = _mm512_setzero_ps();
   for (int64_t pair = 0; pair < pairs; ++pair) {
-    __m512bh b[4];
-    for (int v = 0; v < 4; ++v)
-      b[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + (pair * kPanelColumns + 16 * v) * 2));
+    const uint16_t* row = panel + pair * kPanelColumns * 2;
+    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_ps(row)),
+                   b1 = reinterpret_cast<__m512bh>(_mm512_loadu_ps(row + 32)),
+                   b2 = reinterpret_cast<__m512bh>(_mm512_loadu_ps(row + 64)),
+                   b3 = reinterpret_cast<__m512bh>(_mm512_loadu_ps(row + 96));
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-      const __m512bh a_pair = reinterpret_cast<__m512bh>(_mm512_set1_epi32(a[r * a_stride + pair]));
-      for (int v = 0; v < 4; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], a_pair, b[v]);
+      const __m512bh a_pair =
+          reinterpret_cast<__m512bh>(_mm512_castsi512_ps(_mm512_set1_epi32(a[r * a_stride + pair])));
+      sum[4 * r] = _mm512_dpbf16_ps(sum[4 * r], a_pair, b0);
+      sum[4 * r + 1] = _mm512_dpbf16_ps(sum[4 * r + 1], a_pair, b1);
+      sum[4 * r + 2] = _mm512_dpbf16_ps(sum[4 * r + 2], a_pair, b2);
+      sum[4 * r + 3] = _mm512_dpbf16_ps(sum[4 * r + 3], a_pair, b3);
     }
   }
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kPanelColumns + 16 * v, sum[r][v]);
+  FOR_EACH_ACCUMULATOR _mm512_storeu_ps(out + i / 4 * kPanelColumns + 16 * (i % 4), sum[i]);
 }
 
 void Bfloat16Product(const uint16_t* a, int64_t a_stride, int64_t rows, const PackedBfloat16& b,
@@ -495,18 +545,31 @@ void StoreBfloat16(uint16_t*, __m512) {}
 void Bfloat16Product(const uint16_t*, int64_t, int64_t, const PackedBfloat16&, int64_t, float*) {}
 #endif
 
+// The AVX-512 forward loop reads a bfloat16 x_proj as it is.
+constexpr bool kReadsBfloat16Inputs = true;
+
 bool UseBfloat16Products(bool requested, int64_t units) {
   return requested && kHaveBfloat16Products && units % 16 == 0;
 }
 
+// Where the bfloat16 operands of every step go when the op outputs them: step t's at
+// slot t + shift of `steps` slots (past the last slot: nowhere the op keeps).
+struct KeptOperands {
+  uint16_t* data = nullptr;  // [steps, operand_size]
+  int64_t steps = 0, shift = 0;
+};
+
 // The recurrent kernel packed for one op call: in float32, or in bfloat16 with each
-// thread's operand rows (h_{t-1} or the gate gradients) kept in bfloat16 as well, in two
-// buffers that alternate between steps (a step reads the one its previous step wrote).
+// thread's operand rows (h_{t-1} or the gate gradients) kept in bfloat16 as well: in the
+// op's bfloat16 output where it has one, else in two buffers that alternate between
+// steps (a step reads the one its previous step wrote).
 class StepProducts {
  public:
   template <typename FillPanel>
-  StepProducts(bool bfloat16, int64_t depth, int64_t panels, int64_t operand_size, FillPanel fill_panel)
-      : float32_(std::make_unique<PackedFloat32>(depth, panels, fill_panel)) {
+  StepProducts(bool bfloat16, int64_t depth, int64_t panels, int64_t operand_size, KeptOperands kept,
+               FillPanel fill_panel)
+      : float32_(std::make_unique<PackedFloat32>(depth, panels, fill_panel)), operand_size_(operand_size),
+        kept_(kept) {
     if (bfloat16) {
       bfloat16_ = std::make_unique<PackedBfloat16>(*float32_, panels);
       float32_.reset();
@@ -515,7 +578,12 @@ class StepProducts {
   }
   bool bfloat16() const { return bfloat16_ != nullptr; }
   // The bfloat16 copy of step t's operands, for the epilogue writing them.
-  uint16_t* Operands(int64_t t) { return bfloat16() ? operands_[t & 1].data() : nullptr; }
+  uint16_t* Operands(int64_t t) {
+    if (!bfloat16()) return nullptr;
+    if (!kept_.data) return operands_[t & 1].data();
+    const int64_t slot = t + kept_.shift;
+    return slot < kept_.steps ? kept_.data + slot * operand_size_ : operands_[0].data();
+  }
   // out[rows][64] = x rows (x_stride apart) times panel `panel` of `x_panels`, plus the
   // rows of h_{t-1} at `a` (null at the first step) times the recurrent panel. Float32
   // products only.
@@ -532,7 +600,7 @@ class StepProducts {
   void Product(int64_t t, const float* a, int64_t offset, int64_t a_stride, int64_t rows, int64_t panel,
                float* out) {
     if (bfloat16()) {
-      Bfloat16Product(operands_[t & 1].data() + offset, a_stride, rows, *bfloat16_, panel, out);
+      Bfloat16Product(Operands(t) + offset, a_stride, rows, *bfloat16_, panel, out);
     } else {
       Float32Product(a, a_stride, rows, *float32_, panel, out);
     }
@@ -541,8 +609,24 @@ class StepProducts {
  private:
   std::unique_ptr<PackedFloat32> float32_;
   std::unique_ptr<PackedBfloat16> bfloat16_;
+  const int64_t operand_size_;
+  const KeptOperands kept_;
   std::vector<uint16_t> operands_[2];
 };
+
+// The lanes `lanes` selects of 16 bfloat16 values at `from`, widened to float32 (exact).
+__m512 LoadBfloat16(const uint16_t* from, __mmask16 lanes) {
+  __m256i bits;
+  if (lanes == 0xffff) {
+    bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
+  } else {  // the last panel of units that are not a multiple of 16: read none past them
+    alignas(32) uint16_t part[kLanes] = {};
+    for (int lane = 0; lane < kLanes; ++lane)
+      if (lanes >> lane & 1) part[lane] = from[lane];
+    bits = _mm256_load_si256(reinterpret_cast<const __m256i*>(part));
+  }
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
 
 // One row's 16 (or, in the last panel, `width`) units of forward step t: `product` holds
 // h_{t-1} . recurrent for the row's i, f, c~, o columns of those units (zero at t = 0),
@@ -558,6 +642,7 @@ void ForwardUnits(const Forward& op, int64_t t, int64_t row, int64_t unit, int64
     const __m512 bias = _mm512_maskz_loadu_ps(lanes, op.bias + g * s.units + unit);
     __m512 z = _mm512_add_ps(_mm512_loadu_ps(product + 16 * g), bias);
     if (op.x_proj) z = _mm512_add_ps(z, _mm512_maskz_loadu_ps(lanes, op.x_proj + gates_at + g * s.units));
+    if (op.x_proj_bfloat16) z = _mm512_add_ps(z, LoadBfloat16(op.x_proj_bfloat16 + gates_at + g * s.units, lanes));
     gate[g] = g == 2 ? Tanh(z) : Sigmoid(z);
     _mm512_mask_storeu_ps(op.gates + gates_at + g * s.units, lanes, gate[g]);
   }
@@ -594,9 +679,10 @@ void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, in
     __m512 dh = _mm512_maskz_loadu_ps(lanes, carried_h);
     if (op.grad_h) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(lanes, op.grad_h + state_at + u));
     if (product) dh = _mm512_add_ps(dh, _mm512_loadu_ps(product + v * kLanes));
-    float* dz = op.grad_x_proj + gates_at + u;
+    float* dz = op.grad_x_proj ? op.grad_x_proj + gates_at + u : nullptr;
     if (!counts) {  // padding passed h and c through: so does their gradient
-      for (int g = 0; g < 4; ++g) _mm512_mask_storeu_ps(dz + g * s.units, lanes, _mm512_setzero_ps());
+      if (dz)
+        for (int g = 0; g < 4; ++g) _mm512_mask_storeu_ps(dz + g * s.units, lanes, _mm512_setzero_ps());
       _mm512_mask_storeu_ps(carried_h, lanes, dh);
       if (dz_bfloat16)
         for (int g = 0; g < 4; ++g) StoreBfloat16(dz_bfloat16 + row * 4 * s.units + g * s.units + u, _mm512_setzero_ps());
@@ -618,7 +704,7 @@ void BackwardUnits(const Backward& op, int64_t block, int64_t t, int64_t row, in
     const __m512 gradients[4] = {di, df, dg, d_o};
     float* grad_bias = op.grad_bias + block * 4 * s.units + u;
     for (int gate_index = 0; gate_index < 4; ++gate_index) {
-      _mm512_mask_storeu_ps(dz + gate_index * s.units, lanes, gradients[gate_index]);
+      if (dz) _mm512_mask_storeu_ps(dz + gate_index * s.units, lanes, gradients[gate_index]);
       float* sum = grad_bias + gate_index * s.units;
       _mm512_mask_storeu_ps(sum, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sum), gradients[gate_index]));
       if (dz_bfloat16) StoreBfloat16(dz_bfloat16 + row * 4 * s.units + gate_index * s.units + u, gradients[gate_index]);
@@ -643,8 +729,9 @@ void PrefetchForwardInputs(const Forward& op, int64_t t, int64_t row, int64_t ro
   const Sequence& s = op.sequence;
   for (int64_t r = row; r < row + rows; ++r)
     for (int64_t gate = 0; gate < 4; ++gate) {
-      const float* line = op.x_proj + (t * s.batch + r) * 4 * s.units + gate * s.units + unit;
-      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+      const int64_t at = (t * s.batch + r) * 4 * s.units + gate * s.units + unit;
+      const void* line = op.x_proj ? static_cast<const void*>(op.x_proj + at) : op.x_proj_bfloat16 + at;
+      _mm_prefetch(static_cast<const char*>(line), _MM_HINT_T0);
     }
 }
 
@@ -677,7 +764,9 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
                            _mm512_maskz_loadu_ps(lanes, kernel + k * 4 * units + gate * units + unit));
     };
   };
-  StepProducts products(bfloat16, units, panels, s.StepState(), forward_panels(s.kernel));
+  // Step t's bfloat16 h is step t + 1's operand: slot t + 1 of previous_h.
+  StepProducts products(bfloat16, units, panels, s.StepState(), KeptOperands{op.previous_h, s.steps, 1},
+                        forward_panels(s.kernel));
   std::unique_ptr<PackedFloat32> input_panels;
   if (op.x) input_panels = std::make_unique<PackedFloat32>(op.features, panels, forward_panels(op.input_kernel));
   ForEachRowBlock(device, s.batch, [&](int64_t, int64_t first, int64_t last) {
@@ -688,7 +777,7 @@ void RunForward(const Device& device, const Forward& op, bool bfloat16) {
         const int64_t unit = panel * kLanes, width = std::min(kLanes, units - unit);
         for (int64_t row = first; row < last; row += kMaxBlockRows) {
           const int64_t rows = std::min<int64_t>(kMaxBlockRows, last - row);
-          if (op.x_proj) PrefetchNextBlockInputs(op, t, row, rows, first, last, panel, panels);
+          if (!op.x) PrefetchNextBlockInputs(op, t, row, rows, first, last, panel, panels);
           if (op.x) {
             products.InputAndRecurrentProduct(op.x + (t * s.batch + row) * op.features, op.features, *input_panels,
                                               t ? h_prev + row * units : nullptr, units, rows, panel, product);
@@ -848,13 +937,16 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
   const Sequence& s = op.sequence;
   const int64_t units = s.units, panels = CeilDiv(units, kPanelColumns);
   // Backward panel p: columns [64p, 64p + 64) of recurrent^T, [4U, U].
-  StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), [&](int64_t panel, int64_t depth, float* out) {
+  const auto backward_panels = [&](int64_t panel, int64_t depth, float* out) {
     const int64_t unit = panel * kPanelColumns, width = std::min(kPanelColumns, units - unit);
     Transpose(s.kernel + unit * depth, depth, width, depth, out, kPanelColumns);
     if (width < kPanelColumns) {
       for (int64_t k = 0; k < depth; ++k) std::fill(out + k * kPanelColumns + width, out + (k + 1) * kPanelColumns, 0.0f);
     }
-  });
+  };
+  // Step t's bfloat16 gate gradients: slot t of grad_x_proj_bfloat16.
+  StepProducts products(bfloat16, 4 * units, panels, s.StepGates(), KeptOperands{op.grad_x_proj_bfloat16, s.steps, 0},
+                        backward_panels);
   ForEachRowBlock(device, s.batch, [&](int64_t block, int64_t first, int64_t last) {
     ZeroBlockSums(op, block);
     alignas(64) float product[kMaxBlockRows * kPanelColumns];
@@ -868,12 +960,13 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
     if (op.x) AccumulateKernelGradient(op, block, last_step, first, last);
     if (recurrent_gradient && last_step > 0) recurrent_gradient->Add(last_step, first, last);
     for (int64_t t = last_step; t > 0; --t) {
-      const float* dz = op.grad_x_proj + t * s.StepGates();
+      // Read in float32 only by float32 products; bfloat16 ones read their own copy.
+      const float* dz = products.bfloat16() ? nullptr : op.grad_x_proj + t * s.StepGates();
       for (int64_t panel = 0; panel < panels; ++panel) {
         const int64_t unit = panel * kPanelColumns, width = std::min(kPanelColumns, units - unit);
         for (int64_t row = first; row < last; row += kMaxBlockRows) {
           const int64_t rows = std::min<int64_t>(kMaxBlockRows, last - row);
-          products.Product(t, dz + row * 4 * units, row * 4 * units, 4 * units, rows, panel, product);
+          products.Product(t, dz ? dz + row * 4 * units : nullptr, row * 4 * units, 4 * units, rows, panel, product);
           for (int64_t r = 0; r < rows; ++r)
             BackwardUnits(op, block, t - 1, row + r, unit, width, product + r * kPanelColumns, products.Operands(t - 1));
         }
@@ -890,6 +983,7 @@ void RunBackward(const Device& device, const Backward& op, bool bfloat16) {
 // Without AVX-512: each step's product with Eigen, then one elementwise pass per row.
 // ---------------------------------------------------------------------------------------
 bool UseBfloat16Products(bool, int64_t) { return false; }
+constexpr bool kReadsBfloat16Inputs = false;
 int64_t SumsWidth(int64_t columns) { return columns; }
 
 // One row of one forward step. z holds x_t's projection plus h_{t-1} . recurrent on
@@ -1033,6 +1127,7 @@ class LstmSequenceOp : public OpKernel {
  public:
   explicit LstmSequenceOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("bfloat16_products", &bfloat16_products_));
+    OP_REQUIRES_OK(context, context->GetAttr("bfloat16_outputs", &bfloat16_outputs_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -1049,20 +1144,31 @@ class LstmSequenceOp : public OpKernel {
                 tensorflow::errors::InvalidArgument("LstmSequence: bias is ", bias.shape().DebugString(),
                                                     "; expected [4U] = [", 4 * units, "]"));
     const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
-    OP_REQUIRES(context, !(projects && bfloat16),
+    OP_REQUIRES(context, !(projects && (bfloat16 || x_proj.dtype() != tensorflow::DT_FLOAT)),
                 tensorflow::errors::InvalidArgument("LstmSequence: the loop projects x in float32 only; "
-                                                    "with bfloat16_products pass x_proj"));
+                                                    "with bfloat16_products or bfloat16 inputs pass x_proj"));
 
-    Tensor *h = nullptr, *c = nullptr, *gates = nullptr, *h_last = nullptr;
+    Tensor *h = nullptr, *c = nullptr, *gates = nullptr, *h_last = nullptr, *previous_h = nullptr;
     const TensorShape state_shape({steps, batch, units});
     OP_REQUIRES_OK(context, context->allocate_output(0, state_shape, &h));
     OP_REQUIRES_OK(context, context->allocate_output(1, state_shape, &c));
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({steps, batch, 4 * units}), &gates));
     OP_REQUIRES_OK(context, context->allocate_output(3, TensorShape({batch, units}), &h_last));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(4, bfloat16_outputs_ ? state_shape : TensorShape({0}), &previous_h));
     if (steps == 0) h_last->flat<float>().setZero();
     if (steps == 0 || batch == 0 || units == 0) return;
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
-    const float* x = x_proj.flat<float>().data();
+    const bool given_bfloat16 = x_proj.dtype() == tensorflow::DT_BFLOAT16;
+    const bool reads_bfloat16 = given_bfloat16 && kReadsBfloat16Inputs;
+    Tensor widened;  // bfloat16 x_proj in float32, for a loop that reads float32 only
+    if (given_bfloat16 && !reads_bfloat16) {
+      OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, x_proj.shape(), &widened));
+      WidenBfloat16(Bfloat16Data(x_proj), x_proj.NumElements(), widened.flat<float>().data());
+    }
+    const float* x = reads_bfloat16 ? nullptr : (given_bfloat16 ? widened : x_proj).flat<float>().data();
+    // The bfloat16 products write h_{t-1} as they go; in every other case it is rounded after.
+    uint16_t* kept_h = bfloat16_outputs_ && bfloat16 ? Bfloat16Data(previous_h) : nullptr;
     const Forward forward{sequence,
                           projects ? nullptr : x,
                           projects ? x : nullptr,
@@ -1071,21 +1177,29 @@ class LstmSequenceOp : public OpKernel {
                           bias.flat<float>().data(),
                           h->flat<float>().data(),
                           c->flat<float>().data(),
-                          gates->flat<float>().data()};
+                          gates->flat<float>().data(),
+                          reads_bfloat16 ? Bfloat16Data(x_proj) : nullptr,
+                          kept_h};
     RunForward(context->eigen_device<Device>(), forward, bfloat16);
     // A masked step carried the state, so the last step holds each row's final state.
     std::memcpy(h_last->flat<float>().data(), forward.h + (steps - 1) * sequence.StepState(),
                 sequence.StepState() * sizeof(float));
+    if (bfloat16_outputs_) {
+      uint16_t* previous = Bfloat16Data(previous_h);
+      std::fill_n(previous, sequence.StepState(), uint16_t{0});
+      if (!kept_h) RoundToBfloat16(forward.h, (steps - 1) * sequence.StepState(), previous + sequence.StepState());
+    }
   }
 
  private:
-  bool bfloat16_products_;
+  bool bfloat16_products_, bfloat16_outputs_;
 };
 
 class LstmSequenceGradOp : public OpKernel {
  public:
   explicit LstmSequenceGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("bfloat16_products", &bfloat16_products_));
+    OP_REQUIRES_OK(context, context->GetAttr("bfloat16_outputs", &bfloat16_outputs_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -1112,9 +1226,13 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES(context, !has_h || h.shape() == c.shape(),
                 tensorflow::errors::InvalidArgument("LstmSequenceGrad: h must be [T, B, U] or [0]"));
 
-    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr, *grad_recurrent_kernel = nullptr;
+    Tensor *grad_x_proj = nullptr, *grad_bias = nullptr, *grad_kernel = nullptr, *grad_recurrent_kernel = nullptr,
+           *grad_x_proj_bfloat16 = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({4 * units}), &grad_bias));
-    OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &grad_x_proj));
+    OP_REQUIRES_OK(context, context->allocate_output(0, bfloat16_outputs_ ? TensorShape({0}) : gates.shape(),
+                                                     &grad_x_proj));
+    OP_REQUIRES_OK(context, context->allocate_output(4, bfloat16_outputs_ ? gates.shape() : TensorShape({0}),
+                                                     &grad_x_proj_bfloat16));
     OP_REQUIRES_OK(context, context->allocate_output(
                                 2, has_x ? TensorShape({features, 4 * units}) : TensorShape({0}), &grad_kernel));
     OP_REQUIRES_OK(context, context->allocate_output(3, has_h ? TensorShape({units, 4 * units}) : TensorShape({0}),
@@ -1144,21 +1262,35 @@ class LstmSequenceGradOp : public OpKernel {
       carried_h.flat<float>().setZero();
     }
     carried_c.flat<float>().setZero();
+    // The bfloat16 products write the rounded gate gradients as they go. Float32 ones are
+    // still written where the loop sums a kernel's gradient from them, or where the op
+    // rounds them afterwards.
+    const bool bfloat16 = UseBfloat16Products(bfloat16_products_, units);
+    const bool rounds_as_it_goes = bfloat16_outputs_ && bfloat16;
+    Tensor float32_gradient;  // the float32 gate gradients of an op that outputs bfloat16 ones
+    float* grad_x_proj_data = bfloat16_outputs_ ? nullptr : grad_x_proj->flat<float>().data();
+    if (bfloat16_outputs_ && (!rounds_as_it_goes || has_x || has_h)) {
+      OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, gates.shape(), &float32_gradient));
+      grad_x_proj_data = float32_gradient.flat<float>().data();
+    }
     const Sequence sequence{steps, batch, units, mask.flat<float>().data(), kernel.flat<float>().data()};
     const Backward backward{sequence, c.flat<float>().data(), gates.flat<float>().data(),
-                            has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj->flat<float>().data(),
+                            has_grad_h ? grad_h.flat<float>().data() : nullptr, grad_x_proj_data,
+                            rounds_as_it_goes ? Bfloat16Data(grad_x_proj_bfloat16) : nullptr,
                             carried_h.flat<float>().data(), carried_c.flat<float>().data(),
                             block_bias.flat<float>().data(), has_x ? x.flat<float>().data() : nullptr, features,
                             kernel_sums.flat<float>().data(), has_h ? h.flat<float>().data() : nullptr,
                             recurrent_sums.flat<float>().data(), sums_width};
-    RunBackward(device, backward, UseBfloat16Products(bfloat16_products_, units));
+    RunBackward(device, backward, bfloat16);
+    if (bfloat16_outputs_ && !rounds_as_it_goes)
+      RoundToBfloat16(grad_x_proj_data, gates.NumElements(), Bfloat16Data(grad_x_proj_bfloat16));
     SumBlocks(block_bias, 4 * units, grad_bias->flat<float>().data());
     SumBlocks(kernel_sums, 4 * units, grad_kernel->flat<float>().data());
     SumBlocks(recurrent_sums, 4 * units, grad_recurrent_kernel->flat<float>().data());
   }
 
  private:
-  bool bfloat16_products_;
+  bool bfloat16_products_, bfloat16_outputs_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("LstmSequence").Device(DEVICE_CPU), LstmSequenceOp);
