@@ -553,7 +553,7 @@ bool UseBfloat16Products(bool requested, int64_t units) {
 }
 
 // Where the bfloat16 operands of every step go when the op outputs them: step t's at
-// slot t + shift of `steps` slots (past the last slot: nowhere the op keeps).
+// slot t + shift of `steps` slots (past the last slot: nowhere, no step reads them).
 struct KeptOperands {
   uint16_t* data = nullptr;  // [steps, operand_size]
   int64_t steps = 0, shift = 0;
@@ -561,8 +561,8 @@ struct KeptOperands {
 
 // The recurrent kernel packed for one op call: in float32, or in bfloat16 with each
 // thread's operand rows (h_{t-1} or the gate gradients) kept in bfloat16 as well: in the
-// op's bfloat16 output where it has one, else in two buffers that alternate between
-// steps (a step reads the one its previous step wrote).
+// op's bfloat16 output where it has one, else in two buffers of their own that alternate
+// between steps (a step reads the one its previous step wrote).
 class StepProducts {
  public:
   template <typename FillPanel>
@@ -573,16 +573,18 @@ class StepProducts {
     if (bfloat16) {
       bfloat16_ = std::make_unique<PackedBfloat16>(*float32_, panels);
       float32_.reset();
-      for (auto& buffer : operands_) buffer.resize(operand_size);
+      if (!kept.data)
+        for (auto& buffer : operands_) buffer.resize(operand_size);
     }
   }
   bool bfloat16() const { return bfloat16_ != nullptr; }
-  // The bfloat16 copy of step t's operands, for the epilogue writing them.
+  // The bfloat16 copy of step t's operands, for the epilogue writing them; null where
+  // nothing keeps them.
   uint16_t* Operands(int64_t t) {
     if (!bfloat16()) return nullptr;
     if (!kept_.data) return operands_[t & 1].data();
     const int64_t slot = t + kept_.shift;
-    return slot < kept_.steps ? kept_.data + slot * operand_size_ : operands_[0].data();
+    return slot < kept_.steps ? kept_.data + slot * operand_size_ : nullptr;
   }
   // out[rows][64] = x rows (x_stride apart) times panel `panel` of `x_panels`, plus the
   // rows of h_{t-1} at `a` (null at the first step) times the recurrent panel. Float32
